@@ -1,0 +1,40 @@
+//! virfed: a regional node of the federated Verwijsindex Risicojongeren (VIR).
+//!
+//! # Layout
+//!
+//! Data flows client → validate → store + local match → notify (watch stream, webhook);
+//! the federation issue adds → outbox → peer → match → notify across regions.
+//!
+//! - [`domain`]: the VIR's rules as types and pure functions: [`domain::Bsn`] (D9),
+//!   signals (D1, D2), retention (D3, D4), notices (D5, D6), the injected clock.
+//! - [`pseudonym`]: the child's local pseudonym, a keyed hash under the node's local key;
+//!   the only thing about a child the store ever holds.
+//! - [`store`]: the only module that sees sled: typed trees, transactions, group commit,
+//!   the audit chain (D8), notice sequence numbers for resumable watch streams.
+//! - [`pki`]: certificates and every rustls configuration: the CA tooling (`virfed ca`),
+//!   identities from certificate SAN URIs, TLS accept and connect for tonic.
+//! - [`api`]: the gRPC services (client API for organisations, admin API for operators),
+//!   conversions between protobuf and domain types, the one error → status mapping.
+//! - [`config`]: the node's TOML configuration with environment overrides.
+//! - [`server`]: `Node::bind` then `run(shutdown)`: composes services and background
+//!   tasks (expiry sweeper, webhook delivery) and drains on shutdown.
+//! - [`notify`]: webhook delivery of stored notices, HMAC-signed, retried.
+//! - [`client`]: the CLI's mTLS client of the node.
+//! - [`demo`]: a whole region on loopback with real TLS and storage (`virfed demo`).
+//! - [`pb`]: generated protobuf code, nothing else.
+#![forbid(unsafe_code)]
+
+pub mod domain;
+// PKI_PENDING pub mod pki;
+pub mod pseudonym;
+pub mod store;
+
+/// Generated protobuf and gRPC code.
+pub mod pb {
+    pub mod client {
+        tonic::include_proto!("virfed.client.v1");
+    }
+    pub mod admin {
+        tonic::include_proto!("virfed.admin.v1");
+    }
+}
