@@ -21,12 +21,21 @@
 //! - [`notify`]: webhook delivery of stored notices, HMAC-signed, retried.
 //! - [`client`]: the CLI's mTLS client of the node.
 //! - [`demo`]: a whole region on loopback with real TLS and storage (`virfed demo`).
+//! - [`fixture`]: a real region on loopback (CA, certificates, config, node) for the demo,
+//!   the benchmark and the tests.
 //! - [`pb`]: generated protobuf code, nothing else.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod demo;
 pub mod domain;
-// PKI_PENDING pub mod pki;
+pub mod fixture;
+pub mod notify;
+pub mod pki;
 pub mod pseudonym;
+pub mod server;
 pub mod store;
 
 /// Generated protobuf and gRPC code.

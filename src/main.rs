@@ -1,1 +1,538 @@
-fn main() {}
+//! `virfed`: the command line. Parses arguments, sets up logging, runs, and maps errors to
+//! a message and an exit code (0 ok, 1 failed, 2 usage error).
+#![forbid(unsafe_code)]
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_stream::StreamExt;
+
+use virfed::client::{format_notice, format_party, format_signal, status_message, ConnArgs};
+use virfed::config::Config;
+use virfed::domain::{OrgDomain, SystemClock};
+use virfed::pb::admin as admin_pb;
+use virfed::pb::client as pb;
+use virfed::pki::{write_cert_pair, Ca, CertSpec, Identity};
+use virfed::server::Node;
+use virfed::store::{Store, StoreOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "virfed",
+    version,
+    about = "Federated Verwijsindex Risicojongeren: a regional VIR node and its tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a regional node.
+    Node {
+        /// Node configuration (see deploy/node.example.toml).
+        #[arg(long, short, env = "VIRFED_CONFIG")]
+        config: PathBuf,
+    },
+    /// Certificate authority tooling.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Manage the region's organisations (needs an operator certificate).
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Register, withdraw and show signals (needs an organisation certificate).
+    #[command(subcommand)]
+    Signal(SignalCommand),
+    /// List and watch matches (needs an organisation certificate).
+    #[command(subcommand)]
+    Matches(MatchesCommand),
+    /// The audit log (D8).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Start a region on loopback with real TLS and storage and show a match end to end.
+    Demo {
+        /// Leave the node running after the walkthrough and print how to reach it.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Measure durable registrations per second against the raw sled floor.
+    Bench {
+        /// Registrations per concurrency level.
+        #[arg(long, default_value_t = 2000)]
+        registrations: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA (ca.pem, ca.key with mode 0600) in a directory.
+    Init {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        /// Common name of the CA certificate.
+        #[arg(long, default_value = "virfed region CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a certificate signed by the CA.
+    #[command(subcommand)]
+    Issue(IssueCommand),
+}
+
+#[derive(Subcommand)]
+enum IssueCommand {
+    /// A client certificate for an organisation (SAN urn:virfed:org:ORG).
+    Client {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        out: IssueOut,
+    },
+    /// A server certificate for a node's API.
+    Server {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        /// DNS names or IP addresses the node is reached at (repeatable).
+        #[arg(long, required = true)]
+        dns: Vec<String>,
+        #[command(flatten)]
+        out: IssueOut,
+    },
+    /// A client certificate for a regional operator (SAN urn:virfed:operator:NAME).
+    Operator {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        out: IssueOut,
+    },
+}
+
+#[derive(clap::Args)]
+struct IssueOut {
+    /// Directory for <stem>.pem and <stem>.key (default: the CA directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// File name stem (default: the org, operator name or first DNS name).
+    #[arg(long)]
+    stem: Option<String>,
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Register an organisation, or update it.
+    Add {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_domain)]
+        domain: OrgDomain,
+        /// The organisation's VIR coordinator: name, role, phone, email (all four or none).
+        #[arg(long, num_args = 4, value_names = ["NAME", "ROLE", "PHONE", "EMAIL"])]
+        coordinator: Option<Vec<String>>,
+    },
+    /// List the registered organisations.
+    List {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+fn parse_domain(s: &str) -> Result<OrgDomain, String> {
+    s.parse()
+        .map_err(|e: virfed::domain::FieldError| e.to_string())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Reason {
+    /// Delete the signal outright.
+    MadeInError,
+    /// Archive it for 5 years; it never matches again.
+    ConcernResolved,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum By {
+    Professional,
+    Coordinator,
+}
+
+#[derive(Subcommand)]
+enum SignalCommand {
+    /// Register a signal. The BSN is read from standard input unless --bsn is given
+    /// (arguments are visible to other users in the process list).
+    Register {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        bsn: Option<String>,
+        /// The child's date of birth, YYYY-MM-DD.
+        #[arg(long)]
+        dob: String,
+        /// Removal date, YYYY-MM-DD (default and maximum: 2 years from today).
+        #[arg(long)]
+        removal_date: Option<String>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        phone: String,
+        #[arg(long)]
+        email: String,
+    },
+    /// Withdraw one of your organisation's signals.
+    Withdraw {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        id: String,
+        #[arg(long, value_enum)]
+        reason: Reason,
+        #[arg(long, value_enum, default_value = "professional")]
+        by: By,
+    },
+    /// Show one of your organisation's signals.
+    Show {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MatchesCommand {
+    /// List your organisation's active matches.
+    List {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Stream notices as they arrive; resume with --after CURSOR.
+    Watch {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of a stopped node's audit log (or of a copy of its store).
+    Verify {
+        #[arg(long, short, env = "VIRFED_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The demo and the benchmark print their own story; the node logs its steps.
+    let default_level = match cli.command {
+        Command::Demo { .. } | Command::Bench { .. } => "warn",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIRFED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli.command)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Maps a gRPC status to an error a person can act on.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(status_message(&status))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node { config } => {
+            let config = Config::load(&config)?;
+            let node = Node::bind(config, Arc::new(SystemClock)).await?;
+            node.run(shutdown_signal()).await?;
+        }
+        Command::Ca(cmd) => ca(cmd)?,
+        Command::Org(cmd) => org(cmd).await?,
+        Command::Signal(cmd) => signal(cmd).await?,
+        Command::Matches(cmd) => matches(cmd).await?,
+        Command::Audit(AuditCommand::Verify { config }) => {
+            let config = Config::load(&config)?;
+            let store = Store::open(&config.store_path(), &StoreOptions::default())?;
+            match store.verify_audit()? {
+                Ok(summary) => println!(
+                    "audit log intact: {} entries, head {}",
+                    summary.entries,
+                    hex::encode(summary.head_hash)
+                ),
+                Err(broken) => bail!("audit log TAMPERED: {broken}"),
+            }
+        }
+        Command::Demo { keep_running } => virfed::demo::run(keep_running).await?,
+        Command::Bench { registrations } => virfed::demo::bench(registrations).await?,
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn ca(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Init { dir, name, days } => {
+            Ca::init(&dir, &name, days)?;
+            println!("CA created in {} (ca.pem, ca.key mode 0600)", dir.display());
+        }
+        CaCommand::Issue(issue) => {
+            let (dir, spec, default_stem, out) = match issue {
+                IssueCommand::Client { dir, org, out } => {
+                    let spec = CertSpec::client(Identity::Organisation(org.clone()), out.days);
+                    (dir, spec, org, out)
+                }
+                IssueCommand::Operator { dir, name, out } => {
+                    let spec = CertSpec::client(Identity::Operator(name.clone()), out.days);
+                    (dir, spec, name, out)
+                }
+                IssueCommand::Server { dir, dns, out } => {
+                    let stem = dns[0]
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+                        .to_lowercase();
+                    (dir, CertSpec::server(dns, out.days), stem, out)
+                }
+            };
+            if let Some(identity) = &spec.identity {
+                virfed::pki::validate_id(identity.name())?;
+            }
+            let ca = Ca::load(&dir)?;
+            let issued = ca.issue(&spec)?;
+            let out_dir = out.out.unwrap_or(dir);
+            let stem = out.stem.unwrap_or(default_stem);
+            let (cert, key) = write_cert_pair(&out_dir, &stem, &issued, out.force)?;
+            println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
+        }
+    }
+    Ok(())
+}
+
+async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
+    match cmd {
+        OrgCommand::Add {
+            conn,
+            id,
+            name,
+            domain,
+            coordinator,
+        } => {
+            let coordinator = coordinator.map(|c| admin_pb::Contact {
+                name: c[0].clone(),
+                role: c[1].clone(),
+                phone: c[2].clone(),
+                email: c[3].clone(),
+            });
+            let mut client =
+                admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
+            let org = client
+                .add_organisation(admin_pb::Organisation {
+                    id,
+                    name,
+                    domain: domain.to_string(),
+                    coordinator,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            println!(
+                "organisation {} ({}, {}) registered",
+                org.id, org.name, org.domain
+            );
+        }
+        OrgCommand::List { conn } => {
+            let mut client =
+                admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
+            let list = client
+                .list_organisations(admin_pb::ListOrganisationsRequest {})
+                .await
+                .map_err(refused)?;
+            for o in list.into_inner().organisations {
+                let coordinator = o
+                    .coordinator
+                    .map(|c| format!(" coordinator {} <{}>", c.name, c.email))
+                    .unwrap_or_default();
+                println!("{:<32} {:<16} {}{coordinator}", o.id, o.domain, o.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn signal(cmd: SignalCommand) -> anyhow::Result<()> {
+    match cmd {
+        SignalCommand::Register {
+            conn,
+            bsn,
+            dob,
+            removal_date,
+            name,
+            role,
+            phone,
+            email,
+        } => {
+            let bsn = match bsn {
+                Some(b) => b,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut line)
+                        .context("reading the BSN from standard input")?;
+                    line.trim().to_string()
+                }
+            };
+            let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
+            let resp = client
+                .register_signal(pb::RegisterSignalRequest {
+                    bsn,
+                    date_of_birth: dob,
+                    professional: Some(pb::Contact {
+                        name,
+                        role,
+                        phone,
+                        email,
+                    }),
+                    removal_date: removal_date.unwrap_or_default(),
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            let verb = if resp.created {
+                "registered"
+            } else {
+                "already registered (unchanged)"
+            };
+            let signal = resp.signal.context("the node sent no signal")?;
+            println!("{verb}: {}", format_signal(&signal));
+        }
+        SignalCommand::Withdraw {
+            conn,
+            id,
+            reason,
+            by,
+        } => {
+            let reason = match reason {
+                Reason::MadeInError => pb::WithdrawReason::MadeInError,
+                Reason::ConcernResolved => pb::WithdrawReason::ConcernResolved,
+            };
+            let by = match by {
+                By::Professional => pb::Withdrawer::Professional,
+                By::Coordinator => pb::Withdrawer::Coordinator,
+            };
+            let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
+            let resp = client
+                .withdraw_signal(pb::WithdrawSignalRequest {
+                    signal_id: id.clone(),
+                    reason: reason as i32,
+                    withdrawn_by: by as i32,
+                })
+                .await
+                .map_err(refused)?;
+            println!("signal {id} withdrawn: {}", resp.into_inner().outcome);
+        }
+        SignalCommand::Show { conn, id } => {
+            let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
+            let s = client
+                .get_signal(pb::GetSignalRequest { signal_id: id })
+                .await
+                .map_err(refused)?;
+            print!("{}", format_signal(&s.into_inner()));
+        }
+    }
+    Ok(())
+}
+
+async fn matches(cmd: MatchesCommand) -> anyhow::Result<()> {
+    match cmd {
+        MatchesCommand::List { conn } => {
+            let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
+            let list = client
+                .list_matches(pb::ListMatchesRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
+            if list.matches.is_empty() {
+                println!("no active matches");
+            }
+            for m in list.matches {
+                println!("your signal {} matches:", m.signal_id);
+                for p in &m.counterparts {
+                    print!("{}", format_party(p));
+                }
+            }
+        }
+        MatchesCommand::Watch { conn, after } => {
+            let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
+            let mut stream = client
+                .watch(pb::WatchRequest {
+                    after_cursor: after,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            eprintln!(
+                "watching for notices after cursor {after} (Ctrl-C to stop; resume with --after)"
+            );
+            while let Some(notice) = stream.next().await {
+                let notice = notice.map_err(refused)?;
+                print!("{}", format_notice(&notice));
+            }
+        }
+    }
+    Ok(())
+}

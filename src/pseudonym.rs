@@ -21,10 +21,18 @@ pub const LOCAL_CHILD_DOMAIN: &[u8] = b"virfed/local-child/v1";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot create key file {path}: {source}")]
-    Create { path: String, source: std::io::Error },
-    #[error("key file {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}"
+    )]
     TooOpen { path: String, mode: u32 },
     #[error("key file {path} does not hold 64 hex digits; restore it from backup (a new key would orphan every stored pseudonym)")]
     Malformed { path: String },
@@ -52,25 +60,40 @@ impl LocalKey {
         match std::fs::metadata(path) {
             Ok(meta) => {
                 check_mode(path, &meta)?;
-                let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
-                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
-                let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: shown })?;
+                let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
+                    path: shown.clone(),
+                })?;
+                let key: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| KeyError::Malformed { path: shown })?;
                 Ok(LocalKey(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
-                write_new_secret(path, format!("{}\n", hex::encode(key)).as_bytes())
-                    .map_err(|source| KeyError::Create { path: shown, source })?;
+                write_new_secret(path, format!("{}\n", hex::encode(key)).as_bytes()).map_err(
+                    |source| KeyError::Create {
+                        path: shown,
+                        source,
+                    },
+                )?;
                 Ok(LocalKey(key))
             }
-            Err(source) => Err(KeyError::Read { path: shown, source }),
+            Err(source) => Err(KeyError::Read {
+                path: shown,
+                source,
+            }),
         }
     }
 
     /// The child's local pseudonym.
     pub fn child_key(&self, bsn: &Bsn) -> ChildKey {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(LOCAL_CHILD_DOMAIN);
         mac.update(bsn.normalised_digits());
         ChildKey(mac.finalize().into_bytes().into())
@@ -82,7 +105,10 @@ fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::TooOpen { path: path.display().to_string(), mode });
+        return Err(KeyError::TooOpen {
+            path: path.display().to_string(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -118,9 +144,15 @@ mod tests {
         let got = key.child_key(&Bsn::parse("123456782").unwrap());
         assert_eq!(hex::encode(got.0), KNOWN_ANSWER);
         // Eight digits normalise first, so both spellings share one pseudonym.
-        assert_eq!(key.child_key(&Bsn::parse("42473342").unwrap()), key.child_key(&Bsn::parse("042473342").unwrap()));
+        assert_eq!(
+            key.child_key(&Bsn::parse("42473342").unwrap()),
+            key.child_key(&Bsn::parse("042473342").unwrap())
+        );
         // A different key gives an unrelated pseudonym.
-        assert_ne!(LocalKey::from_bytes([8u8; 32]).child_key(&Bsn::parse("123456782").unwrap()), got);
+        assert_ne!(
+            LocalKey::from_bytes([8u8; 32]).child_key(&Bsn::parse("123456782").unwrap()),
+            got
+        );
     }
 
     const KNOWN_ANSWER: &str = "dd2a9312faf5a0d34358215d9331a5da8f9f477e1f8330eba8da35342e1e942b";
@@ -135,7 +167,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 
@@ -156,7 +191,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("local.key");
         write_new_secret(&path, b"short").unwrap();
-        assert!(matches!(LocalKey::load_or_create(&path), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            LocalKey::load_or_create(&path),
+            Err(KeyError::Malformed { .. })
+        ));
         assert_eq!(std::fs::read(&path).unwrap(), b"short");
     }
 }

@@ -77,7 +77,10 @@ pub(crate) fn verify(
             return Err(AuditBroken::Modified { seq: key_seq });
         }
         if seq != expected {
-            return Err(AuditBroken::Gap { expected, found: seq });
+            return Err(AuditBroken::Gap {
+                expected,
+                found: seq,
+            });
         }
         if stored.entry.prev != prev_hash {
             return Err(AuditBroken::Unlinked { seq, prev: seq - 1 });
@@ -89,5 +92,8 @@ pub(crate) fn verify(
     if last != head.0 || prev_hash != head.1 {
         return Err(AuditBroken::HeadMismatch { last, head: head.0 });
     }
-    Ok(AuditSummary { entries: last, head_hash: prev_hash })
+    Ok(AuditSummary {
+        entries: last,
+        head_hash: prev_hash,
+    })
 }

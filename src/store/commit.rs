@@ -43,8 +43,11 @@ impl GroupCommit {
     /// Returns once everything written before the call is on disk.
     pub async fn sync(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.requests.send(tx).map_err(|_| "the flush thread has stopped".to_string())?;
-        rx.await.map_err(|_| "the flush thread has stopped".to_string())?
+        self.requests
+            .send(tx)
+            .map_err(|_| "the flush thread has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the flush thread has stopped".to_string())?
     }
 
     pub fn stats(&self) -> &FlushStats {
@@ -57,10 +60,17 @@ fn flusher(db: sled::Db, rx: mpsc::Receiver<Waiter>, stats: Arc<FlushStats>) {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let started = std::time::Instant::now();
-        let result = db.flush().map(|_| ()).map_err(|e| format!("flushing the store failed: {e}"));
-        stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let result = db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| format!("flushing the store failed: {e}"));
+        stats
+            .flush_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.writers.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .writers
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for waiter in batch {
             let _ = waiter.send(result.clone());
         }

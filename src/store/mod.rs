@@ -46,8 +46,8 @@ pub use commit::{FlushStats, GroupCommit};
 
 use crate::domain::retention::{self, ActiveFate, ArchivedFate};
 use crate::domain::{
-    Addressee, ArchiveReason, ChildKey, Contact, Notice, NoticeKind, OrgId, Organisation, Party, Signal, SignalId,
-    SignalState, WithdrawReason, Withdrawer,
+    Addressee, ArchiveReason, ChildKey, Contact, Notice, NoticeKind, OrgId, Organisation, Party,
+    Signal, SignalId, SignalState, WithdrawReason, Withdrawer,
 };
 
 /// Version of the on-disk layout. Bump it with a migration when a key or value changes.
@@ -63,7 +63,11 @@ pub enum StoreError {
     #[error("cannot open the store at {path}: {reason}. Is another virfed process using this data directory?")]
     Open { path: PathBuf, reason: String },
     #[error("the store at {path} has schema version {found}, but this virfed uses version {expected}; run the matching virfed version or migrate the store")]
-    SchemaMismatch { path: PathBuf, found: u32, expected: u32 },
+    SchemaMismatch {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("storage failure: {0}")]
     Sled(#[from] sled::Error),
     #[error("a stored {what} could not be decoded; the store may be damaged: restore from backup")]
@@ -203,7 +207,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 128 * 1024 * 1024 }
+        StoreOptions {
+            cache_bytes: 128 * 1024 * 1024,
+        }
     }
 }
 
@@ -214,7 +220,10 @@ impl Store {
             .path(path)
             .cache_capacity(options.cache_bytes)
             .open()
-            .map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
         let meta = db.open_tree("meta")?;
         match meta.get(META_SCHEMA)? {
             None => {
@@ -224,7 +233,11 @@ impl Store {
             Some(v) => {
                 let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0);
                 if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaMismatch { path: path.to_owned(), found, expected: SCHEMA_VERSION });
+                    return Err(StoreError::SchemaMismatch {
+                        path: path.to_owned(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
                 }
             }
         }
@@ -274,23 +287,33 @@ impl Store {
 
     /// Runs `f` in one transaction over every tree, then waits until it is durable.
     async fn write<T>(&self, f: impl Fn(&mut Tx<'_>) -> TxResult<T>) -> Result<T, OpError> {
-        let trees = (&self.meta, &self.orgs, &self.signals, &self.children, &self.org_signals, &self.notices, &self.audit);
-        let result = trees.transaction(|(meta, orgs, signals, children, org_signals, notices, audit)| {
-            let mut tx = Tx {
-                meta,
-                orgs,
-                signals,
-                children,
-                org_signals,
-                notices,
-                audit,
-                audit_head: RefCell::new(None),
-                notice_seq: RefCell::new(None),
-            };
-            let value = f(&mut tx)?;
-            tx.finish()?;
-            Ok((value, tx.last_notice()))
-        });
+        let trees = (
+            &self.meta,
+            &self.orgs,
+            &self.signals,
+            &self.children,
+            &self.org_signals,
+            &self.notices,
+            &self.audit,
+        );
+        let result = trees.transaction(
+            |(meta, orgs, signals, children, org_signals, notices, audit)| {
+                let mut tx = Tx {
+                    meta,
+                    orgs,
+                    signals,
+                    children,
+                    org_signals,
+                    notices,
+                    audit,
+                    audit_head: RefCell::new(None),
+                    notice_seq: RefCell::new(None),
+                };
+                let value = f(&mut tx)?;
+                tx.finish()?;
+                Ok((value, tx.last_notice()))
+            },
+        );
         let (value, last_notice) = match result {
             Ok(v) => v,
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -303,7 +326,12 @@ impl Store {
     // ---- organisations (D2) -------------------------------------------------------------
 
     /// Registers or updates an organisation.
-    pub async fn put_org(&self, org: &Organisation, actor: &str, now: DateTime<Utc>) -> Result<(), OpError> {
+    pub async fn put_org(
+        &self,
+        org: &Organisation,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), OpError> {
         self.write(|tx| {
             let existed = tx.orgs.get(org.id.as_str())?.is_some();
             tx.orgs.insert(org.id.as_str(), encode(org))?;
@@ -315,11 +343,18 @@ impl Store {
     }
 
     pub fn org(&self, id: &OrgId) -> Result<Option<Organisation>, StoreError> {
-        self.orgs.get(id.as_str())?.map(|b| decode(&b, "organisation")).transpose()
+        self.orgs
+            .get(id.as_str())?
+            .map(|b| decode(&b, "organisation"))
+            .transpose()
     }
 
     pub fn orgs(&self) -> Result<Vec<Organisation>, StoreError> {
-        self.orgs.iter().values().map(|v| decode(&v?, "organisation")).collect()
+        self.orgs
+            .iter()
+            .values()
+            .map(|v| decode(&v?, "organisation"))
+            .collect()
     }
 
     // ---- signals ------------------------------------------------------------------------
@@ -332,14 +367,26 @@ impl Store {
             };
             let mut child = tx.child(&new.child)?;
             if let Some((id, _)) = child.active.iter().find(|(_, o)| *o == new.org) {
-                let signal = tx.signal(id)?.ok_or(OpError::Store(StoreError::Corrupt { what: "signal index" }));
+                let signal = tx.signal(id)?.ok_or(OpError::Store(StoreError::Corrupt {
+                    what: "signal index",
+                }));
                 let signal = match signal {
                     Ok(s) => s,
                     Err(e) => return abort(e),
                 };
-                tx.log(new.now, actor, "signal.register.repeat", &signal.id.to_string(), "")?;
+                tx.log(
+                    new.now,
+                    actor,
+                    "signal.register.repeat",
+                    &signal.id.to_string(),
+                    "",
+                )?;
                 let matched_with = child.active.len() - 1;
-                return Ok(Registered { signal, created: false, matched_with });
+                return Ok(Registered {
+                    signal,
+                    created: false,
+                    matched_with,
+                });
             }
             let signal = Signal {
                 id: SignalId::random(),
@@ -354,14 +401,24 @@ impl Store {
             };
             let others = tx.signals_of(&child.active)?;
             tx.put_signal(&signal)?;
-            tx.org_signals.insert(prefixed(signal.org.as_str(), &signal.id.0), &[])?;
+            tx.org_signals
+                .insert(prefixed(signal.org.as_str(), &signal.id.0), &[])?;
             child.active.push((signal.id, signal.org.clone()));
-            tx.log(new.now, actor, "signal.register", &signal.id.to_string(), "")?;
+            tx.log(
+                new.now,
+                actor,
+                "signal.register",
+                &signal.id.to_string(),
+                "",
+            )?;
             if !others.is_empty() {
                 tx.notify_match_created(&signal, &org, &others, new.now)?;
             } else if !child.archived.is_empty() && !child.history_sent.contains(&signal.org) {
-                let earlier: Vec<_> =
-                    tx.signals_of(&child.archived)?.into_iter().filter(|s| s.org != signal.org).collect();
+                let earlier: Vec<_> = tx
+                    .signals_of(&child.archived)?
+                    .into_iter()
+                    .filter(|s| s.org != signal.org)
+                    .collect();
                 if !earlier.is_empty() {
                     let parties = tx.parties(&earlier)?;
                     let notice = Notice {
@@ -377,13 +434,20 @@ impl Store {
                 }
             }
             tx.put_child(&new.child, &child)?;
-            Ok(Registered { matched_with: others.len(), signal, created: true })
+            Ok(Registered {
+                matched_with: others.len(),
+                signal,
+                created: true,
+            })
         })
         .await
     }
 
     pub fn signal(&self, id: &SignalId) -> Result<Option<Signal>, StoreError> {
-        self.signals.get(id.0)?.map(|b| decode(&b, "signal")).transpose()
+        self.signals
+            .get(id.0)?
+            .map(|b| decode(&b, "signal"))
+            .transpose()
     }
 
     /// Withdraws a signal on behalf of its own organisation (D4, D7).
@@ -410,12 +474,26 @@ impl Store {
             };
             match (reason, signal.is_active()) {
                 (WithdrawReason::MadeInError, _) => {
-                    tx.retire(&signal, None, now, &actor, "signal.withdraw.made-in-error", by)?;
+                    tx.retire(
+                        &signal,
+                        None,
+                        now,
+                        &actor,
+                        "signal.withdraw.made-in-error",
+                        by,
+                    )?;
                     Ok(Withdrawn::Deleted)
                 }
                 (WithdrawReason::ConcernResolved, true) => {
                     let archived = Some((today, ArchiveReason::ConcernResolved));
-                    tx.retire(&signal, archived, now, &actor, "signal.withdraw.concern-resolved", by)?;
+                    tx.retire(
+                        &signal,
+                        archived,
+                        now,
+                        &actor,
+                        "signal.withdraw.concern-resolved",
+                        by,
+                    )?;
                     Ok(Withdrawn::Archived)
                 }
                 (WithdrawReason::ConcernResolved, false) => abort(OpError::NotActive(*id)),
@@ -425,13 +503,23 @@ impl Store {
     }
 
     /// Deletes every signal and archive entry on the child (erasure decision, D4).
-    pub async fn erase_child(&self, child: &ChildKey, actor: &str, now: DateTime<Utc>) -> Result<u32, OpError> {
-        self.write(|tx| tx.delete_child(child, now, actor, "child.erase")).await
+    pub async fn erase_child(
+        &self,
+        child: &ChildKey,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u32, OpError> {
+        self.write(|tx| tx.delete_child(child, now, actor, "child.erase"))
+            .await
     }
 
     /// Applies D3 and D4 as of `today`: archive expired signals, delete everything on
     /// children who turned 23, purge archive entries older than 5 years.
-    pub async fn sweep(&self, today: NaiveDate, now: DateTime<Utc>) -> Result<SweepReport, OpError> {
+    pub async fn sweep(
+        &self,
+        today: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<SweepReport, OpError> {
         let actor = "system:sweeper";
         let mut report = SweepReport::default();
         // Decide from a scan, then act per record in its own transaction, re-checking there.
@@ -446,19 +534,35 @@ impl Store {
         for id in due {
             let done = self
                 .write(|tx| {
-                    let Some(signal) = tx.signal(&id)? else { return Ok(Fate::Keep) };
+                    let Some(signal) = tx.signal(&id)? else {
+                        return Ok(Fate::Keep);
+                    };
                     let fate = fate_of(&signal, today);
                     match fate {
                         Fate::Keep => {}
                         Fate::Archive => {
                             let archived = Some((today, ArchiveReason::Expired));
-                            tx.retire(&signal, archived, now, actor, "signal.expire", "removal date reached")?;
+                            tx.retire(
+                                &signal,
+                                archived,
+                                now,
+                                actor,
+                                "signal.expire",
+                                "removal date reached",
+                            )?;
                         }
                         Fate::DeleteAgeLimit => {
                             tx.delete_child(&signal.child, now, actor, "child.age-limit")?;
                         }
                         Fate::Purge => {
-                            tx.retire(&signal, None, now, actor, "archive.purge", "5 years in archive")?;
+                            tx.retire(
+                                &signal,
+                                None,
+                                now,
+                                actor,
+                                "archive.purge",
+                                "5 years in archive",
+                            )?;
                         }
                     }
                     Ok(fate)
@@ -477,11 +581,21 @@ impl Store {
     /// The organisation's active matches (D5).
     pub fn matches_for(&self, org: &OrgId) -> Result<Vec<MatchView>, StoreError> {
         let mut out = Vec::new();
-        for key in self.org_signals.scan_prefix(prefixed(org.as_str(), &[])).keys() {
+        for key in self
+            .org_signals
+            .scan_prefix(prefixed(org.as_str(), &[]))
+            .keys()
+        {
             let key = key?;
-            let id: [u8; 16] = key[key.len() - 16..].try_into().map_err(|_| StoreError::Corrupt { what: "index" })?;
-            let Some(own) = self.signal(&SignalId(id))? else { continue };
-            let Some(child) = self.children.get(own.child.0)? else { continue };
+            let id: [u8; 16] = key[key.len() - 16..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { what: "index" })?;
+            let Some(own) = self.signal(&SignalId(id))? else {
+                continue;
+            };
+            let Some(child) = self.children.get(own.child.0)? else {
+                continue;
+            };
             let child: ChildRecord = decode(&child, "child record")?;
             let mut counterparts = Vec::new();
             for (other, _) in child.active.iter().filter(|(s, _)| *s != own.id) {
@@ -518,7 +632,12 @@ impl Store {
     // ---- notices ------------------------------------------------------------------------
 
     /// Durable notices for `org` with cursor in `(after, upto]`, oldest first.
-    pub fn notices_after(&self, org: &OrgId, after: u64, limit: usize) -> Result<Vec<(u64, Notice)>, StoreError> {
+    pub fn notices_after(
+        &self,
+        org: &OrgId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Notice)>, StoreError> {
         let upto = *self.durable_notices.borrow();
         let start = notice_key(org, after.saturating_add(1));
         let end = notice_key(org, upto.saturating_add(1));
@@ -581,7 +700,11 @@ impl Store {
 
     /// Raw access for tamper tests: rewrites an audit entry's stored bytes.
     #[doc(hidden)]
-    pub fn tamper_audit_raw(&self, seq: u64, bytes: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn tamper_audit_raw(
+        &self,
+        seq: u64,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let old = match bytes {
             Some(b) => self.audit.insert(seq.to_be_bytes(), b)?,
             None => self.audit.remove(seq.to_be_bytes())?,
@@ -607,31 +730,44 @@ enum Fate {
 
 fn fate_of(signal: &Signal, today: NaiveDate) -> Fate {
     match signal.state {
-        SignalState::Active => match retention::active_fate(signal.date_of_birth, signal.removal_date, today) {
-            ActiveFate::Keep => Fate::Keep,
-            ActiveFate::Archive => Fate::Archive,
-            ActiveFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
-        },
-        SignalState::Archived { on, .. } => match retention::archived_fate(signal.date_of_birth, on, today) {
-            ArchivedFate::Keep => Fate::Keep,
-            ArchivedFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
-            ArchivedFate::DeleteRetentionEnded => Fate::Purge,
-        },
+        SignalState::Active => {
+            match retention::active_fate(signal.date_of_birth, signal.removal_date, today) {
+                ActiveFate::Keep => Fate::Keep,
+                ActiveFate::Archive => Fate::Archive,
+                ActiveFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
+            }
+        }
+        SignalState::Archived { on, .. } => {
+            match retention::archived_fate(signal.date_of_birth, on, today) {
+                ArchivedFate::Keep => Fate::Keep,
+                ArchivedFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
+                ArchivedFate::DeleteRetentionEnded => Fate::Purge,
+            }
+        }
     }
 }
 
 fn read_u64(v: &Option<sled::IVec>) -> u64 {
-    v.as_ref().and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+    v.as_ref()
+        .and_then(|b| b.as_ref().try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
 }
 
 fn party_of(signal: &Signal, org: Option<&Organisation>) -> Party {
     Party {
         region: None,
         org_id: signal.org.clone(),
-        org_name: org.map(|o| o.name.clone()).unwrap_or_else(|| signal.org.to_string()),
-        org_domain: org.map(|o| o.domain).unwrap_or(crate::domain::OrgDomain::Other),
+        org_name: org
+            .map(|o| o.name.clone())
+            .unwrap_or_else(|| signal.org.to_string()),
+        org_domain: org
+            .map(|o| o.domain)
+            .unwrap_or(crate::domain::OrgDomain::Other),
         professional: signal.professional.clone(),
-        coordinator: org.and_then(|o| o.coordinator.clone()).or_else(|| signal.coordinator.clone()),
+        coordinator: org
+            .and_then(|o| o.coordinator.clone())
+            .or_else(|| signal.coordinator.clone()),
     }
 }
 
@@ -654,7 +790,11 @@ fn corrupt<T>(what: &'static str) -> TxResult<T> {
 }
 
 impl Tx<'_> {
-    fn get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8], what: &'static str) -> TxResult<Option<T>> {
+    fn get<T: DeserializeOwned>(
+        tree: &TransactionalTree,
+        key: &[u8],
+        what: &'static str,
+    ) -> TxResult<Option<T>> {
         match tree.get(key)? {
             None => Ok(None),
             Some(bytes) => match postcard::from_bytes(&bytes) {
@@ -702,11 +842,21 @@ impl Tx<'_> {
     }
 
     fn parties(&self, signals: &[Signal]) -> TxResult<Vec<Party>> {
-        signals.iter().map(|s| Ok(party_of(s, self.org(&s.org)?.as_ref()))).collect()
+        signals
+            .iter()
+            .map(|s| Ok(party_of(s, self.org(&s.org)?.as_ref())))
+            .collect()
     }
 
     /// Appends an audit entry to the chain.
-    fn log(&self, at: DateTime<Utc>, actor: &str, action: &str, subject: &str, detail: &str) -> TxResult<()> {
+    fn log(
+        &self,
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> TxResult<()> {
         let mut head = self.audit_head.borrow_mut();
         let (seq, prev) = match *head {
             Some(h) => h,
@@ -722,7 +872,13 @@ impl Tx<'_> {
             prev,
         };
         let hash = audit::entry_hash(&entry);
-        self.audit.insert(&entry.seq.to_be_bytes(), encode(&audit::StoredEntry { entry: entry.clone(), hash }))?;
+        self.audit.insert(
+            &entry.seq.to_be_bytes(),
+            encode(&audit::StoredEntry {
+                entry: entry.clone(),
+                hash,
+            }),
+        )?;
         *head = Some((entry.seq, hash));
         Ok(())
     }
@@ -748,12 +904,19 @@ impl Tx<'_> {
         };
         let subject = notice.own_signal.map(|s| s.to_string()).unwrap_or_default();
         let detail = format!("to {addressee} of org:{} (cursor {seq})", notice.recipient);
-        self.notices.insert(notice_key(&notice.recipient, seq), encode(&notice))?;
+        self.notices
+            .insert(notice_key(&notice.recipient, seq), encode(&notice))?;
         self.log(at, "system:matcher", action, &subject, &detail)
     }
 
     /// Notices to the professional and the coordinator (if any) of `signal`'s organisation.
-    fn notify_reporter(&self, kind: NoticeKind, signal: &Signal, counterparts: Vec<Party>, at: DateTime<Utc>) -> TxResult<()> {
+    fn notify_reporter(
+        &self,
+        kind: NoticeKind,
+        signal: &Signal,
+        counterparts: Vec<Party>,
+        at: DateTime<Utc>,
+    ) -> TxResult<()> {
         let has_coordinator = self.org(&signal.org)?.and_then(|o| o.coordinator).is_some();
         let mut addressees = vec![Addressee::Professional];
         if has_coordinator {
@@ -773,8 +936,14 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn notify_match_officer(&self, kind: NoticeKind, involved: &[&Signal], at: DateTime<Utc>) -> TxResult<()> {
-        let Some(officer) = Self::get::<OrgId>(self.meta, b"match_officer", "match officer")? else {
+    fn notify_match_officer(
+        &self,
+        kind: NoticeKind,
+        involved: &[&Signal],
+        at: DateTime<Utc>,
+    ) -> TxResult<()> {
+        let Some(officer) = Self::get::<OrgId>(self.meta, b"match_officer", "match officer")?
+        else {
             return Ok(());
         };
         let owned: Vec<Signal> = involved.iter().map(|s| (*s).clone()).collect();
@@ -790,7 +959,13 @@ impl Tx<'_> {
     }
 
     /// D5: everyone on the child learns the others' contact details.
-    fn notify_match_created(&self, new: &Signal, org: &Organisation, others: &[Signal], at: DateTime<Utc>) -> TxResult<()> {
+    fn notify_match_created(
+        &self,
+        new: &Signal,
+        org: &Organisation,
+        others: &[Signal],
+        at: DateTime<Utc>,
+    ) -> TxResult<()> {
         let new_party = party_of(new, Some(org));
         self.notify_reporter(NoticeKind::MatchCreated, new, self.parties(others)?, at)?;
         for other in others {
@@ -816,7 +991,8 @@ impl Tx<'_> {
         let was_active = signal.is_active();
         child.active.retain(|(id, _)| *id != signal.id);
         child.archived.retain(|(id, _)| *id != signal.id);
-        self.org_signals.remove(prefixed(signal.org.as_str(), &signal.id.0))?;
+        self.org_signals
+            .remove(prefixed(signal.org.as_str(), &signal.id.0))?;
         match archive {
             Some((on, reason)) => {
                 let mut archived = signal.clone();
@@ -843,7 +1019,13 @@ impl Tx<'_> {
     }
 
     /// Deletes every signal and archive entry of a child (D3 age limit, D4 erasure).
-    fn delete_child(&self, child: &ChildKey, at: DateTime<Utc>, actor: &str, action: &str) -> TxResult<u32> {
+    fn delete_child(
+        &self,
+        child: &ChildKey,
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+    ) -> TxResult<u32> {
         let record = self.child(child)?;
         let mut count = 0;
         for (id, org) in record.active.iter().chain(record.archived.iter()) {

@@ -1,0 +1,82 @@
+//! The one mapping from errors to gRPC statuses. Every message says what was wrong and
+//! what to do, and none contains a BSN (the domain errors never echo one).
+
+use tonic::{Code, Status};
+
+use crate::domain::retention::RetentionError;
+use crate::domain::{BsnError, FieldError};
+use crate::store::{OpError, StoreError};
+
+/// Errors of the client and admin APIs.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("the node could not complete the request: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(e: FieldError) -> ApiError {
+        ApiError::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<BsnError> for ApiError {
+    fn from(e: BsnError) -> Self {
+        ApiError::InvalidArgument(format!("bsn: {e}"))
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::field(e)
+    }
+}
+
+impl From<RetentionError> for ApiError {
+    fn from(e: RetentionError) -> Self {
+        ApiError::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::UnknownOrg(_) => ApiError::PermissionDenied(e.to_string()),
+            OpError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            OpError::NotOwner(_) => ApiError::PermissionDenied(e.to_string()),
+            OpError::NotActive(_) => ApiError::FailedPrecondition(e.to_string()),
+            OpError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let code = match e {
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,250 @@
+//! The node's configuration: TOML (see `deploy/node.example.toml`), every field documented
+//! and defaulted, then overridden by `VIRFED_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::domain::{OrgId, RegionId};
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+}
+
+/// A regional node's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's region id (lowercase letters, digits, '-').
+    pub region: String,
+    /// Directory for the store (`store/`) and the local key file (`local.key`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Address of the client and admin API (mutual TLS).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Certificates: the region CA and the node's server certificate.
+    pub tls: TlsConfig,
+    /// The municipal match officer (D5).
+    #[serde(default)]
+    pub match_officer: MatchOfficer,
+    /// The expiry sweeper (D3, D4).
+    #[serde(default)]
+    pub sweeper: Sweeper,
+    /// Store tuning.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Optional webhooks: notices for an organisation are also POSTed to its URL.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (PEM) that issued the organisations' client certificates.
+    pub ca: PathBuf,
+    /// This node's server certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// Certificate revocation lists (PEM) to enforce.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchOfficer {
+    /// Organisation id whose client certificate receives the match officer's notices and
+    /// may carry out erasure decisions. Unset: no match officer notices.
+    #[serde(default)]
+    pub org: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweeper {
+    /// Seconds between expiry sweeps.
+    #[serde(default = "default_sweep_secs")]
+    pub interval_secs: u64,
+}
+
+impl Default for Sweeper {
+    fn default() -> Self {
+        Sweeper {
+            interval_secs: default_sweep_secs(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sled page cache in MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_mb: default_cache_mb(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// The organisation whose notices go to this URL.
+    pub org: String,
+    /// `http://` URL receiving a JSON POST per notice.
+    pub url: String,
+    /// File with the shared secret for the `X-Virfed-Signature` HMAC header (mode 0600).
+    pub secret_file: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/virfed")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_sweep_secs() -> u64 {
+    3600
+}
+fn default_cache_mb() -> u64 {
+    128
+}
+
+impl Config {
+    /// Reads the file, then applies environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        RegionId::parse(&self.region).map_err(|e| format!("region: {e}"))?;
+        if let Some(org) = &self.match_officer.org {
+            OrgId::parse(org).map_err(|e| format!("match_officer.org: {e}"))?;
+        }
+        for hook in &self.webhooks {
+            OrgId::parse(&hook.org).map_err(|e| format!("webhooks.org: {e}"))?;
+            if !hook.url.starts_with("http://") {
+                return Err(format!("webhooks.url {}: only http:// URLs are supported; terminate TLS in a local proxy", hook.url));
+            }
+        }
+        if self.sweeper.interval_secs == 0 {
+            return Err("sweeper.interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Environment overrides: `VIRFED_REGION`, `VIRFED_DATA_DIR`, `VIRFED_LISTEN`,
+    /// `VIRFED_TLS_CA`, `VIRFED_TLS_CERT`, `VIRFED_TLS_KEY`, `VIRFED_MATCH_OFFICER_ORG`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("VIRFED_REGION") {
+            self.region = v;
+        }
+        if let Some(v) = get("VIRFED_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("VIRFED_LISTEN") {
+            self.listen = v.parse().map_err(|_| ConfigError::Env {
+                var: "VIRFED_LISTEN",
+                message: format!("{v:?} is not an address like 0.0.0.0:7443"),
+            })?;
+        }
+        if let Some(v) = get("VIRFED_TLS_CA") {
+            self.tls.ca = v.into();
+        }
+        if let Some(v) = get("VIRFED_TLS_CERT") {
+            self.tls.cert = v.into();
+        }
+        if let Some(v) = get("VIRFED_TLS_KEY") {
+            self.tls.key = v.into();
+        }
+        if let Some(v) = get("VIRFED_MATCH_OFFICER_ORG") {
+            self.match_officer.org = Some(v);
+        }
+        self.validate().map_err(|message| ConfigError::Env {
+            var: "VIRFED_*",
+            message,
+        })
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    pub fn local_key_path(&self) -> PathBuf {
+        self.data_dir.join("local.key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_parses() {
+        let text = include_str!("../deploy/node.example.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.region, "rotterdam");
+        assert_eq!(config.sweeper.interval_secs, 3600);
+    }
+
+    #[test]
+    fn env_overrides_win_and_are_validated() {
+        let mut config = Config::parse(include_str!("../deploy/node.example.toml")).unwrap();
+        config
+            .apply_env(|k| match k {
+                "VIRFED_LISTEN" => Some("127.0.0.1:9999".into()),
+                "VIRFED_DATA_DIR" => Some("/tmp/x".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        let err = config
+            .apply_env(|k| (k == "VIRFED_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("VIRFED_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_region_are_refused() {
+        let base = include_str!("../deploy/node.example.toml");
+        assert!(Config::parse(&format!("{base}\nbogus = 1\n")).is_err());
+        let bad = base.replace("region = \"rotterdam\"", "region = \"Rotterdam!\"");
+        assert!(Config::parse(&bad).unwrap_err().contains("region"));
+    }
+}

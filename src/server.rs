@@ -1,0 +1,249 @@
+//! `Node::bind` then `Node::run(shutdown)`: opens the store, loads keys and certificates,
+//! binds the API port, and serves until `shutdown` resolves, with the background tasks
+//! (expiry sweeper, webhook delivery) beside it. Start-up reads like a script, one log
+//! line a step.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::api::{ApiState, OrganisationsService, SignalsService, MAX_REQUEST_BYTES};
+use crate::config::Config;
+use crate::domain::{Clock, OrgId};
+use crate::pb::admin::organisations_server::OrganisationsServer;
+use crate::pb::client::signals_server::SignalsServer;
+use crate::pki::{server_config, tls_incoming, PkiError, TlsMaterial};
+use crate::pseudonym::{KeyError, LocalKey};
+use crate::store::{OpError, Store, StoreError, StoreOptions, SweepReport};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}. Is another process using the port?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the API server failed: {0}")]
+    Serve(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+type SweepRequest = oneshot::Sender<Result<SweepReport, String>>;
+
+/// A bound, not yet running node.
+pub struct Node {
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<ApiState>,
+    shutdown_tx: watch::Sender<bool>,
+    sweep_rx: mpsc::Receiver<SweepRequest>,
+    handle: NodeHandle,
+}
+
+/// Control of a running node from the same process (tests, demo).
+#[derive(Clone)]
+pub struct NodeHandle {
+    sweep_tx: mpsc::Sender<SweepRequest>,
+    store: Store,
+}
+
+impl NodeHandle {
+    /// Runs the expiry sweeper now and returns what it did.
+    pub async fn sweep_now(&self) -> Result<SweepReport, String> {
+        let (tx, rx) = oneshot::channel();
+        self.sweep_tx
+            .send(tx)
+            .await
+            .map_err(|_| "node stopped".to_string())?;
+        rx.await.map_err(|_| "node stopped".to_string())?
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Node {
+    /// Opens the store, loads key and certificates, binds the API port.
+    pub async fn bind(config: Config, clock: Arc<dyn Clock>) -> Result<Node, NodeError> {
+        info!(region = %config.region, data_dir = %config.data_dir.display(), "starting virfed node");
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let local_key = LocalKey::load_or_create(&config.local_key_path())?;
+        info!(path = %config.local_key_path().display(), "local pseudonym key loaded");
+        let store = Store::open(
+            &config.store_path(),
+            &StoreOptions {
+                cache_bytes: config.store.cache_mb * 1024 * 1024,
+            },
+        )?;
+        info!(path = %config.store_path().display(), "store opened");
+        let match_officer = match &config.match_officer.org {
+            Some(o) => Some(
+                OrgId::parse(o)
+                    .map_err(|e| NodeError::Config(format!("match_officer.org: {e}")))?,
+            ),
+            None => None,
+        };
+        store.set_match_officer(match_officer.as_ref()).await?;
+        let material = TlsMaterial::from_files(
+            &config.tls.ca,
+            &config.tls.cert,
+            &config.tls.key,
+            &config.tls.crls,
+        )?;
+        let tls = server_config(&material)?;
+        info!(cert = %config.tls.cert.display(), ca = %config.tls.ca.display(), "TLS configured; client certificates required");
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        info!(%addr, "client and admin API bound");
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (sweep_tx, sweep_rx) = mpsc::channel(4);
+        let state = Arc::new(ApiState {
+            store: store.clone(),
+            local_key,
+            clock,
+            match_officer,
+            shutdown: shutdown_rx,
+        });
+        Ok(Node {
+            config,
+            listener,
+            addr,
+            tls,
+            state,
+            shutdown_tx,
+            sweep_rx,
+            handle: NodeHandle { sweep_tx, store },
+        })
+    }
+
+    /// The address the API listens on (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: open watch streams end with
+    /// UNAVAILABLE, in-flight requests finish, the store is flushed.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
+        let Node {
+            config,
+            listener,
+            tls,
+            state,
+            shutdown_tx,
+            sweep_rx,
+            ..
+        } = self;
+        let sweeper = tokio::spawn(sweeper(
+            state.store.clone(),
+            state.clock.clone(),
+            Duration::from_secs(config.sweeper.interval_secs),
+            sweep_rx,
+            state.shutdown.clone(),
+        ));
+        let webhooks =
+            crate::notify::spawn_webhooks(&config, state.store.clone(), state.shutdown.clone())
+                .map_err(NodeError::Config)?;
+        let signals = SignalsServer::new(SignalsService::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let orgs = OrganisationsServer::new(OrganisationsService::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        info!(region = %config.region, "node running");
+        let incoming = tls_incoming(listener, tls);
+        let stop = async {
+            shutdown.await;
+            info!("shutting down: draining requests");
+            let _ = shutdown_tx.send(true);
+        };
+        let served = Server::builder()
+            .timeout(Duration::from_secs(30))
+            .add_service(signals)
+            .add_service(orgs)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await;
+        let _ = shutdown_tx.send(true);
+        let _ = sweeper.await;
+        for task in webhooks {
+            let _ = task.await;
+        }
+        state.store.flush_now()?;
+        info!("node stopped");
+        served.map_err(|e| NodeError::Serve(e.to_string()))
+    }
+}
+
+/// The expiry sweeper (D3, D4): runs at start, every `interval`, and on request.
+async fn sweeper(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    mut requests: mpsc::Receiver<SweepRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let reply = tokio::select! {
+            _ = ticker.tick() => None,
+            Some(reply) = requests.recv() => Some(reply),
+            _ = crate::server::shutting_down(&mut shutdown) => return,
+        };
+        let result = store.sweep(clock.today(), clock.now()).await;
+        match &result {
+            Ok(r) if *r != SweepReport::default() => info!(
+                archived = r.archived,
+                deleted_age_limit = r.deleted_age_limit,
+                purged_archive = r.purged_archive,
+                "expiry sweep done"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "expiry sweep failed; retrying at the next interval"),
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map_err(|e: OpError| e.to_string()));
+        }
+    }
+}
+
+/// Resolves when the node starts shutting down (or its controller is gone).
+pub async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
