@@ -216,6 +216,47 @@ fn sled_floor(batch: usize, total: usize, value_len: usize) -> anyhow::Result<f6
     Ok(i as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Registrations per second through the store alone (no gRPC, no TLS), `clients` tasks.
+async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
+    use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
+    let dir = tempfile::tempdir()?;
+    let store = crate::store::Store::open(dir.path(), &Default::default())?;
+    let clock = SystemClock;
+    let org = Organisation {
+        id: OrgId::parse("org-a")?,
+        name: "Org A".into(),
+        domain: OrgDomain::YouthCare,
+        coordinator: None,
+    };
+    store.put_org(&org, "bench", clock.now()).await?;
+    let key = crate::pseudonym::LocalKey::from_bytes([1; 32]);
+    let bsns = valid_bsns(300_000_000, total);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (store, key, org) = (store.clone(), key.clone(), org.id.clone());
+        let mine: Vec<String> = bsns.iter().skip(i).step_by(clients).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            for bsn in mine {
+                let new = crate::store::NewSignal {
+                    child: key.child_key(&crate::domain::Bsn::parse(&bsn)?),
+                    org: org.clone(),
+                    professional: contact("B. Ench", "professional", "bench@example.nl"),
+                    date_of_birth: chrono::NaiveDate::from_ymd_opt(2014, 5, 1).unwrap_or_default(),
+                    removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
+                    now: SystemClock.now(),
+                };
+                store.register(&new, "bench").await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
 /// `virfed bench`.
 pub async fn bench(per_level: usize) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("virfed-bench-").tempdir()?;
@@ -226,8 +267,8 @@ pub async fn bench(per_level: usize) -> anyhow::Result<()> {
     let bsns = valid_bsns(100_000_000, per_level * levels.len());
     println!("durable registrations/s (gRPC + mTLS + transaction + audit + group-commit flush) vs raw sled insert+flush floor");
     println!(
-        "{:>8} {:>14} {:>14} {:>8} {:>12}",
-        "clients", "registrations/s", "floor/s", "ratio", "writers/flush"
+        "{:>8} {:>14} {:>14} {:>14} {:>8} {:>12}",
+        "clients", "registrations/s", "store-only/s", "floor/s", "ratio", "writers/flush"
     );
     for (level_index, &clients) in levels.iter().enumerate() {
         let mine = &bsns[level_index * per_level..(level_index + 1) * per_level];
@@ -235,11 +276,7 @@ pub async fn bench(per_level: usize) -> anyhow::Result<()> {
         for _ in 0..clients {
             conns.push(region.org_client("org-a").await?);
         }
-        let stats = region.handle.store().flush_stats();
-        let (f0, w0) = (
-            stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
-            stats.writers.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let (f0, w0, _, _) = region.handle.store().write_stats().snapshot();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for (i, mut client) in conns.into_iter().enumerate() {
@@ -257,12 +294,13 @@ pub async fn bench(per_level: usize) -> anyhow::Result<()> {
             t.await??;
         }
         let rate = per_level as f64 / started.elapsed().as_secs_f64();
-        let flushes = stats.flushes.load(std::sync::atomic::Ordering::Relaxed) - f0;
-        let writers = stats.writers.load(std::sync::atomic::Ordering::Relaxed) - w0;
+        let (f1, w1, _, _) = region.handle.store().write_stats().snapshot();
+        let (flushes, writers) = (f1 - f0, w1 - w0);
         let floor =
             tokio::task::spawn_blocking(move || sled_floor(clients, per_level, 400)).await??;
+        let store_only = store_rate(clients, per_level).await?;
         println!(
-            "{clients:>8} {rate:>14.0} {floor:>14.0} {:>8.2} {:>12.1}",
+            "{clients:>8} {rate:>14.0} {store_only:>14.0} {floor:>14.0} {:>8.2} {:>12.1}",
             rate / floor,
             writers as f64 / flushes.max(1) as f64
         );

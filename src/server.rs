@@ -31,6 +31,8 @@ pub enum NodeError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
+    Op(#[from] OpError),
+    #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {

@@ -30,7 +30,7 @@
 //! a watcher never sees a notice that a crash could take back.
 
 mod audit;
-mod commit;
+mod writer;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,8 @@ use sled::Transactional;
 use tokio::sync::watch;
 
 pub use audit::{AuditBroken, AuditEntry, AuditSummary};
-pub use commit::{FlushStats, GroupCommit};
+pub use writer::WriteStats;
+use writer::{Job, Writer};
 
 use crate::domain::retention::{self, ActiveFate, ArchivedFate};
 use crate::domain::{
@@ -73,7 +74,7 @@ pub enum StoreError {
     #[error("a stored {what} could not be decoded; the store may be damaged: restore from backup")]
     Corrupt { what: &'static str },
     #[error("{0}")]
-    Flush(String),
+    Failed(String),
 }
 
 /// Why an operation was refused. The API maps each to a precise gRPC status.
@@ -181,11 +182,9 @@ fn notice_key(org: &OrgId, seq: u64) -> Vec<u8> {
     prefixed(org.as_str(), &seq.to_be_bytes())
 }
 
-/// The node's store. Cheap to clone.
+/// The trees, shared by readers and the writer thread.
 #[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    path: PathBuf,
+struct Trees {
     meta: sled::Tree,
     orgs: sled::Tree,
     signals: sled::Tree,
@@ -193,7 +192,68 @@ pub struct Store {
     org_signals: sled::Tree,
     notices: sled::Tree,
     audit: sled::Tree,
-    commit: GroupCommit,
+}
+
+impl Trees {
+    /// Runs every job of a batch in one transaction (see [`writer`]).
+    fn run_batch(&self, jobs: &[Job]) -> writer::BatchResult {
+        let trees = (
+            &self.meta,
+            &self.orgs,
+            &self.signals,
+            &self.children,
+            &self.org_signals,
+            &self.notices,
+            &self.audit,
+        );
+        let result = trees.transaction(
+            |(meta, orgs, signals, children, org_signals, notices, audit)| {
+                let tx = Tx {
+                    meta,
+                    orgs,
+                    signals,
+                    children,
+                    org_signals,
+                    notices,
+                    audit,
+                    audit_head: RefCell::new(None),
+                    notice_seq: RefCell::new(None),
+                };
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    match (job.run)(&tx) {
+                        Ok(out) => results.push(Ok(out)),
+                        // A storage failure poisons the shared transaction: abort it all.
+                        Err(ConflictableTransactionError::Abort(OpError::Store(e))) => {
+                            return Err(ConflictableTransactionError::Abort(OpError::Store(e)))
+                        }
+                        // A refusal happens before the job's first write: the others go on.
+                        Err(ConflictableTransactionError::Abort(refused)) => {
+                            results.push(Err(refused))
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                tx.finish()?;
+                Ok((results, tx.last_notice()))
+            },
+        );
+        match result {
+            Ok(done) => Ok(done),
+            Err(TransactionError::Abort(OpError::Store(e))) => Err(e),
+            Err(TransactionError::Abort(e)) => Err(StoreError::Failed(e.to_string())),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+}
+
+/// The node's store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    trees: Trees,
+    writer: Writer,
     /// Highest notice sequence number known to be durable.
     durable_notices: watch::Sender<u64>,
 }
@@ -242,8 +302,7 @@ impl Store {
             }
         }
         let last_notice = read_u64(&meta.get(META_NOTICE_SEQ)?);
-        let store = Store {
-            path: path.to_owned(),
+        let trees = Trees {
             orgs: db.open_tree("orgs")?,
             signals: db.open_tree("signals")?,
             children: db.open_tree("children")?,
@@ -251,19 +310,28 @@ impl Store {
             notices: db.open_tree("notices")?,
             audit: db.open_tree("audit")?,
             meta,
-            commit: GroupCommit::start(db.clone()),
-            durable_notices: watch::Sender::new(last_notice),
-            db,
         };
-        Ok(store)
+        let durable_notices = watch::Sender::new(last_notice);
+        let batch_trees = trees.clone();
+        let writer = Writer::start(db.clone(), durable_notices.clone(), move |jobs| {
+            batch_trees.run_batch(jobs)
+        });
+        Ok(Store {
+            path: path.to_owned(),
+            trees,
+            writer,
+            durable_notices,
+            db,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn flush_stats(&self) -> &FlushStats {
-        self.commit.stats()
+    /// Batch and flush counters of the writer.
+    pub fn write_stats(&self) -> &WriteStats {
+        &self.writer.stats
     }
 
     /// Bytes the store takes on disk.
@@ -271,56 +339,23 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// Waits for the group-commit flush, then releases notices up to `notice_seq` to watchers.
-    async fn durable(&self, notice_seq: u64) -> Result<(), StoreError> {
-        self.commit.sync().await.map_err(StoreError::Flush)?;
-        self.durable_notices.send_if_modified(|v| {
-            if notice_seq > *v {
-                *v = notice_seq;
-                true
-            } else {
-                false
-            }
-        });
-        Ok(())
-    }
-
-    /// Runs `f` in one transaction over every tree, then waits until it is durable.
-    async fn write<T>(&self, f: impl Fn(&mut Tx<'_>) -> TxResult<T>) -> Result<T, OpError> {
-        let trees = (
-            &self.meta,
-            &self.orgs,
-            &self.signals,
-            &self.children,
-            &self.org_signals,
-            &self.notices,
-            &self.audit,
-        );
-        let result = trees.transaction(
-            |(meta, orgs, signals, children, org_signals, notices, audit)| {
-                let mut tx = Tx {
-                    meta,
-                    orgs,
-                    signals,
-                    children,
-                    org_signals,
-                    notices,
-                    audit,
-                    audit_head: RefCell::new(None),
-                    notice_seq: RefCell::new(None),
-                };
-                let value = f(&mut tx)?;
-                tx.finish()?;
-                Ok((value, tx.last_notice()))
-            },
-        );
-        let (value, last_notice) = match result {
-            Ok(v) => v,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e).into()),
-        };
-        self.durable(last_notice.unwrap_or(0)).await?;
-        Ok(value)
+    /// Runs `f` as one job of the writer's next batch transaction and returns once it is
+    /// committed and flushed. `f` may refuse (a domain error) only before its first write.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<T> + Send + 'static,
+    ) -> Result<T, OpError> {
+        let out = self
+            .writer
+            .submit(Box::new(move |tx| {
+                f(tx).map(|v| Box::new(v) as writer::Output)
+            }))
+            .await?;
+        out.downcast::<T>().map(|v| *v).map_err(|_| {
+            OpError::Store(StoreError::Failed(
+                "internal: writer returned another type".into(),
+            ))
+        })
     }
 
     // ---- organisations (D2) -------------------------------------------------------------
@@ -332,25 +367,28 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<(), OpError> {
-        self.write(|tx| {
+        let (org, actor) = (org.clone(), actor.to_owned());
+        self.write(move |tx| {
             let existed = tx.orgs.get(org.id.as_str())?.is_some();
-            tx.orgs.insert(org.id.as_str(), encode(org))?;
+            tx.orgs.insert(org.id.as_str(), encode(&org))?;
             let action = if existed { "org.update" } else { "org.add" };
-            tx.log(now, actor, action, org.id.as_str(), org.domain.as_str())?;
+            tx.log(now, &actor, action, org.id.as_str(), org.domain.as_str())?;
             Ok(())
         })
         .await
     }
 
     pub fn org(&self, id: &OrgId) -> Result<Option<Organisation>, StoreError> {
-        self.orgs
+        self.trees
+            .orgs
             .get(id.as_str())?
             .map(|b| decode(&b, "organisation"))
             .transpose()
     }
 
     pub fn orgs(&self) -> Result<Vec<Organisation>, StoreError> {
-        self.orgs
+        self.trees
+            .orgs
             .iter()
             .values()
             .map(|v| decode(&v?, "organisation"))
@@ -361,7 +399,9 @@ impl Store {
 
     /// Registers a signal (D1, D2), forming matches (D5) or a history notice (D6).
     pub async fn register(&self, new: &NewSignal, actor: &str) -> Result<Registered, OpError> {
-        self.write(|tx| {
+        let (new, actor) = (new.clone(), actor.to_owned());
+        self.write(move |tx| {
+            let actor = actor.as_str();
             let Some(org) = tx.org(&new.org)? else {
                 return abort(OpError::UnknownOrg(new.org.clone()));
             };
@@ -444,7 +484,8 @@ impl Store {
     }
 
     pub fn signal(&self, id: &SignalId) -> Result<Option<Signal>, StoreError> {
-        self.signals
+        self.trees
+            .signals
             .get(id.0)?
             .map(|b| decode(&b, "signal"))
             .transpose()
@@ -461,11 +502,13 @@ impl Store {
         today: NaiveDate,
     ) -> Result<Withdrawn, OpError> {
         let actor = format!("org:{caller}");
-        self.write(|tx| {
+        let (id, caller) = (*id, caller.clone());
+        self.write(move |tx| {
+            let id = &id;
             let Some(signal) = tx.signal(id)? else {
                 return abort(OpError::NotFound(*id));
             };
-            if signal.org != *caller {
+            if signal.org != caller {
                 return abort(OpError::NotOwner(*id));
             }
             let by = match by {
@@ -509,7 +552,8 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<u32, OpError> {
-        self.write(|tx| tx.delete_child(child, now, actor, "child.erase"))
+        let (child, actor) = (*child, actor.to_owned());
+        self.write(move |tx| tx.delete_child(&child, now, &actor, "child.erase"))
             .await
     }
 
@@ -524,51 +568,52 @@ impl Store {
         let mut report = SweepReport::default();
         // Decide from a scan, then act per record in its own transaction, re-checking there.
         let mut due = Vec::new();
-        for item in self.signals.iter().values() {
+        for item in self.trees.signals.iter().values() {
             let signal: Signal = decode(&item.map_err(StoreError::from)?, "signal")?;
             let fate = fate_of(&signal, today);
             if fate != Fate::Keep {
                 due.push(signal.id);
             }
         }
-        for id in due {
-            let done = self
-                .write(|tx| {
-                    let Some(signal) = tx.signal(&id)? else {
-                        return Ok(Fate::Keep);
-                    };
-                    let fate = fate_of(&signal, today);
-                    match fate {
-                        Fate::Keep => {}
-                        Fate::Archive => {
-                            let archived = Some((today, ArchiveReason::Expired));
-                            tx.retire(
-                                &signal,
-                                archived,
-                                now,
-                                actor,
-                                "signal.expire",
-                                "removal date reached",
-                            )?;
-                        }
-                        Fate::DeleteAgeLimit => {
-                            tx.delete_child(&signal.child, now, actor, "child.age-limit")?;
-                        }
-                        Fate::Purge => {
-                            tx.retire(
-                                &signal,
-                                None,
-                                now,
-                                actor,
-                                "archive.purge",
-                                "5 years in archive",
-                            )?;
-                        }
+        // Submitted together, the jobs share the writer's batches and flushes.
+        let jobs = due.into_iter().map(|id| {
+            self.write(move |tx| {
+                let Some(signal) = tx.signal(&id)? else {
+                    return Ok(Fate::Keep);
+                };
+                let fate = fate_of(&signal, today);
+                match fate {
+                    Fate::Keep => {}
+                    Fate::Archive => {
+                        let archived = Some((today, ArchiveReason::Expired));
+                        tx.retire(
+                            &signal,
+                            archived,
+                            now,
+                            actor,
+                            "signal.expire",
+                            "removal date reached",
+                        )?;
                     }
-                    Ok(fate)
-                })
-                .await?;
-            match done {
+                    Fate::DeleteAgeLimit => {
+                        tx.delete_child(&signal.child, now, actor, "child.age-limit")?;
+                    }
+                    Fate::Purge => {
+                        tx.retire(
+                            &signal,
+                            None,
+                            now,
+                            actor,
+                            "archive.purge",
+                            "5 years in archive",
+                        )?;
+                    }
+                }
+                Ok(fate)
+            })
+        });
+        for done in futures::future::join_all(jobs).await {
+            match done? {
                 Fate::Keep => {}
                 Fate::Archive => report.archived += 1,
                 Fate::DeleteAgeLimit => report.deleted_age_limit += 1,
@@ -582,6 +627,7 @@ impl Store {
     pub fn matches_for(&self, org: &OrgId) -> Result<Vec<MatchView>, StoreError> {
         let mut out = Vec::new();
         for key in self
+            .trees
             .org_signals
             .scan_prefix(prefixed(org.as_str(), &[]))
             .keys()
@@ -593,7 +639,7 @@ impl Store {
             let Some(own) = self.signal(&SignalId(id))? else {
                 continue;
             };
-            let Some(child) = self.children.get(own.child.0)? else {
+            let Some(child) = self.trees.children.get(own.child.0)? else {
                 continue;
             };
             let child: ChildRecord = decode(&child, "child record")?;
@@ -618,7 +664,7 @@ impl Store {
     /// Active and archived signal counts.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let mut counts = Counts::default();
-        for v in self.signals.iter().values() {
+        for v in self.trees.signals.iter().values() {
             let s: Signal = decode(&v?, "signal")?;
             if s.is_active() {
                 counts.active += 1;
@@ -644,7 +690,8 @@ impl Store {
         if after >= upto {
             return Ok(Vec::new());
         }
-        self.notices
+        self.trees
+            .notices
             .range(start..end)
             .take(limit)
             .map(|item| {
@@ -661,12 +708,16 @@ impl Store {
     }
 
     pub fn meta_u64(&self, key: &str) -> Result<u64, StoreError> {
-        Ok(read_u64(&self.meta.get(key)?))
+        Ok(read_u64(&self.trees.meta.get(key)?))
     }
 
-    pub async fn set_meta_u64(&self, key: &str, value: u64) -> Result<(), StoreError> {
-        self.meta.insert(key, &value.to_be_bytes())?;
-        self.commit.sync().await.map_err(StoreError::Flush)
+    pub async fn set_meta_u64(&self, key: &str, value: u64) -> Result<(), OpError> {
+        let key = key.to_owned();
+        self.write(move |tx| {
+            tx.meta.insert(key.as_bytes(), &value.to_be_bytes())?;
+            Ok(())
+        })
+        .await
     }
 
     // ---- audit (D8) ---------------------------------------------------------------------
@@ -675,6 +726,7 @@ impl Store {
     pub fn verify_audit(&self) -> Result<Result<AuditSummary, AuditBroken>, StoreError> {
         let head = self.audit_head()?;
         let entries = self
+            .trees
             .audit
             .iter()
             .map(|item| item.map(|(k, v)| (read_u64(&Some(k)), v.to_vec())))
@@ -684,7 +736,8 @@ impl Store {
 
     /// Audit entries in order (for `virfed audit show` and tests).
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        self.audit
+        self.trees
+            .audit
             .iter()
             .values()
             .map(|v| Ok(decode::<audit::StoredEntry>(&v?, "audit entry")?.entry))
@@ -692,7 +745,7 @@ impl Store {
     }
 
     fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
-        match self.meta.get(META_AUDIT_HEAD)? {
+        match self.trees.meta.get(META_AUDIT_HEAD)? {
             None => Ok((0, [0; 32])),
             Some(v) => decode(&v, "audit head"),
         }
@@ -706,8 +759,8 @@ impl Store {
         bytes: Option<Vec<u8>>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let old = match bytes {
-            Some(b) => self.audit.insert(seq.to_be_bytes(), b)?,
-            None => self.audit.remove(seq.to_be_bytes())?,
+            Some(b) => self.trees.audit.insert(seq.to_be_bytes(), b)?,
+            None => self.trees.audit.remove(seq.to_be_bytes())?,
         };
         self.db.flush()?;
         Ok(old.map(|v| v.to_vec()))
@@ -1055,11 +1108,15 @@ impl Tx<'_> {
 
 impl Store {
     /// Records which organisation receives the match officer's notices (D5).
-    pub async fn set_match_officer(&self, org: Option<&OrgId>) -> Result<(), StoreError> {
-        match org {
-            Some(o) => self.meta.insert("match_officer", encode(o))?,
-            None => self.meta.remove("match_officer")?,
-        };
-        self.commit.sync().await.map_err(StoreError::Flush)
+    pub async fn set_match_officer(&self, org: Option<&OrgId>) -> Result<(), OpError> {
+        let org = org.cloned();
+        self.write(move |tx| {
+            match &org {
+                Some(o) => tx.meta.insert("match_officer", encode(o))?,
+                None => tx.meta.remove("match_officer")?,
+            };
+            Ok(())
+        })
+        .await
     }
 }

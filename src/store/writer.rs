@@ -1,0 +1,149 @@
+//! The single writer: group commit at the level of whole transactions.
+//!
+//! sled 0.34 runs every multi-tree transaction under a global write lock, and its
+//! `flush` holds the matching read lock through the fsync, so transactions and flushes
+//! never overlap. Flushing after each transaction would therefore serialise one fsync per
+//! write. Instead, every write becomes a [`Job`] on one queue; a dedicated thread takes
+//! every job queued so far (up to [`MAX_BATCH`]), runs them all in **one** transaction,
+//! flushes once, and only then answers each caller. Under load the batch grows by itself;
+//! a lone writer still pays one transaction and one flush.
+//!
+//! A job may refuse (a domain error such as "not your signal") only before its first
+//! write, so a refused job leaves nothing behind in the shared transaction. A storage
+//! failure aborts the whole batch and every job in it gets the error; nothing is applied.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use tokio::sync::{oneshot, watch};
+
+use super::{OpError, StoreError, Tx, TxResult};
+
+/// Most jobs in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+pub(super) type Output = Box<dyn Any + Send>;
+pub(super) type JobFn = Box<dyn Fn(&Tx<'_>) -> TxResult<Output> + Send>;
+
+pub(super) struct Job {
+    pub run: JobFn,
+    pub reply: oneshot::Sender<Result<Output, OpError>>,
+}
+
+/// What one batch produced: each job's result and the highest notice sequence written.
+pub(super) type BatchResult = Result<(Vec<Result<Output, OpError>>, Option<u64>), StoreError>;
+
+/// Counters for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    /// Flushes (= batches).
+    pub flushes: AtomicU64,
+    /// Jobs committed.
+    pub writers: AtomicU64,
+    pub flush_micros: AtomicU64,
+    pub txn_micros: AtomicU64,
+}
+
+impl WriteStats {
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.flushes.load(Ordering::Relaxed),
+            self.writers.load(Ordering::Relaxed),
+            self.flush_micros.load(Ordering::Relaxed),
+            self.txn_micros.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+    pub stats: Arc<WriteStats>,
+}
+
+impl Writer {
+    /// Starts the writer thread. `run_batch` runs jobs in one transaction.
+    pub fn start(
+        db: sled::Db,
+        durable_notices: watch::Sender<u64>,
+        run_batch: impl Fn(&[Job]) -> BatchResult + Send + 'static,
+    ) -> Writer {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let stats = Arc::new(WriteStats::default());
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("virfed-writer".into())
+            .spawn(move || writer_loop(db, rx, durable_notices, thread_stats, run_batch))
+            .expect("spawning the writer thread at startup");
+        Writer { jobs, stats }
+    }
+
+    /// Queues `job` and waits until it is committed and on disk.
+    pub async fn submit(&self, run: JobFn) -> Result<Output, OpError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped =
+            || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
+        self.jobs.send(Job { run, reply }).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+fn writer_loop(
+    db: sled::Db,
+    rx: mpsc::Receiver<Job>,
+    durable_notices: watch::Sender<u64>,
+    stats: Arc<WriteStats>,
+    run_batch: impl Fn(&[Job]) -> BatchResult,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        let started = Instant::now();
+        let outcome = run_batch(&batch);
+        let flush_started = Instant::now();
+        stats.txn_micros.fetch_add(
+            (flush_started - started).as_micros() as u64,
+            Ordering::Relaxed,
+        );
+        let outcome = outcome.and_then(|done| {
+            db.flush()
+                .map_err(|e| StoreError::Failed(format!("flushing the store failed: {e}")))?;
+            Ok(done)
+        });
+        stats.flush_micros.fetch_add(
+            flush_started.elapsed().as_micros() as u64,
+            Ordering::Relaxed,
+        );
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writers
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match outcome {
+            Ok((results, last_notice)) => {
+                if let Some(seq) = last_notice {
+                    durable_notices.send_if_modified(|v| {
+                        let newer = seq > *v;
+                        if newer {
+                            *v = seq;
+                        }
+                        newer
+                    });
+                }
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(OpError::Store(StoreError::Failed(message.clone()))));
+                }
+            }
+        }
+    }
+}
