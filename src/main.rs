@@ -73,10 +73,11 @@ enum CaCommand {
     Init {
         #[arg(long, env = "VIRFED_CA_DIR")]
         dir: PathBuf,
-        /// Common name of the CA certificate.
-        #[arg(long, default_value = "virfed region CA")]
+        /// Common name of the CA certificate, e.g. "virfed Rotterdam region CA".
+        #[arg(long)]
         name: String,
-        #[arg(long, default_value_t = 3650)]
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
     /// Issue a certificate signed by the CA.
@@ -124,7 +125,8 @@ struct IssueOut {
     /// File name stem (default: the org, operator name or first DNS name).
     #[arg(long)]
     stem: Option<String>,
-    #[arg(long, default_value_t = 365)]
+    /// Validity in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
     days: u32,
     /// Replace existing files.
     #[arg(long)]
@@ -270,6 +272,15 @@ fn main() {
 
 /// Maps a gRPC status to an error a person can act on.
 fn refused(status: tonic::Status) -> anyhow::Error {
+    if matches!(
+        status.code(),
+        tonic::Code::Unknown | tonic::Code::Unavailable
+    ) {
+        return anyhow::anyhow!(
+            "{}\nhint: the node closed the connection. Is your client certificate expired, revoked or from another CA? Is the node running at that address? The node's log says which.",
+            status_message(&status)
+        );
+    }
     anyhow::anyhow!(status_message(&status))
 }
 

@@ -276,14 +276,7 @@ impl Default for StoreOptions {
 impl Store {
     /// Opens (or creates) the store; checks the schema version.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_bytes)
-            .open()
-            .map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let db = open_db(path, options)?;
         let meta = db.open_tree("meta")?;
         match meta.get(META_SCHEMA)? {
             None => {
@@ -795,6 +788,33 @@ fn fate_of(signal: &Signal, today: NaiveDate) -> Fate {
                 ArchivedFate::Keep => Fate::Keep,
                 ArchivedFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
                 ArchivedFate::DeleteRetentionEnded => Fate::Purge,
+            }
+        }
+    }
+}
+
+/// Opens sled, retrying for a moment while a previous holder of the file lock (this
+/// process's last node, a backup) is still letting go.
+fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_bytes)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })
             }
         }
     }

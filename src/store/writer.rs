@@ -57,11 +57,27 @@ impl WriteStats {
     }
 }
 
-/// Handle to the writer thread.
+/// Handle to the writer thread. When the last clone drops, the thread is stopped and
+/// joined, so the database (and its file lock) is released before the drop returns and a
+/// node can be reopened at once.
 #[derive(Clone)]
 pub(super) struct Writer {
-    jobs: mpsc::Sender<Job>,
+    inner: Arc<Inner>,
     pub stats: Arc<WriteStats>,
+}
+
+struct Inner {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Writer {
@@ -74,11 +90,17 @@ impl Writer {
         let (jobs, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(WriteStats::default());
         let thread_stats = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("virfed-writer".into())
             .spawn(move || writer_loop(db, rx, durable_notices, thread_stats, run_batch))
             .expect("spawning the writer thread at startup");
-        Writer { jobs, stats }
+        Writer {
+            inner: Arc::new(Inner {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            }),
+            stats,
+        }
     }
 
     /// Queues `job` and waits until it is committed and on disk.
@@ -86,7 +108,8 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         let stopped =
             || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
-        self.jobs.send(Job { run, reply }).map_err(|_| stopped())?;
+        let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(Job { run, reply }).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 }
