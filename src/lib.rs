@@ -46,4 +46,7 @@ pub mod pb {
     pub mod admin {
         tonic::include_proto!("virfed.admin.v1");
     }
+    pub mod federation {
+        tonic::include_proto!("virfed.federation.v1");
+    }
 }

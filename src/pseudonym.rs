@@ -4,15 +4,138 @@
 //! `HMAC-SHA256(local_key, "virfed/local-child/v1" ‖ 9 normalised digits)`. The local key
 //! lives in its own file (32 random bytes, hex, mode 0600), never in the store, so the sled
 //! files alone reveal nothing: without the key a guessed BSN cannot be tested against them.
-//! The federation's commutative blinding (ristretto255) builds on the same normalised BSN.
+//!
+//! Across regions the node uses commutative blinding on ristretto255 (see
+//! `docs/protocol.md`): `P = hash_to_ristretto("virfed/bsn/v1" ‖ digits)`, published to a
+//! peer as `P·a` under the node's secret scalar `a` ([`BlindKey`], its own key file), which
+//! the peer turns into `D = P·a·b`. `D` needs both secrets, so no single node can test a
+//! guessed BSN offline. Per-peer handles ([`LocalKey::handle`]) name a child towards one
+//! peer without letting peers link the child across regions.
 
 use std::path::Path;
 
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::Sha256;
+use sha2::{Sha256, Sha512};
 
 use crate::domain::{Bsn, ChildKey};
+
+/// Domain separation for hashing a BSN to the group (protocol v1).
+pub const BSN_POINT_DOMAIN: &[u8] = b"virfed/bsn/v1";
+/// Domain separation for per-peer handles.
+pub const HANDLE_DOMAIN: &[u8] = b"virfed/handle/v1";
+
+/// A child's handle towards one peer: 16 opaque bytes.
+pub type Handle = [u8; 16];
+
+/// A compressed ristretto255 point, as sent and stored.
+pub type Blinded = [u8; 32];
+
+/// `hash_to_ristretto("virfed/bsn/v1" ‖ 9 digits)`: ristretto255's hash-from-bytes with
+/// SHA-512 (64 uniform bytes mapped by the Elligator-based one-way map).
+pub fn bsn_point(bsn: &Bsn) -> RistrettoPoint {
+    let mut input = Vec::with_capacity(BSN_POINT_DOMAIN.len() + 9);
+    input.extend_from_slice(BSN_POINT_DOMAIN);
+    input.extend_from_slice(bsn.normalised_digits());
+    RistrettoPoint::hash_from_bytes::<Sha512>(&input)
+}
+
+/// A point received from a peer was not a valid encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid ristretto255 point encoding")]
+pub struct BadPoint;
+
+/// The node's blinding secret `k` (a non-zero scalar).
+#[derive(Clone)]
+pub struct BlindKey(Scalar);
+
+impl std::fmt::Debug for BlindKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlindKey(..)")
+    }
+}
+
+impl BlindKey {
+    /// A fresh random key.
+    pub fn random() -> BlindKey {
+        let mut wide = [0u8; 64];
+        rand::rngs::OsRng.fill_bytes(&mut wide);
+        BlindKey(Scalar::from_bytes_mod_order_wide(&wide))
+    }
+
+    /// A key from canonical scalar bytes (tests, key files). Zero is refused.
+    pub fn from_bytes(bytes: [u8; 32]) -> Option<BlindKey> {
+        let scalar = Option::<Scalar>::from(Scalar::from_canonical_bytes(bytes))?;
+        (scalar != Scalar::ZERO).then_some(BlindKey(scalar))
+    }
+
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// Loads the key file (hex scalar), creating it (0600) on first start.
+    pub fn load_or_create(path: &Path) -> Result<BlindKey, KeyError> {
+        let shown = path.display().to_string();
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                check_mode(path, &meta)?;
+                let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
+                    path: shown.clone(),
+                })?;
+                let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed {
+                    path: shown.clone(),
+                })?;
+                BlindKey::from_bytes(bytes).ok_or(KeyError::Malformed { path: shown })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = BlindKey::random();
+                write_new_secret(
+                    path,
+                    format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+                )
+                .map_err(|source| KeyError::Create {
+                    path: shown,
+                    source,
+                })?;
+                Ok(key)
+            }
+            Err(source) => Err(KeyError::Read {
+                path: shown,
+                source,
+            }),
+        }
+    }
+
+    /// `P·k` for a BSN: what this node publishes to a peer.
+    pub fn blind_bsn(&self, bsn: &Bsn) -> Blinded {
+        (bsn_point(bsn) * self.0).compress().to_bytes()
+    }
+
+    /// `Q·k` for a point received from a peer. Refuses invalid encodings and the identity
+    /// (which would blind every child to the same value).
+    pub fn blind_point(&self, point: &[u8]) -> Result<Blinded, BadPoint> {
+        let bytes: [u8; 32] = point.try_into().map_err(|_| BadPoint)?;
+        let q = CompressedRistretto(bytes).decompress().ok_or(BadPoint)?;
+        if q == RistrettoPoint::default() {
+            return Err(BadPoint);
+        }
+        Ok((q * self.0).compress().to_bytes())
+    }
+
+    /// Re-keying: turns `P·self` into `P·new` without knowing `P`.
+    pub fn rekey_point(&self, new: &BlindKey, point: &[u8]) -> Result<Blinded, BadPoint> {
+        let factor = self.0.invert() * new.0;
+        let bytes: [u8; 32] = point.try_into().map_err(|_| BadPoint)?;
+        let q = CompressedRistretto(bytes).decompress().ok_or(BadPoint)?;
+        Ok((q * factor).compress().to_bytes())
+    }
+}
 
 /// Domain separation for the local child pseudonym; bump the version to re-key the format.
 pub const LOCAL_CHILD_DOMAIN: &[u8] = b"virfed/local-child/v1";
@@ -90,6 +213,22 @@ impl LocalKey {
         }
     }
 
+    /// The child's handle towards `peer`: `HMAC(local key, "virfed/handle/v1" ‖ peer ‖ 0 ‖
+    /// child key)`, first 16 bytes. Stable (so re-sends are idempotent) and unlinkable
+    /// across peers without the local key.
+    pub fn handle(&self, peer: &str, child: &ChildKey) -> Handle {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(HANDLE_DOMAIN);
+        mac.update(peer.as_bytes());
+        mac.update(&[0]);
+        mac.update(&child.0);
+        let full = mac.finalize().into_bytes();
+        let mut handle = [0u8; 16];
+        handle.copy_from_slice(&full[..16]);
+        handle
+    }
+
     /// The child's local pseudonym.
     pub fn child_key(&self, bsn: &Bsn) -> ChildKey {
         let mut mac =
@@ -156,6 +295,80 @@ mod tests {
     }
 
     const KNOWN_ANSWER: &str = "dd2a9312faf5a0d34358215d9331a5da8f9f477e1f8330eba8da35342e1e942b";
+
+    #[test]
+    fn blinding_known_answers() {
+        let bsn = Bsn::parse("123456782").unwrap();
+        // Expected values computed independently with libsodium
+        // (crypto_core_ristretto255_from_hash of SHA-512, crypto_scalarmult_ristretto255).
+        assert_eq!(
+            hex::encode(bsn_point(&bsn).compress().to_bytes()),
+            KAT_POINT
+        );
+        let a = BlindKey::from_bytes(scalar_bytes(3)).unwrap();
+        let b = BlindKey::from_bytes(scalar_bytes(5)).unwrap();
+        let pa = a.blind_bsn(&bsn);
+        assert_eq!(hex::encode(pa), KAT_PA);
+        let pab = b.blind_point(&pa).unwrap();
+        assert_eq!(hex::encode(pab), KAT_PAB);
+        // The handle towards a peer is stable and peer-specific.
+        let key = LocalKey::from_bytes([7u8; 32]);
+        let child = key.child_key(&bsn);
+        assert_eq!(hex::encode(key.handle("utrecht", &child)), KAT_HANDLE);
+        assert_ne!(key.handle("utrecht", &child), key.handle("zwolle", &child));
+    }
+
+    fn scalar_bytes(n: u8) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[0] = n;
+        b
+    }
+
+    const KAT_POINT: &str = "dcb08fff0ca50272b3f994485b11320c1145b7a28d3030aceb5d57292ac4f53f";
+    const KAT_PA: &str = "687055ed06e2f59f71f76c4809107d95fcd14cfdfc03ad07158a16dc0e363465";
+    const KAT_PAB: &str = "6445650fb481cdb11d4b810734130df490a79cb431d32613f33485c7ece71532";
+    const KAT_HANDLE: &str = "937dc2c9975755be3f6fb57fb044b094";
+
+    #[test]
+    fn blinding_commutes_and_distinct_bsns_do_not_collide() {
+        let a = BlindKey::random();
+        let b = BlindKey::random();
+        let bsns = crate::demo::valid_bsns(100_000_000, 100_000);
+        let mut seen = std::collections::HashSet::with_capacity(bsns.len());
+        for (i, raw) in bsns.iter().enumerate() {
+            let bsn = Bsn::parse(raw).unwrap();
+            let pab = b.blind_point(&a.blind_bsn(&bsn)).unwrap();
+            if i % 1000 == 0 {
+                // (P·a)·b == (P·b)·a
+                assert_eq!(pab, a.blind_point(&b.blind_bsn(&bsn)).unwrap());
+            }
+            assert!(seen.insert(pab), "two BSNs blinded to the same value");
+        }
+        assert_eq!(seen.len(), 100_000);
+    }
+
+    #[test]
+    fn rekey_maps_old_blinding_to_new() {
+        let bsn = Bsn::parse("111222333").unwrap();
+        let (old, new) = (BlindKey::random(), BlindKey::random());
+        assert_eq!(
+            old.rekey_point(&new, &old.blind_bsn(&bsn)).unwrap(),
+            new.blind_bsn(&bsn)
+        );
+    }
+
+    #[test]
+    fn invalid_and_identity_points_are_refused() {
+        let k = BlindKey::random();
+        assert_eq!(k.blind_point(&[0u8; 31]), Err(BadPoint));
+        assert_eq!(k.blind_point(&[0xffu8; 32]), Err(BadPoint));
+        assert_eq!(
+            k.blind_point(&[0u8; 32]),
+            Err(BadPoint),
+            "identity must be refused"
+        );
+        assert!(BlindKey::from_bytes([0u8; 32]).is_none());
+    }
 
     #[test]
     fn key_file_is_created_0600_and_reloaded() {
