@@ -34,26 +34,15 @@ impl ConnArgs {
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let material = TlsMaterial::from_files(&self.ca, &self.cert, &self.key, &[])?;
         let config = client_config(&material)?;
-        let host = self
-            .node
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(&self.node);
-        let name = self
-            .server_name
-            .clone()
-            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        let host = self.node.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.node);
+        let name = self.server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
         Ok(connect(&self.node, &name, config).await?)
     }
 }
 
 /// A gRPC status as a sentence for a person.
 pub fn status_message(status: &tonic::Status) -> String {
-    format!(
-        "the node refused the request ({:?}): {}",
-        status.code(),
-        status.message()
-    )
+    format!("the node refused the request ({:?}): {}", status.code(), status.message())
 }
 
 fn contact_line(c: &Option<pb::Contact>) -> String {
@@ -65,11 +54,7 @@ fn contact_line(c: &Option<pb::Contact>) -> String {
 
 /// One party, as a few indented lines.
 pub fn format_party(p: &pb::Party) -> String {
-    let region = if p.region_id.is_empty() {
-        String::new()
-    } else {
-        format!(" [region {}]", p.region_id)
-    };
+    let region = if p.region_id.is_empty() { String::new() } else { format!(" [region {}]", p.region_id) };
     let mut out = format!(
         "    {} ({}, {}){region}\n      professional: {}\n",
         p.organisation_name,
@@ -102,10 +87,7 @@ pub fn format_notice(n: &pb::Notice) -> String {
     } else {
         format!("your signal {}", n.signal_id)
     };
-    let mut out = format!(
-        "#{} {kind} for the {to}, {about}; counterparts:\n",
-        n.cursor
-    );
+    let mut out = format!("#{} {kind} for the {to}, {about}; counterparts:\n", n.cursor);
     for p in &n.counterparts {
         out.push_str(&format_party(p));
     }

@@ -12,10 +12,7 @@ use crate::domain::{OrgId, RegionId};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
@@ -83,9 +80,7 @@ pub struct Sweeper {
 
 impl Default for Sweeper {
     fn default() -> Self {
-        Sweeper {
-            interval_secs: default_sweep_secs(),
-        }
+        Sweeper { interval_secs: default_sweep_secs() }
     }
 }
 
@@ -99,9 +94,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            cache_mb: default_cache_mb(),
-        }
+        StoreConfig { cache_mb: default_cache_mb() }
     }
 }
 
@@ -132,14 +125,8 @@ fn default_cache_mb() -> u64 {
 impl Config {
     /// Reads the file, then applies environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.into(),
-            message,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
         config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
     }
@@ -159,7 +146,10 @@ impl Config {
         for hook in &self.webhooks {
             OrgId::parse(&hook.org).map_err(|e| format!("webhooks.org: {e}"))?;
             if !hook.url.starts_with("http://") {
-                return Err(format!("webhooks.url {}: only http:// URLs are supported; terminate TLS in a local proxy", hook.url));
+                return Err(format!(
+                    "webhooks.url {}: only http:// URLs are supported; terminate TLS in a local proxy",
+                    hook.url
+                ));
             }
         }
         if self.sweeper.interval_secs == 0 {
@@ -195,10 +185,7 @@ impl Config {
         if let Some(v) = get("VIRFED_MATCH_OFFICER_ORG") {
             self.match_officer.org = Some(v);
         }
-        self.validate().map_err(|message| ConfigError::Env {
-            var: "VIRFED_*",
-            message,
-        })
+        self.validate().map_err(|message| ConfigError::Env { var: "VIRFED_*", message })
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -234,9 +221,7 @@ mod tests {
             .unwrap();
         assert_eq!(config.listen.port(), 9999);
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
-        let err = config
-            .apply_env(|k| (k == "VIRFED_LISTEN").then(|| "nope".into()))
-            .unwrap_err();
+        let err = config.apply_env(|k| (k == "VIRFED_LISTEN").then(|| "nope".into())).unwrap_err();
         assert!(err.to_string().contains("VIRFED_LISTEN"), "{err}");
     }
 

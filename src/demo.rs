@@ -22,11 +22,7 @@ use crate::pb::client as pb;
 
 /// The first `n` valid BSNs at or after `start` (11-proef), as 9-digit strings.
 pub fn valid_bsns(start: u32, n: usize) -> Vec<String> {
-    (start..999_999_999)
-        .map(|x| format!("{x:09}"))
-        .filter(|s| crate::domain::Bsn::parse(s).is_ok())
-        .take(n)
-        .collect()
+    (start..999_999_999).map(|x| format!("{x:09}")).filter(|s| crate::domain::Bsn::parse(s).is_ok()).take(n).collect()
 }
 
 fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequest {
@@ -34,12 +30,7 @@ fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequ
     pb::RegisterSignalRequest {
         bsn: bsn.into(),
         date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact {
-            name: c.name,
-            role: c.role,
-            phone: c.phone,
-            email: c.email,
-        }),
+        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
         removal_date: String::new(),
     }
 }
@@ -47,13 +38,9 @@ fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequ
 /// Reads notices from a watch stream until none arrives for a moment.
 async fn drain_notices(region: &RunningRegion, org: &str) -> anyhow::Result<Vec<pb::Notice>> {
     let mut client = region.org_client(org).await?;
-    let mut stream = client
-        .watch(pb::WatchRequest { after_cursor: 0 })
-        .await?
-        .into_inner();
+    let mut stream = client.watch(pb::WatchRequest { after_cursor: 0 }).await?.into_inner();
     let mut out = Vec::new();
-    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(400), stream.next()).await
-    {
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(400), stream.next()).await {
         out.push(item?);
     }
     Ok(out)
@@ -62,85 +49,34 @@ async fn drain_notices(region: &RunningRegion, org: &str) -> anyhow::Result<Vec<
 /// The walkthrough behind `cargo run --release -- demo`.
 pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("virfed-demo-").tempdir()?;
-    println!(
-        "== virfed demo: one region on loopback, real mTLS and sled under {}",
-        dir.path().display()
-    );
-    let region = RunningRegion::start(
-        &dir.path().join("rotterdam"),
-        "rotterdam",
-        Arc::new(SystemClock),
-    )
-    .await?;
-    println!(
-        "node 'rotterdam' listening on {} (client certificates required)",
-        region.addr
-    );
+    println!("== virfed demo: one region on loopback, real mTLS and sled under {}", dir.path().display());
+    let region = RunningRegion::start(&dir.path().join("rotterdam"), "rotterdam", Arc::new(SystemClock)).await?;
+    println!("node 'rotterdam' listening on {} (client certificates required)", region.addr);
 
-    let coordinator = contact(
-        "M. Jansen",
-        "VIR coordinator",
-        "vir@jeugdzorg-rijnmond.example",
+    let coordinator = contact("M. Jansen", "VIR coordinator", "vir@jeugdzorg-rijnmond.example");
+    region.add_org("jeugdzorg-rijnmond", "Jeugdzorg Rijnmond", "youth-care", Some(coordinator)).await?;
+    region.add_org("lyceum-noord", "Lyceum Noord", "education", None).await?;
+    region.add_org(MATCH_OFFICER_ORG, "Gemeente Rotterdam", "other", None).await?;
+    println!(
+        "registered organisations: jeugdzorg-rijnmond (youth care), lyceum-noord (education), gemeente (match officer)"
     );
-    region
-        .add_org(
-            "jeugdzorg-rijnmond",
-            "Jeugdzorg Rijnmond",
-            "youth-care",
-            Some(coordinator),
-        )
-        .await?;
-    region
-        .add_org("lyceum-noord", "Lyceum Noord", "education", None)
-        .await?;
-    region
-        .add_org(MATCH_OFFICER_ORG, "Gemeente Rotterdam", "other", None)
-        .await?;
-    println!("registered organisations: jeugdzorg-rijnmond (youth care), lyceum-noord (education), gemeente (match officer)");
 
     let bsn = "111222333"; // a test BSN from the shared vectors; never printed by the node
     let mut youth = region.org_client("jeugdzorg-rijnmond").await?;
     let mut school = region.org_client("lyceum-noord").await?;
     let first = youth
-        .register_signal(register_request(
-            bsn,
-            "A. de Vries",
-            "a.devries@jeugdzorg-rijnmond.example",
-        ))
+        .register_signal(register_request(bsn, "A. de Vries", "a.devries@jeugdzorg-rijnmond.example"))
         .await?
         .into_inner();
-    let first_id = first
-        .signal
-        .as_ref()
-        .map(|s| s.signal_id.clone())
-        .unwrap_or_default();
+    let first_id = first.signal.as_ref().map(|s| s.signal_id.clone()).unwrap_or_default();
     println!("\n1. jeugdzorg-rijnmond signals a child        -> signal {first_id} (no match yet)");
-    let second = school
-        .register_signal(register_request(
-            bsn,
-            "P. Bakker",
-            "p.bakker@lyceum-noord.example",
-        ))
-        .await?
-        .into_inner();
-    let second_id = second
-        .signal
-        .as_ref()
-        .map(|s| s.signal_id.clone())
-        .unwrap_or_default();
+    let second =
+        school.register_signal(register_request(bsn, "P. Bakker", "p.bakker@lyceum-noord.example")).await?.into_inner();
+    let second_id = second.signal.as_ref().map(|s| s.signal_id.clone()).unwrap_or_default();
     println!("2. lyceum-noord signals the same child       -> signal {second_id}: MATCH");
-    let again = school
-        .register_signal(register_request(
-            bsn,
-            "P. Bakker",
-            "p.bakker@lyceum-noord.example",
-        ))
-        .await?
-        .into_inner();
-    println!(
-        "3. lyceum-noord signals it again             -> created = {} (idempotent, D2)",
-        again.created
-    );
+    let again =
+        school.register_signal(register_request(bsn, "P. Bakker", "p.bakker@lyceum-noord.example")).await?.into_inner();
+    println!("3. lyceum-noord signals it again             -> created = {} (idempotent, D2)", again.created);
 
     for org in ["jeugdzorg-rijnmond", "lyceum-noord", MATCH_OFFICER_ORG] {
         println!("\n-- notices received by {org} (watch stream):");
@@ -149,10 +85,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         }
     }
 
-    let list = school
-        .list_matches(pb::ListMatchesRequest {})
-        .await?
-        .into_inner();
+    let list = school.list_matches(pb::ListMatchesRequest {}).await?.into_inner();
     println!("\n-- lyceum-noord's active matches:");
     for m in &list.matches {
         println!("  signal {}:", m.signal_id);
@@ -168,9 +101,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             withdrawn_by: pb::Withdrawer::Professional as i32,
         })
         .await?;
-    println!(
-        "\n4. jeugdzorg-rijnmond withdraws (concern resolved) -> archived; lyceum-noord is told:"
-    );
+    println!("\n4. jeugdzorg-rijnmond withdraws (concern resolved) -> archived; lyceum-noord is told:");
     let notices = drain_notices(&region, "lyceum-noord").await?;
     if let Some(last) = notices.last() {
         print!("{}", format_notice(last));
@@ -178,10 +109,8 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
 
     if keep_running {
         let files = &region.files;
-        let (cert, key) = files.write_client(
-            "lyceum-noord",
-            crate::pki::Identity::Organisation("lyceum-noord".into()),
-        )?;
+        let (cert, key) =
+            files.write_client("lyceum-noord", crate::pki::Identity::Organisation("lyceum-noord".into()))?;
         println!(
             "\nThe node keeps running. Try:\n  virfed matches list --node {} --ca {} --cert {} --key {}\nCtrl-C stops it.",
             region.addr,
@@ -189,12 +118,12 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             cert.display(),
             key.display()
         );
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }
     region.stop().await?;
-    println!("\n== demo done: a match formed between two organisations, both sides and the match officer were notified.");
+    println!(
+        "\n== demo done: a match formed between two organisations, both sides and the match officer were notified."
+    );
     Ok(())
 }
 
@@ -245,6 +174,7 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
                     date_of_birth: chrono::NaiveDate::from_ymd_opt(2014, 5, 1).unwrap_or_default(),
                     removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
                     now: SystemClock.now(),
+                    point: None,
                 };
                 store.register(&new, "bench").await?;
             }
@@ -260,8 +190,7 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
 /// `virfed bench`.
 pub async fn bench(per_level: usize) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("virfed-bench-").tempdir()?;
-    let region =
-        RunningRegion::start(&dir.path().join("bench"), "bench", Arc::new(SystemClock)).await?;
+    let region = RunningRegion::start(&dir.path().join("bench"), "bench", Arc::new(SystemClock)).await?;
     region.add_org("org-a", "Org A", "youth-care", None).await?;
     let levels = [4usize, 16, 64];
     let bsns = valid_bsns(100_000_000, per_level * levels.len());
@@ -283,9 +212,7 @@ pub async fn bench(per_level: usize) -> anyhow::Result<()> {
             let mine: Vec<String> = mine.iter().skip(i).step_by(clients).cloned().collect();
             tasks.push(tokio::spawn(async move {
                 for bsn in mine {
-                    client
-                        .register_signal(register_request(&bsn, "B. Ench", "bench@example.nl"))
-                        .await?;
+                    client.register_signal(register_request(&bsn, "B. Ench", "bench@example.nl")).await?;
                 }
                 Ok::<_, tonic::Status>(())
             }));
@@ -296,8 +223,7 @@ pub async fn bench(per_level: usize) -> anyhow::Result<()> {
         let rate = per_level as f64 / started.elapsed().as_secs_f64();
         let (f1, w1, _, _) = region.handle.store().write_stats().snapshot();
         let (flushes, writers) = (f1 - f0, w1 - w0);
-        let floor =
-            tokio::task::spawn_blocking(move || sled_floor(clients, per_level, 400)).await??;
+        let floor = tokio::task::spawn_blocking(move || sled_floor(clients, per_level, 400)).await??;
         let store_only = store_rate(clients, per_level).await?;
         println!(
             "{clients:>8} {rate:>14.0} {store_only:>14.0} {floor:>14.0} {:>8.2} {:>12.1}",

@@ -38,10 +38,7 @@ impl RegionFiles {
         std::fs::create_dir_all(dir)?;
         let ca_dir = dir.join("ca");
         let ca = Ca::init(&ca_dir, &format!("virfed {region} region CA"), 3650)?;
-        let server = ca.issue(&CertSpec::server(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            365,
-        ))?;
+        let server = ca.issue(&CertSpec::server(vec!["localhost".into(), "127.0.0.1".into()], 365))?;
         write_cert_pair(dir, "node", &server, false)?;
         let text = format!(
             "region = {region:?}\ndata_dir = {data:?}\nlisten = \"{listen}\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[match_officer]\norg = \"{MATCH_OFFICER_ORG}\"\n",
@@ -53,12 +50,7 @@ impl RegionFiles {
         let config_path = dir.join("node.toml");
         std::fs::write(&config_path, &text)?;
         let config = Config::parse(&text).map_err(anyhow::Error::msg)?;
-        Ok(RegionFiles {
-            dir: dir.to_owned(),
-            ca,
-            config,
-            config_path,
-        })
+        Ok(RegionFiles { dir: dir.to_owned(), ca, config, config_path })
     }
 
     /// TLS material for a client with `identity`, issued by this region's CA.
@@ -68,11 +60,7 @@ impl RegionFiles {
     }
 
     /// Writes a client certificate pair `<stem>.pem`/`<stem>.key` under the region dir.
-    pub fn write_client(
-        &self,
-        stem: &str,
-        identity: Identity,
-    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    pub fn write_client(&self, stem: &str, identity: Identity) -> anyhow::Result<(PathBuf, PathBuf)> {
         let issued = self.ca.issue(&CertSpec::client(identity, 30))?;
         Ok(write_cert_pair(&self.dir, stem, &issued, true)?)
     }
@@ -89,20 +77,13 @@ pub struct RunningRegion {
 
 impl RunningRegion {
     /// Creates the region's files under `dir` and starts its node on 127.0.0.1:0.
-    pub async fn start(
-        dir: &Path,
-        region: &str,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<RunningRegion> {
+    pub async fn start(dir: &Path, region: &str, clock: Arc<dyn Clock>) -> anyhow::Result<RunningRegion> {
         let files = RegionFiles::create(dir, region, SocketAddr::from(([127, 0, 0, 1], 0)))?;
         Self::start_with(files, clock).await
     }
 
     /// Starts a node from existing files (e.g. again after [`RunningRegion::stop`]).
-    pub async fn start_with(
-        files: RegionFiles,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<RunningRegion> {
+    pub async fn start_with(files: RegionFiles, clock: Arc<dyn Clock>) -> anyhow::Result<RunningRegion> {
         let node = Node::bind(files.config.clone(), clock).await?;
         let addr = node.addr();
         let handle = node.handle();
@@ -110,13 +91,7 @@ impl RunningRegion {
         let task = tokio::spawn(node.run(async {
             let _ = stopped.await;
         }));
-        Ok(RunningRegion {
-            files,
-            addr,
-            handle,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        Ok(RunningRegion { files, addr, handle, stop: Some(stop), task: Some(task) })
     }
 
     /// An mTLS channel to the node as `identity`.
@@ -127,16 +102,12 @@ impl RunningRegion {
 
     /// The client API as organisation `org`.
     pub async fn org_client(&self, org: &str) -> anyhow::Result<SignalsClient<Channel>> {
-        Ok(SignalsClient::new(
-            self.channel(Identity::Organisation(org.into())).await?,
-        ))
+        Ok(SignalsClient::new(self.channel(Identity::Organisation(org.into())).await?))
     }
 
     /// The admin API as an operator.
     pub async fn operator(&self) -> anyhow::Result<OrganisationsClient<Channel>> {
-        Ok(OrganisationsClient::new(
-            self.channel(Identity::Operator("ops".into())).await?,
-        ))
+        Ok(OrganisationsClient::new(self.channel(Identity::Operator("ops".into())).await?))
     }
 
     /// Registers an organisation through the admin API.
@@ -147,12 +118,8 @@ impl RunningRegion {
         domain: &str,
         coordinator: Option<Contact>,
     ) -> anyhow::Result<()> {
-        let coordinator = coordinator.map(|c| admin_pb::Contact {
-            name: c.name,
-            role: c.role,
-            phone: c.phone,
-            email: c.email,
-        });
+        let coordinator =
+            coordinator.map(|c| admin_pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email });
         self.operator()
             .await?
             .add_organisation(admin_pb::Organisation {
@@ -180,10 +147,5 @@ impl RunningRegion {
 
 /// A plausible contact for demos and tests.
 pub fn contact(name: &str, role: &str, email: &str) -> Contact {
-    Contact {
-        name: name.into(),
-        role: role.into(),
-        phone: "+31 10 555 0100".into(),
-        email: email.into(),
-    }
+    Contact { name: name.into(), role: role.into(), phone: "+31 10 555 0100".into(), email: email.into() }
 }

@@ -20,11 +20,7 @@ use virfed::server::Node;
 use virfed::store::{Store, StoreOptions};
 
 #[derive(Parser)]
-#[command(
-    name = "virfed",
-    version,
-    about = "Federated Verwijsindex Risicojongeren: a regional VIR node and its tools"
-)]
+#[command(name = "virfed", version, about = "Federated Verwijsindex Risicojongeren: a regional VIR node and its tools")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -157,8 +153,7 @@ enum OrgCommand {
 }
 
 fn parse_domain(s: &str) -> Result<OrgDomain, String> {
-    s.parse()
-        .map_err(|e: virfed::domain::FieldError| e.to_string())
+    s.parse().map_err(|e: virfed::domain::FieldError| e.to_string())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -253,10 +248,7 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIRFED_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -272,10 +264,7 @@ fn main() {
 
 /// Maps a gRPC status to an error a person can act on.
 fn refused(status: tonic::Status) -> anyhow::Error {
-    if matches!(
-        status.code(),
-        tonic::Code::Unknown | tonic::Code::Unavailable
-    ) {
+    if matches!(status.code(), tonic::Code::Unknown | tonic::Code::Unavailable) {
         return anyhow::anyhow!(
             "{}\nhint: the node closed the connection. Is your client certificate expired, revoked or from another CA? Is the node running at that address? The node's log says which.",
             status_message(&status)
@@ -299,11 +288,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let store = Store::open(&config.store_path(), &StoreOptions::default())?;
             match store.verify_audit()? {
-                Ok(summary) => println!(
-                    "audit log intact: {} entries, head {}",
-                    summary.entries,
-                    hex::encode(summary.head_hash)
-                ),
+                Ok(summary) => {
+                    println!("audit log intact: {} entries, head {}", summary.entries, hex::encode(summary.head_hash))
+                }
                 Err(broken) => bail!("audit log TAMPERED: {broken}"),
             }
         }
@@ -317,14 +304,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -353,9 +339,7 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
                     (dir, spec, name, out)
                 }
                 IssueCommand::Server { dir, dns, out } => {
-                    let stem = dns[0]
-                        .replace(|c: char| !c.is_ascii_alphanumeric(), "-")
-                        .to_lowercase();
+                    let stem = dns[0].replace(|c: char| !c.is_ascii_alphanumeric(), "-").to_lowercase();
                     (dir, CertSpec::server(dns, out.days), stem, out)
                 }
             };
@@ -375,48 +359,27 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
 
 async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
     match cmd {
-        OrgCommand::Add {
-            conn,
-            id,
-            name,
-            domain,
-            coordinator,
-        } => {
+        OrgCommand::Add { conn, id, name, domain, coordinator } => {
             let coordinator = coordinator.map(|c| admin_pb::Contact {
                 name: c[0].clone(),
                 role: c[1].clone(),
                 phone: c[2].clone(),
                 email: c[3].clone(),
             });
-            let mut client =
-                admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
+            let mut client = admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
             let org = client
-                .add_organisation(admin_pb::Organisation {
-                    id,
-                    name,
-                    domain: domain.to_string(),
-                    coordinator,
-                })
+                .add_organisation(admin_pb::Organisation { id, name, domain: domain.to_string(), coordinator })
                 .await
                 .map_err(refused)?
                 .into_inner();
-            println!(
-                "organisation {} ({}, {}) registered",
-                org.id, org.name, org.domain
-            );
+            println!("organisation {} ({}, {}) registered", org.id, org.name, org.domain);
         }
         OrgCommand::List { conn } => {
-            let mut client =
-                admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
-            let list = client
-                .list_organisations(admin_pb::ListOrganisationsRequest {})
-                .await
-                .map_err(refused)?;
+            let mut client = admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
+            let list = client.list_organisations(admin_pb::ListOrganisationsRequest {}).await.map_err(refused)?;
             for o in list.into_inner().organisations {
-                let coordinator = o
-                    .coordinator
-                    .map(|c| format!(" coordinator {} <{}>", c.name, c.email))
-                    .unwrap_or_default();
+                let coordinator =
+                    o.coordinator.map(|c| format!(" coordinator {} <{}>", c.name, c.email)).unwrap_or_default();
                 println!("{:<32} {:<16} {}{coordinator}", o.id, o.domain, o.name);
             }
         }
@@ -426,24 +389,12 @@ async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
 
 async fn signal(cmd: SignalCommand) -> anyhow::Result<()> {
     match cmd {
-        SignalCommand::Register {
-            conn,
-            bsn,
-            dob,
-            removal_date,
-            name,
-            role,
-            phone,
-            email,
-        } => {
+        SignalCommand::Register { conn, bsn, dob, removal_date, name, role, phone, email } => {
             let bsn = match bsn {
                 Some(b) => b,
                 None => {
                     let mut line = String::new();
-                    std::io::stdin()
-                        .lock()
-                        .read_line(&mut line)
-                        .context("reading the BSN from standard input")?;
+                    std::io::stdin().lock().read_line(&mut line).context("reading the BSN from standard input")?;
                     line.trim().to_string()
                 }
             };
@@ -452,31 +403,17 @@ async fn signal(cmd: SignalCommand) -> anyhow::Result<()> {
                 .register_signal(pb::RegisterSignalRequest {
                     bsn,
                     date_of_birth: dob,
-                    professional: Some(pb::Contact {
-                        name,
-                        role,
-                        phone,
-                        email,
-                    }),
+                    professional: Some(pb::Contact { name, role, phone, email }),
                     removal_date: removal_date.unwrap_or_default(),
                 })
                 .await
                 .map_err(refused)?
                 .into_inner();
-            let verb = if resp.created {
-                "registered"
-            } else {
-                "already registered (unchanged)"
-            };
+            let verb = if resp.created { "registered" } else { "already registered (unchanged)" };
             let signal = resp.signal.context("the node sent no signal")?;
             println!("{verb}: {}", format_signal(&signal));
         }
-        SignalCommand::Withdraw {
-            conn,
-            id,
-            reason,
-            by,
-        } => {
+        SignalCommand::Withdraw { conn, id, reason, by } => {
             let reason = match reason {
                 Reason::MadeInError => pb::WithdrawReason::MadeInError,
                 Reason::ConcernResolved => pb::WithdrawReason::ConcernResolved,
@@ -498,10 +435,7 @@ async fn signal(cmd: SignalCommand) -> anyhow::Result<()> {
         }
         SignalCommand::Show { conn, id } => {
             let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
-            let s = client
-                .get_signal(pb::GetSignalRequest { signal_id: id })
-                .await
-                .map_err(refused)?;
+            let s = client.get_signal(pb::GetSignalRequest { signal_id: id }).await.map_err(refused)?;
             print!("{}", format_signal(&s.into_inner()));
         }
     }
@@ -512,11 +446,7 @@ async fn matches(cmd: MatchesCommand) -> anyhow::Result<()> {
     match cmd {
         MatchesCommand::List { conn } => {
             let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
-            let list = client
-                .list_matches(pb::ListMatchesRequest {})
-                .await
-                .map_err(refused)?
-                .into_inner();
+            let list = client.list_matches(pb::ListMatchesRequest {}).await.map_err(refused)?.into_inner();
             if list.matches.is_empty() {
                 println!("no active matches");
             }
@@ -529,16 +459,9 @@ async fn matches(cmd: MatchesCommand) -> anyhow::Result<()> {
         }
         MatchesCommand::Watch { conn, after } => {
             let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
-            let mut stream = client
-                .watch(pb::WatchRequest {
-                    after_cursor: after,
-                })
-                .await
-                .map_err(refused)?
-                .into_inner();
-            eprintln!(
-                "watching for notices after cursor {after} (Ctrl-C to stop; resume with --after)"
-            );
+            let mut stream =
+                client.watch(pb::WatchRequest { after_cursor: after }).await.map_err(refused)?.into_inner();
+            eprintln!("watching for notices after cursor {after} (Ctrl-C to stop; resume with --after)");
             while let Some(notice) = stream.next().await {
                 let notice = notice.map_err(refused)?;
                 print!("{}", format_notice(&notice));

@@ -53,28 +53,13 @@ pub fn spawn_webhooks(
         let secret = std::fs::read(&hook.secret_file)
             .map_err(|e| format!("webhook secret {}: {e}", hook.secret_file.display()))?;
         let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
-        let uri: http::Uri = hook
-            .url
-            .parse()
-            .map_err(|e| format!("webhooks.url {}: {e}", hook.url))?;
-        tasks.push(tokio::spawn(deliver(
-            store.clone(),
-            org,
-            uri,
-            secret,
-            shutdown.clone(),
-        )));
+        let uri: http::Uri = hook.url.parse().map_err(|e| format!("webhooks.url {}: {e}", hook.url))?;
+        tasks.push(tokio::spawn(deliver(store.clone(), org, uri, secret, shutdown.clone())));
     }
     Ok(tasks)
 }
 
-async fn deliver(
-    store: Store,
-    org: OrgId,
-    uri: http::Uri,
-    secret: Vec<u8>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut shutdown: watch::Receiver<bool>) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let cursor_key = format!("webhook_cursor/{org}");
     let mut durable = store.subscribe_notices();
@@ -91,33 +76,27 @@ async fn deliver(
             continue;
         }
         for (seq, notice) in batch {
-            let body = serde_json::to_vec(&Delivery {
-                cursor: seq,
-                notice: &notice,
-            })
-            .unwrap_or_default();
+            let body = serde_json::to_vec(&Delivery { cursor: seq, notice: &notice }).unwrap_or_default();
             let request = http::Request::post(uri.clone())
                 .header("content-type", "application/json")
                 .header("x-virfed-signature", signature(&secret, &body))
                 .body(Full::new(Bytes::from(body)));
             let ok = match request {
-                Ok(req) => {
-                    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-                        Ok(Ok(resp)) if resp.status().is_success() => true,
-                        Ok(Ok(resp)) => {
-                            warn!(%org, status = %resp.status(), cursor = seq, "webhook refused a notice; will retry");
-                            false
-                        }
-                        Ok(Err(e)) => {
-                            warn!(%org, error = %e, cursor = seq, "webhook unreachable; will retry");
-                            false
-                        }
-                        Err(_) => {
-                            warn!(%org, cursor = seq, "webhook timed out; will retry");
-                            false
-                        }
+                Ok(req) => match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                    Ok(Ok(resp)) if resp.status().is_success() => true,
+                    Ok(Ok(resp)) => {
+                        warn!(%org, status = %resp.status(), cursor = seq, "webhook refused a notice; will retry");
+                        false
                     }
-                }
+                    Ok(Err(e)) => {
+                        warn!(%org, error = %e, cursor = seq, "webhook unreachable; will retry");
+                        false
+                    }
+                    Err(_) => {
+                        warn!(%org, cursor = seq, "webhook timed out; will retry");
+                        false
+                    }
+                },
                 Err(e) => {
                     warn!(%org, error = %e, "webhook request could not be built");
                     false

@@ -81,34 +81,19 @@ impl BlindKey {
         match std::fs::metadata(path) {
             Ok(meta) => {
                 check_mode(path, &meta)?;
-                let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-                    path: shown.clone(),
-                    source,
-                })?;
-                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
-                    path: shown.clone(),
-                })?;
-                let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed {
-                    path: shown.clone(),
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
+                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
+                let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: shown.clone() })?;
                 BlindKey::from_bytes(bytes).ok_or(KeyError::Malformed { path: shown })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = BlindKey::random();
-                write_new_secret(
-                    path,
-                    format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
-                )
-                .map_err(|source| KeyError::Create {
-                    path: shown,
-                    source,
-                })?;
+                write_new_secret(path, format!("{}\n", hex::encode(key.to_bytes())).as_bytes())
+                    .map_err(|source| KeyError::Create { path: shown, source })?;
                 Ok(key)
             }
-            Err(source) => Err(KeyError::Read {
-                path: shown,
-                source,
-            }),
+            Err(source) => Err(KeyError::Read { path: shown, source }),
         }
     }
 
@@ -144,18 +129,10 @@ pub const LOCAL_CHILD_DOMAIN: &[u8] = b"virfed/local-child/v1";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot create key file {path}: {source}")]
-    Create {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "key file {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}"
-    )]
+    Create { path: String, source: std::io::Error },
+    #[error("key file {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
     TooOpen { path: String, mode: u32 },
     #[error("key file {path} does not hold 64 hex digits; restore it from backup (a new key would orphan every stored pseudonym)")]
     Malformed { path: String },
@@ -183,33 +160,20 @@ impl LocalKey {
         match std::fs::metadata(path) {
             Ok(meta) => {
                 check_mode(path, &meta)?;
-                let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-                    path: shown.clone(),
-                    source,
-                })?;
-                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
-                    path: shown.clone(),
-                })?;
-                let key: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| KeyError::Malformed { path: shown })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
+                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
+                let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: shown })?;
                 Ok(LocalKey(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
-                write_new_secret(path, format!("{}\n", hex::encode(key)).as_bytes()).map_err(
-                    |source| KeyError::Create {
-                        path: shown,
-                        source,
-                    },
-                )?;
+                write_new_secret(path, format!("{}\n", hex::encode(key)).as_bytes())
+                    .map_err(|source| KeyError::Create { path: shown, source })?;
                 Ok(LocalKey(key))
             }
-            Err(source) => Err(KeyError::Read {
-                path: shown,
-                source,
-            }),
+            Err(source) => Err(KeyError::Read { path: shown, source }),
         }
     }
 
@@ -217,8 +181,7 @@ impl LocalKey {
     /// child key)`, first 16 bytes. Stable (so re-sends are idempotent) and unlinkable
     /// across peers without the local key.
     pub fn handle(&self, peer: &str, child: &ChildKey) -> Handle {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(HANDLE_DOMAIN);
         mac.update(peer.as_bytes());
         mac.update(&[0]);
@@ -231,8 +194,7 @@ impl LocalKey {
 
     /// The child's local pseudonym.
     pub fn child_key(&self, bsn: &Bsn) -> ChildKey {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(LOCAL_CHILD_DOMAIN);
         mac.update(bsn.normalised_digits());
         ChildKey(mac.finalize().into_bytes().into())
@@ -244,10 +206,7 @@ fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::TooOpen {
-            path: path.display().to_string(),
-            mode,
-        });
+        return Err(KeyError::TooOpen { path: path.display().to_string(), mode });
     }
     Ok(())
 }
@@ -283,15 +242,9 @@ mod tests {
         let got = key.child_key(&Bsn::parse("123456782").unwrap());
         assert_eq!(hex::encode(got.0), KNOWN_ANSWER);
         // Eight digits normalise first, so both spellings share one pseudonym.
-        assert_eq!(
-            key.child_key(&Bsn::parse("42473342").unwrap()),
-            key.child_key(&Bsn::parse("042473342").unwrap())
-        );
+        assert_eq!(key.child_key(&Bsn::parse("42473342").unwrap()), key.child_key(&Bsn::parse("042473342").unwrap()));
         // A different key gives an unrelated pseudonym.
-        assert_ne!(
-            LocalKey::from_bytes([8u8; 32]).child_key(&Bsn::parse("123456782").unwrap()),
-            got
-        );
+        assert_ne!(LocalKey::from_bytes([8u8; 32]).child_key(&Bsn::parse("123456782").unwrap()), got);
     }
 
     const KNOWN_ANSWER: &str = "dd2a9312faf5a0d34358215d9331a5da8f9f477e1f8330eba8da35342e1e942b";
@@ -301,10 +254,7 @@ mod tests {
         let bsn = Bsn::parse("123456782").unwrap();
         // Expected values computed independently with libsodium
         // (crypto_core_ristretto255_from_hash of SHA-512, crypto_scalarmult_ristretto255).
-        assert_eq!(
-            hex::encode(bsn_point(&bsn).compress().to_bytes()),
-            KAT_POINT
-        );
+        assert_eq!(hex::encode(bsn_point(&bsn).compress().to_bytes()), KAT_POINT);
         let a = BlindKey::from_bytes(scalar_bytes(3)).unwrap();
         let b = BlindKey::from_bytes(scalar_bytes(5)).unwrap();
         let pa = a.blind_bsn(&bsn);
@@ -351,10 +301,7 @@ mod tests {
     fn rekey_maps_old_blinding_to_new() {
         let bsn = Bsn::parse("111222333").unwrap();
         let (old, new) = (BlindKey::random(), BlindKey::random());
-        assert_eq!(
-            old.rekey_point(&new, &old.blind_bsn(&bsn)).unwrap(),
-            new.blind_bsn(&bsn)
-        );
+        assert_eq!(old.rekey_point(&new, &old.blind_bsn(&bsn)).unwrap(), new.blind_bsn(&bsn));
     }
 
     #[test]
@@ -362,11 +309,7 @@ mod tests {
         let k = BlindKey::random();
         assert_eq!(k.blind_point(&[0u8; 31]), Err(BadPoint));
         assert_eq!(k.blind_point(&[0xffu8; 32]), Err(BadPoint));
-        assert_eq!(
-            k.blind_point(&[0u8; 32]),
-            Err(BadPoint),
-            "identity must be refused"
-        );
+        assert_eq!(k.blind_point(&[0u8; 32]), Err(BadPoint), "identity must be refused");
         assert!(BlindKey::from_bytes([0u8; 32]).is_none());
     }
 
@@ -380,10 +323,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 
@@ -404,10 +344,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("local.key");
         write_new_secret(&path, b"short").unwrap();
-        assert!(matches!(
-            LocalKey::load_or_create(&path),
-            Err(KeyError::Malformed { .. })
-        ));
+        assert!(matches!(LocalKey::load_or_create(&path), Err(KeyError::Malformed { .. })));
         assert_eq!(std::fs::read(&path).unwrap(), b"short");
     }
 }

@@ -35,15 +35,9 @@ pub enum NodeError {
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}. Is another process using the port?")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the API server failed: {0}")]
     Serve(String),
     #[error("invalid configuration: {0}")]
@@ -75,10 +69,7 @@ impl NodeHandle {
     /// Runs the expiry sweeper now and returns what it did.
     pub async fn sweep_now(&self) -> Result<SweepReport, String> {
         let (tx, rx) = oneshot::channel();
-        self.sweep_tx
-            .send(tx)
-            .await
-            .map_err(|_| "node stopped".to_string())?;
+        self.sweep_tx.send(tx).await.map_err(|_| "node stopped".to_string())?;
         rx.await.map_err(|_| "node stopped".to_string())?
     }
 
@@ -91,66 +82,36 @@ impl Node {
     /// Opens the store, loads key and certificates, binds the API port.
     pub async fn bind(config: Config, clock: Arc<dyn Clock>) -> Result<Node, NodeError> {
         info!(region = %config.region, data_dir = %config.data_dir.display(), "starting virfed node");
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
         let local_key = LocalKey::load_or_create(&config.local_key_path())?;
         info!(path = %config.local_key_path().display(), "local pseudonym key loaded");
-        let store = Store::open(
-            &config.store_path(),
-            &StoreOptions {
-                cache_bytes: config.store.cache_mb * 1024 * 1024,
-            },
-        )?;
+        let store =
+            Store::open(&config.store_path(), &StoreOptions { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
         info!(path = %config.store_path().display(), "store opened");
         let match_officer = match &config.match_officer.org {
-            Some(o) => Some(
-                OrgId::parse(o)
-                    .map_err(|e| NodeError::Config(format!("match_officer.org: {e}")))?,
-            ),
+            Some(o) => Some(OrgId::parse(o).map_err(|e| NodeError::Config(format!("match_officer.org: {e}")))?),
             None => None,
         };
         store.set_match_officer(match_officer.as_ref()).await?;
-        let material = TlsMaterial::from_files(
-            &config.tls.ca,
-            &config.tls.cert,
-            &config.tls.key,
-            &config.tls.crls,
-        )?;
+        let material = TlsMaterial::from_files(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.tls.crls)?;
         let tls = server_config(&material)?;
         info!(cert = %config.tls.cert.display(), ca = %config.tls.ca.display(), "TLS configured; client certificates required");
         let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| NodeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+            TcpListener::bind(config.listen).await.map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen, source })?;
         info!(%addr, "client and admin API bound");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sweep_tx, sweep_rx) = mpsc::channel(4);
         let state = Arc::new(ApiState {
             store: store.clone(),
             local_key,
+            blind_key: None,
             clock,
             match_officer,
             shutdown: shutdown_rx,
         });
-        Ok(Node {
-            config,
-            listener,
-            addr,
-            tls,
-            state,
-            shutdown_tx,
-            sweep_rx,
-            handle: NodeHandle { sweep_tx, store },
-        })
+        Ok(Node { config, listener, addr, tls, state, shutdown_tx, sweep_rx, handle: NodeHandle { sweep_tx, store } })
     }
 
     /// The address the API listens on (the real port when configured with port 0).
@@ -165,15 +126,7 @@ impl Node {
     /// Serves until `shutdown` resolves, then drains: open watch streams end with
     /// UNAVAILABLE, in-flight requests finish, the store is flushed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
-        let Node {
-            config,
-            listener,
-            tls,
-            state,
-            shutdown_tx,
-            sweep_rx,
-            ..
-        } = self;
+        let Node { config, listener, tls, state, shutdown_tx, sweep_rx, .. } = self;
         let sweeper = tokio::spawn(sweeper(
             state.store.clone(),
             state.clock.clone(),
@@ -181,11 +134,10 @@ impl Node {
             sweep_rx,
             state.shutdown.clone(),
         ));
-        let webhooks =
-            crate::notify::spawn_webhooks(&config, state.store.clone(), state.shutdown.clone())
-                .map_err(NodeError::Config)?;
-        let signals = SignalsServer::new(SignalsService::new(state.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let webhooks = crate::notify::spawn_webhooks(&config, state.store.clone(), state.shutdown.clone())
+            .map_err(NodeError::Config)?;
+        let signals =
+            SignalsServer::new(SignalsService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
         let orgs = OrganisationsServer::new(OrganisationsService::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         info!(region = %config.region, "node running");

@@ -76,10 +76,7 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 fn mode_of(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("metadata of {}: {e}", path.display()))
-        .permissions()
-        .mode()
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("metadata of {}: {e}", path.display())).permissions().mode()
         & 0o777
 }
 
@@ -118,13 +115,10 @@ fn organisation(id: &str, domain: &str) -> admin_pb::Organisation {
 /// An mTLS channel to `addr` with `material`, verifying the server as `localhost`.
 async fn channel_as(addr: SocketAddr, material: &TlsMaterial) -> Channel {
     let config = client_config(material).expect("client TLS config");
-    tokio::time::timeout(
-        STEP_DEADLINE,
-        connect(&addr.to_string(), "localhost", config),
-    )
-    .await
-    .expect("connect timed out")
-    .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    tokio::time::timeout(STEP_DEADLINE, connect(&addr.to_string(), "localhost", config))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
 /// A `virfed` child process with a clean environment; killed if the test panics.
@@ -176,11 +170,7 @@ impl CliRun {
 async fn cli(args: &[&str], stdin: Option<&str>) -> CliRun {
     let mut cmd = virfed_command(args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut child = cmd.spawn().expect("spawn virfed");
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -215,10 +205,7 @@ impl NodeProcess {
             .stderr(Stdio::from(err))
             .spawn()
             .expect("spawn virfed node");
-        NodeProcess {
-            child,
-            log: log.to_owned(),
-        }
+        NodeProcess { child, log: log.to_owned() }
     }
 
     fn log_text(&self) -> String {
@@ -231,25 +218,17 @@ impl NodeProcess {
 
     /// Polls until the admin API answers `material` (an operator). `Err(log)` when the
     /// process exits first; panics with the log when the deadline passes.
-    async fn wait_serving(
-        &mut self,
-        addr: SocketAddr,
-        material: &TlsMaterial,
-    ) -> Result<(), String> {
+    async fn wait_serving(&mut self, addr: SocketAddr, material: &TlsMaterial) -> Result<(), String> {
         let config = client_config(material).expect("client TLS config");
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Err(format!(
-                    "the node exited before serving ({status}); log:\n{}",
-                    self.log_text()
-                ));
+                return Err(format!("the node exited before serving ({status}); log:\n{}", self.log_text()));
             }
             let attempt = tokio::time::timeout(Duration::from_secs(5), async {
-                let channel = connect(&addr.to_string(), "localhost", config.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let channel =
+                    connect(&addr.to_string(), "localhost", config.clone()).await.map_err(|e| e.to_string())?;
                 OrganisationsClient::new(channel)
                     .list_organisations(admin_pb::ListOrganisationsRequest {})
                     .await
@@ -275,10 +254,7 @@ impl NodeProcess {
     async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         match tokio::time::timeout(within, self.child.wait()).await {
             Ok(status) => status.expect("wait for node"),
-            Err(_) => panic!(
-                "the node did not exit within {within:?}; log:\n{}",
-                self.log_text()
-            ),
+            Err(_) => panic!("the node did not exit within {within:?}; log:\n{}", self.log_text()),
         }
     }
 
@@ -292,11 +268,7 @@ impl NodeProcess {
     /// SIGTERM, then the exit status.
     async fn terminate(&mut self) -> ExitStatus {
         let pid = self.pid().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("run kill -TERM");
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().await.expect("run kill -TERM");
         assert!(sent.success(), "kill -TERM {pid} failed");
         self.wait_exit(STEP_DEADLINE).await
     }
@@ -316,13 +288,7 @@ fn set_listen_port(config: &Path, port: u16) {
     let text = std::fs::read_to_string(config).expect("read node config");
     let text: Vec<String> = text
         .lines()
-        .map(|l| {
-            if l.starts_with("listen = ") {
-                format!("listen = \"{}\"", loopback(port))
-            } else {
-                l.to_string()
-            }
-        })
+        .map(|l| if l.starts_with("listen = ") { format!("listen = \"{}\"", loopback(port)) } else { l.to_string() })
         .collect();
     std::fs::write(config, text.join("\n") + "\n").expect("write node config");
 }
@@ -331,12 +297,7 @@ fn set_listen_port(config: &Path, port: u16) {
 /// only free when it was picked: if another process took it meanwhile, the `listen` line
 /// is rewritten with a fresh port and the node started again. Returns the node and the
 /// address it serves on.
-async fn start_node(
-    config: &Path,
-    log: &Path,
-    level: &str,
-    operator: &TlsMaterial,
-) -> (NodeProcess, SocketAddr) {
+async fn start_node(config: &Path, log: &Path, level: &str, operator: &TlsMaterial) -> (NodeProcess, SocketAddr) {
     for _ in 0..5 {
         let addr = configured_addr(config);
         let mut node = NodeProcess::spawn(config, log, level);
@@ -367,13 +328,8 @@ async fn tls_fixture() -> TlsFixture {
 
 /// Starts a node on `files` (which live in `tmp`) and registers `jeugdzorg` and a signal.
 async fn tls_fixture_from(tmp: tempfile::TempDir, files: RegionFiles) -> TlsFixture {
-    let region = RunningRegion::start_with(files, Arc::new(SystemClock))
-        .await
-        .expect("start region");
-    region
-        .add_org("jeugdzorg", "Jeugdzorg Rijnmond", "youth-care", None)
-        .await
-        .expect("add organisation");
+    let region = RunningRegion::start_with(files, Arc::new(SystemClock)).await.expect("start region");
+    region.add_org("jeugdzorg", "Jeugdzorg Rijnmond", "youth-care", None).await.expect("add organisation");
     let bsn = &virfed::demo::valid_bsns(111_222_333, 1)[0];
     let signal_id = region
         .org_client("jeugdzorg")
@@ -386,11 +342,7 @@ async fn tls_fixture_from(tmp: tempfile::TempDir, files: RegionFiles) -> TlsFixt
         .signal
         .expect("signal")
         .signal_id;
-    TlsFixture {
-        _tmp: tmp,
-        region,
-        signal_id,
-    }
+    TlsFixture { _tmp: tmp, region, signal_id }
 }
 
 impl TlsFixture {
@@ -401,11 +353,7 @@ impl TlsFixture {
     /// A client config that trusts the region CA and presents `issued` (which may come
     /// from another CA or be expired).
     fn config_presenting(&self, issued: &virfed::pki::IssuedCert) -> Arc<rustls::ClientConfig> {
-        client_config(&TlsMaterial::from_issued(
-            &self.region.files.ca.cert_pem(),
-            issued,
-        ))
-        .expect("client config")
+        client_config(&TlsMaterial::from_issued(&self.region.files.ca.cert_pem(), issued)).expect("client config")
     }
 
     /// The node still serves a valid organisation: its stored signal can be read back.
@@ -413,9 +361,7 @@ impl TlsFixture {
         let mut client = self.region.org_client("jeugdzorg").await.expect("connect");
         let view = tokio::time::timeout(
             STEP_DEADLINE,
-            client.get_signal(pb::GetSignalRequest {
-                signal_id: self.signal_id.clone(),
-            }),
+            client.get_signal(pb::GetSignalRequest { signal_id: self.signal_id.clone() }),
         )
         .await
         .expect("get_signal timed out")
@@ -435,9 +381,7 @@ impl TlsFixture {
                 Err(e) => return Err(format!("connect failed: {e}")),
             };
             match SignalsClient::new(channel)
-                .get_signal(pb::GetSignalRequest {
-                    signal_id: self.signal_id.clone(),
-                })
+                .get_signal(pb::GetSignalRequest { signal_id: self.signal_id.clone() })
                 .await
             {
                 Ok(view) => Ok(view.into_inner()),
@@ -445,10 +389,7 @@ impl TlsFixture {
                     // An application-level refusal would mean the connection was
                     // accepted; TLS must refuse before any handler runs.
                     assert!(
-                        !matches!(
-                            status.code(),
-                            Code::PermissionDenied | Code::Unauthenticated | Code::NotFound
-                        ),
+                        !matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated | Code::NotFound),
                         "{what}: the connection reached the API: {status:?}"
                     );
                     Err(format!("first RPC failed: {status}"))
@@ -466,16 +407,12 @@ impl TlsFixture {
 
 fn client_config_without_certificate(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
-        .expect("trust anchor");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM")).expect("trust anchor");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
 }
@@ -496,13 +433,9 @@ async fn invariant6_certificate_of_another_ca_is_refused() {
     let foreign = Ca::generate("someone else's CA", 30).expect("foreign CA");
     // Same identity as a registered organisation: only the issuer differs.
     let issued = foreign
-        .issue(&CertSpec::client(
-            Identity::Organisation("jeugdzorg".into()),
-            10,
-        ))
+        .issue(&CertSpec::client(Identity::Organisation("jeugdzorg".into()), 10))
         .expect("issue foreign certificate");
-    f.assert_refused(f.config_presenting(&issued), "certificate of another CA")
-        .await;
+    f.assert_refused(f.config_presenting(&issued), "certificate of another CA").await;
     f.assert_still_serves().await;
 }
 
@@ -514,8 +447,7 @@ async fn invariant6_expired_certificate_is_refused() {
     spec.not_before = now - time::Duration::days(30);
     spec.not_after = now - time::Duration::days(1);
     let issued = f.region.files.ca.issue(&spec).expect("issue expired");
-    f.assert_refused(f.config_presenting(&issued), "expired certificate")
-        .await;
+    f.assert_refused(f.config_presenting(&issued), "expired certificate").await;
     f.assert_still_serves().await;
 }
 
@@ -523,13 +455,7 @@ async fn invariant6_expired_certificate_is_refused() {
 async fn invariant6_revoked_certificate_is_refused() {
     let tmp = tempdir();
     let mut files = RegionFiles::create(tmp.path(), "rotterdam", loopback(0)).expect("files");
-    let revoked = files
-        .ca
-        .issue(&CertSpec::client(
-            Identity::Organisation("jeugdzorg".into()),
-            10,
-        ))
-        .expect("issue");
+    let revoked = files.ca.issue(&CertSpec::client(Identity::Organisation("jeugdzorg".into()), 10)).expect("issue");
     let serial = virfed::pki::cert_serial(&revoked.cert_pem).expect("serial");
     let crl = files.ca.revocation_list(&[serial], 7).expect("CRL");
     let crl_path = tmp.path().join("revoked.crl.pem");
@@ -538,8 +464,7 @@ async fn invariant6_revoked_certificate_is_refused() {
     let f = tls_fixture_from(tmp, files).await;
     // The fixture's own jeugdzorg certificates (fresh serials) are served; the revoked one,
     // same identity and same CA, is not.
-    f.assert_refused(f.config_presenting(&revoked), "revoked certificate")
-        .await;
+    f.assert_refused(f.config_presenting(&revoked), "revoked certificate").await;
     f.assert_still_serves().await;
 }
 
@@ -547,55 +472,32 @@ async fn invariant6_revoked_certificate_is_refused() {
 async fn invariant6_operator_certificate_cannot_use_client_api() {
     let f = tls_fixture().await;
     let before = f.region.handle.store().counts().expect("counts");
-    let channel = f
-        .region
-        .channel(Identity::Operator("ops".into()))
-        .await
-        .expect("operator channel");
+    let channel = f.region.channel(Identity::Operator("ops".into())).await.expect("operator channel");
     let mut signals = SignalsClient::new(channel);
-    let status = signals
-        .list_matches(pb::ListMatchesRequest {})
-        .await
-        .expect_err("an operator listed matches");
+    let status = signals.list_matches(pb::ListMatchesRequest {}).await.expect_err("an operator listed matches");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains("organisation certificate"),
-        "the refusal should say what to use: {status:?}"
-    );
+    assert!(status.message().contains("organisation certificate"), "the refusal should say what to use: {status:?}");
     let bsn = &virfed::demo::valid_bsns(222_333_444, 1)[0];
-    let status = signals
-        .register_signal(register_request(bsn, "Operator"))
-        .await
-        .expect_err("an operator registered a signal");
+    let status =
+        signals.register_signal(register_request(bsn, "Operator")).await.expect_err("an operator registered a signal");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(!status.message().contains(bsn.as_str()), "{status:?}");
     let after = f.region.handle.store().counts().expect("counts");
-    assert_eq!(
-        (before.active, before.archived),
-        (after.active, after.archived),
-        "a refused request changed the store"
-    );
+    assert_eq!((before.active, before.archived), (after.active, after.archived), "a refused request changed the store");
     f.assert_still_serves().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariant6_organisation_certificate_cannot_use_admin_api() {
     let f = tls_fixture().await;
-    let channel = f
-        .region
-        .channel(Identity::Organisation("jeugdzorg".into()))
-        .await
-        .expect("organisation channel");
+    let channel = f.region.channel(Identity::Organisation("jeugdzorg".into())).await.expect("organisation channel");
     let mut admin = OrganisationsClient::new(channel);
     let status = admin
         .add_organisation(organisation("intruder", "other"))
         .await
         .expect_err("an organisation registered an organisation");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains("operator certificate"),
-        "the refusal should say what to use: {status:?}"
-    );
+    assert!(status.message().contains("operator certificate"), "the refusal should say what to use: {status:?}");
     let status = admin
         .list_organisations(admin_pb::ListOrganisationsRequest {})
         .await
@@ -628,19 +530,14 @@ async fn invariant6_plain_tcp_without_tls_gets_no_grpc_answer() {
         ("HTTP/1.1 GET", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"),
     ];
     for (what, probe) in probes {
-        let mut tcp = tokio::net::TcpStream::connect(f.region.addr)
-            .await
-            .expect("TCP connect");
+        let mut tcp = tokio::net::TcpStream::connect(f.region.addr).await.expect("TCP connect");
         tcp.write_all(probe).await.expect("write probe");
         let mut answer = Vec::new();
         // The node must close the connection; EOF or a reset both count.
         let read = tokio::time::timeout(STEP_DEADLINE, tcp.read_to_end(&mut answer))
             .await
             .unwrap_or_else(|_| panic!("{what}: the node kept the plain TCP connection open"));
-        eprintln!(
-            "{what}: closed ({read:?}), {} bytes: {answer:02x?}",
-            answer.len()
-        );
+        eprintln!("{what}: closed ({read:?}), {} bytes: {answer:02x?}", answer.len());
         // At most a TLS alert record (content type 21), never HTTP or an HTTP/2 frame.
         assert!(
             answer.is_empty() || answer[0] == 0x15,
@@ -648,21 +545,14 @@ async fn invariant6_plain_tcp_without_tls_gets_no_grpc_answer() {
             String::from_utf8_lossy(&answer)
         );
         let text = String::from_utf8_lossy(&answer).to_lowercase();
-        assert!(
-            !text.contains("http") && !text.contains("grpc"),
-            "{what}: {text:?}"
-        );
+        assert!(!text.contains("http") && !text.contains("grpc"), "{what}: {text:?}");
     }
     f.assert_still_serves().await;
 }
 
 // ---- invariant 4: kill -9 loses no acknowledged write ----------------------------------
 
-const DURABILITY_ORGS: [(&str, &str); 3] = [
-    ("jeugdzorg", "youth-care"),
-    ("school", "education"),
-    ("ggd", "health"),
-];
+const DURABILITY_ORGS: [(&str, &str); 3] = [("jeugdzorg", "youth-care"), ("school", "education"), ("ggd", "health")];
 
 /// A registration the node answered OK.
 #[derive(Clone, Debug)]
@@ -677,15 +567,11 @@ struct Acked {
 /// child index survived too, D2).
 async fn assert_all_present(addr: SocketAddr, files: &RegionFiles, acked: &[Acked], repeat: bool) {
     for (org, _) in DURABILITY_ORGS {
-        let material = files
-            .client_material(Identity::Organisation(org.into()))
-            .expect("org material");
+        let material = files.client_material(Identity::Organisation(org.into())).expect("org material");
         let mut client = SignalsClient::new(channel_as(addr, &material).await);
         for (k, a) in acked.iter().filter(|a| a.org == org).enumerate() {
             let view = client
-                .get_signal(pb::GetSignalRequest {
-                    signal_id: a.signal_id.clone(),
-                })
+                .get_signal(pb::GetSignalRequest { signal_id: a.signal_id.clone() })
                 .await
                 .unwrap_or_else(|s| panic!("acknowledged signal {} lost: {s}", a.signal_id))
                 .into_inner();
@@ -698,10 +584,7 @@ async fn assert_all_present(addr: SocketAddr, files: &RegionFiles, acked: &[Acke
                     .await
                     .expect("repeat registration")
                     .into_inner();
-                assert!(
-                    !again.created,
-                    "a repeat after restart made a second signal"
-                );
+                assert!(!again.created, "a repeat after restart made a second signal");
                 assert_eq!(again.signal.expect("signal").signal_id, a.signal_id);
             }
         }
@@ -716,23 +599,12 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
     let tmp = tempdir();
     let addr = loopback(free_port());
     let files = RegionFiles::create(tmp.path(), "rotterdam", addr).expect("region files");
-    let ops = files
-        .client_material(Identity::Operator("ops".into()))
-        .expect("operator material");
+    let ops = files.client_material(Identity::Operator("ops".into())).expect("operator material");
 
-    let (mut node, addr) = start_node(
-        &files.config_path,
-        &tmp.path().join("node-1.log"),
-        "warn",
-        &ops,
-    )
-    .await;
+    let (mut node, addr) = start_node(&files.config_path, &tmp.path().join("node-1.log"), "warn", &ops).await;
     let mut admin = OrganisationsClient::new(channel_as(addr, &ops).await);
     for (id, domain) in DURABILITY_ORGS {
-        admin
-            .add_organisation(organisation(id, domain))
-            .await
-            .expect("add organisation");
+        admin.add_organisation(organisation(id, domain)).await.expect("add organisation");
     }
 
     let bsns = Arc::new(virfed::demo::valid_bsns(100_000_000, 20 * TARGET_ACKS));
@@ -746,25 +618,15 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let (org, _) = DURABILITY_ORGS[w % DURABILITY_ORGS.len()];
-        let material = files
-            .client_material(Identity::Organisation(org.into()))
-            .expect("org material");
+        let material = files.client_material(Identity::Organisation(org.into())).expect("org material");
         let mut client = SignalsClient::new(channel_as(addr, &material).await);
-        let (bsns, next, in_flight, killed, acked, progress) = (
-            bsns.clone(),
-            next.clone(),
-            in_flight.clone(),
-            killed.clone(),
-            acked.clone(),
-            progress.clone(),
-        );
+        let (bsns, next, in_flight, killed, acked, progress) =
+            (bsns.clone(), next.clone(), in_flight.clone(), killed.clone(), acked.clone(), progress.clone());
         writers.push(tokio::spawn(async move {
             while !killed.load(Ordering::SeqCst) {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(bsn) = bsns.get(i) else {
-                    return Err(format!(
-                        "writer {w}: ran out of BSNs before the node was killed"
-                    ));
+                    return Err(format!("writer {w}: ran out of BSNs before the node was killed"));
                 };
                 in_flight.fetch_add(1, Ordering::SeqCst);
                 let answer = tokio::time::timeout(
@@ -781,20 +643,14 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
                             return Err(format!("writer {w}: fresh BSN #{i} not created"));
                         }
                         let signal = resp.signal.expect("signal in response");
-                        acked.lock().unwrap().push(Acked {
-                            org,
-                            bsn: bsn.clone(),
-                            signal_id: signal.signal_id,
-                        });
+                        acked.lock().unwrap().push(Acked { org, bsn: bsn.clone(), signal_id: signal.signal_id });
                         progress.send_modify(|n| *n += 1);
                     }
                     Ok(Err(status)) if killed.load(Ordering::SeqCst) => {
                         eprintln!("writer {w}: after the kill: {:?}", status.code());
                         return Ok(());
                     }
-                    Ok(Err(status)) => {
-                        return Err(format!("writer {w}: refused before the kill: {status}"))
-                    }
+                    Ok(Err(status)) => return Err(format!("writer {w}: refused before the kill: {status}")),
                     Err(_) if killed.load(Ordering::SeqCst) => return Ok(()),
                     Err(_) => return Err(format!("writer {w}: registration timed out")),
                 }
@@ -803,18 +659,10 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
         }));
     }
 
-    tokio::time::timeout(
-        Duration::from_secs(90),
-        progress_rx.wait_for(|n| *n >= TARGET_ACKS),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "fewer than {TARGET_ACKS} acknowledgements in 90 s; log:\n{}",
-            node.log_text()
-        )
-    })
-    .expect("progress channel");
+    tokio::time::timeout(Duration::from_secs(90), progress_rx.wait_for(|n| *n >= TARGET_ACKS))
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {TARGET_ACKS} acknowledgements in 90 s; log:\n{}", node.log_text()))
+        .expect("progress channel");
     killed.store(true, Ordering::SeqCst);
     let pending = in_flight.load(Ordering::SeqCst);
     node.kill_9().await;
@@ -829,19 +677,10 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= TARGET_ACKS, "{} acknowledged", acked.len());
-    eprintln!(
-        "{} registrations acknowledged before/at the kill",
-        acked.len()
-    );
+    eprintln!("{} registrations acknowledged before/at the kill", acked.len());
 
     // Restart on the same config and data directory: every acknowledged signal is there.
-    let (mut node, addr) = start_node(
-        &files.config_path,
-        &tmp.path().join("node-2.log"),
-        "warn",
-        &ops,
-    )
-    .await;
+    let (mut node, addr) = start_node(&files.config_path, &tmp.path().join("node-2.log"), "warn", &ops).await;
     assert_all_present(addr, &files, &acked, true).await;
 
     // A quiet kill: sled writes out its log buffer when the next transaction starts, so
@@ -850,9 +689,7 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
     let first = next.load(Ordering::SeqCst);
     let mut last_writes = Vec::new();
     for (j, (org, _)) in DURABILITY_ORGS.into_iter().enumerate() {
-        let material = files
-            .client_material(Identity::Organisation(org.into()))
-            .expect("org material");
+        let material = files.client_material(Identity::Organisation(org.into())).expect("org material");
         let mut client = SignalsClient::new(channel_as(addr, &material).await);
         let bsn = bsns[first + j].clone();
         last_writes.push(tokio::spawn(async move {
@@ -862,11 +699,7 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
                 .expect("register before the quiet kill")
                 .into_inner();
             assert!(resp.created);
-            Acked {
-                org,
-                bsn,
-                signal_id: resp.signal.expect("signal").signal_id,
-            }
+            Acked { org, bsn, signal_id: resp.signal.expect("signal").signal_id }
         }));
     }
     let mut acked = acked;
@@ -874,30 +707,14 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
         acked.push(task.await.expect("writer panicked"));
     }
     node.kill_9().await;
-    let (mut node, addr) = start_node(
-        &files.config_path,
-        &tmp.path().join("node-3.log"),
-        "warn",
-        &ops,
-    )
-    .await;
+    let (mut node, addr) = start_node(&files.config_path, &tmp.path().join("node-3.log"), "warn", &ops).await;
     assert_all_present(addr, &files, &acked, false).await;
 
     let status = node.terminate().await;
-    assert!(
-        status.success(),
-        "SIGTERM: {status}; log:\n{}",
-        node.log_text()
-    );
+    assert!(status.success(), "SIGTERM: {status}; log:\n{}", node.log_text());
     let config = files.config_path.to_str().expect("utf-8 path");
-    let verify = cli(&["audit", "verify", "--config", config], None)
-        .await
-        .expect_ok("audit verify");
-    assert!(
-        verify.stdout.contains("audit log intact"),
-        "{}",
-        verify.stdout
-    );
+    let verify = cli(&["audit", "verify", "--config", config], None).await.expect_ok("audit verify");
+    assert!(verify.stdout.contains("audit log intact"), "{}", verify.stdout);
     let entries: usize = verify
         .stdout
         .split("intact: ")
@@ -931,69 +748,31 @@ async fn cli_end_to_end_with_the_real_binary() {
     let file = |name: &str| ca_dir.join(name).to_str().expect("utf-8").to_string();
 
     // ---- CA tooling
-    let out = cli(
-        &["ca", "init", "--dir", d, "--name", "virfed test region CA"],
-        None,
-    )
-    .await
-    .expect_ok("ca init");
+    let out = cli(&["ca", "init", "--dir", d, "--name", "virfed test region CA"], None).await.expect_ok("ca init");
     assert!(out.stdout.contains("CA created"), "{}", out.stdout);
-    let again = cli(
-        &["ca", "init", "--dir", d, "--name", "virfed test region CA"],
-        None,
-    )
-    .await
-    .expect_code(1, "second ca init");
+    let again = cli(&["ca", "init", "--dir", d, "--name", "virfed test region CA"], None)
+        .await
+        .expect_code(1, "second ca init");
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
-    cli(
-        &[
-            "ca",
-            "issue",
-            "server",
-            "--dir",
-            d,
-            "--dns",
-            "localhost",
-            "--dns",
-            "127.0.0.1",
-        ],
-        None,
-    )
-    .await
-    .expect_ok("issue server");
-    cli(
-        &["ca", "issue", "operator", "--dir", d, "--name", "ops"],
-        None,
-    )
-    .await
-    .expect_ok("issue operator");
+    cli(&["ca", "issue", "server", "--dir", d, "--dns", "localhost", "--dns", "127.0.0.1"], None)
+        .await
+        .expect_ok("issue server");
+    cli(&["ca", "issue", "operator", "--dir", d, "--name", "ops"], None).await.expect_ok("issue operator");
     for org in ["jeugdzorg", "ggd"] {
-        let out = cli(&["ca", "issue", "client", "--dir", d, "--org", org], None)
-            .await
-            .expect_ok("issue client");
+        let out = cli(&["ca", "issue", "client", "--dir", d, "--org", org], None).await.expect_ok("issue client");
         assert!(out.stdout.contains(&format!("{org}.key")), "{}", out.stdout);
     }
-    for key in [
-        "ca.key",
-        "localhost.key",
-        "ops.key",
-        "jeugdzorg.key",
-        "ggd.key",
-    ] {
+    for key in ["ca.key", "localhost.key", "ops.key", "jeugdzorg.key", "ggd.key"] {
         assert_eq!(mode_of(&ca_dir.join(key)), 0o600, "{key}");
     }
     assert_eq!(mode_of(&ca_dir), 0o700, "CA directory");
 
     let key_before = std::fs::read(ca_dir.join("jeugdzorg.key")).expect("key");
-    let refused = cli(
-        &["ca", "issue", "client", "--dir", d, "--org", "jeugdzorg"],
-        None,
-    )
-    .await
-    .expect_code(1, "re-issue without --force");
+    let refused = cli(&["ca", "issue", "client", "--dir", d, "--org", "jeugdzorg"], None)
+        .await
+        .expect_code(1, "re-issue without --force");
     assert!(
-        refused.stderr.contains("already exists")
-            && refused.stderr.contains("refusing to overwrite"),
+        refused.stderr.contains("already exists") && refused.stderr.contains("refusing to overwrite"),
         "{}",
         refused.stderr
     );
@@ -1002,25 +781,10 @@ async fn cli_end_to_end_with_the_real_binary() {
         key_before,
         "a refused re-issue must leave the key alone"
     );
-    cli(
-        &[
-            "ca",
-            "issue",
-            "client",
-            "--dir",
-            d,
-            "--org",
-            "jeugdzorg",
-            "--force",
-        ],
-        None,
-    )
-    .await
-    .expect_ok("re-issue with --force");
-    assert_ne!(
-        std::fs::read(ca_dir.join("jeugdzorg.key")).expect("key"),
-        key_before
-    );
+    cli(&["ca", "issue", "client", "--dir", d, "--org", "jeugdzorg", "--force"], None)
+        .await
+        .expect_ok("re-issue with --force");
+    assert_ne!(std::fs::read(ca_dir.join("jeugdzorg.key")).expect("key"), key_before);
     assert_eq!(mode_of(&ca_dir.join("jeugdzorg.key")), 0o600);
 
     // ---- a node on those files
@@ -1038,20 +802,10 @@ async fn cli_end_to_end_with_the_real_binary() {
     )
     .expect("write node.toml");
     let config = config_path.to_str().expect("utf-8 path");
-    let ops_material = TlsMaterial::from_files(
-        &ca_dir.join("ca.pem"),
-        &ca_dir.join("ops.pem"),
-        &ca_dir.join("ops.key"),
-        &[],
-    )
-    .expect("operator files");
-    let (mut node, node_sock) = start_node(
-        &config_path,
-        &tmp.path().join("node.log"),
-        "info",
-        &ops_material,
-    )
-    .await;
+    let ops_material =
+        TlsMaterial::from_files(&ca_dir.join("ca.pem"), &ca_dir.join("ops.pem"), &ca_dir.join("ops.key"), &[])
+            .expect("operator files");
+    let (mut node, node_sock) = start_node(&config_path, &tmp.path().join("node.log"), "info", &ops_material).await;
     let node_addr = node_sock.to_string();
 
     let (ca_pem, ops_pem, ops_key) = (file("ca.pem"), file("ops.pem"), file("ops.key"));
@@ -1112,30 +866,11 @@ async fn cli_end_to_end_with_the_real_binary() {
     )
     .await
     .expect_ok("org add jeugdzorg");
-    assert!(
-        out.stdout
-            .contains("organisation jeugdzorg (Jeugdzorg Utrecht, youth-care) registered"),
-        "{}",
-        out.stdout
-    );
-    run(
-        as_ops(&[
-            "org",
-            "add",
-            "--id",
-            "ggd",
-            "--name",
-            "GGD regio Utrecht",
-            "--domain",
-            "health",
-        ]),
-        None,
-    )
-    .await
-    .expect_ok("org add ggd");
-    let list = run(as_ops(&["org", "list"]), None)
+    assert!(out.stdout.contains("organisation jeugdzorg (Jeugdzorg Utrecht, youth-care) registered"), "{}", out.stdout);
+    run(as_ops(&["org", "add", "--id", "ggd", "--name", "GGD regio Utrecht", "--domain", "health"]), None)
         .await
-        .expect_ok("org list");
+        .expect_ok("org add ggd");
+    let list = run(as_ops(&["org", "list"]), None).await.expect_ok("org list");
     assert!(list.stdout.contains("jeugdzorg"), "{}", list.stdout);
     assert!(list.stdout.contains("Jeugdzorg Utrecht"), "{}", list.stdout);
     assert!(list.stdout.contains("C. Janssen"), "{}", list.stdout);
@@ -1163,60 +898,23 @@ async fn cli_end_to_end_with_the_real_binary() {
             ],
         )
     };
-    let out = run(
-        register("jeugdzorg", "A. de Vries"),
-        Some(&format!("{bsn}\n")),
-    )
-    .await
-    .expect_ok("signal register");
-    assert!(
-        out.stdout.starts_with("registered: signal "),
-        "{}",
-        out.stdout
-    );
+    let out = run(register("jeugdzorg", "A. de Vries"), Some(&format!("{bsn}\n"))).await.expect_ok("signal register");
+    assert!(out.stdout.starts_with("registered: signal "), "{}", out.stdout);
     assert!(!out.stdout.contains(bsn) && !out.stderr.contains(bsn));
     let jz_signal = signal_id_in(&out.stdout);
-    let repeat = run(
-        register("jeugdzorg", "A. de Vries"),
-        Some(&format!("{bsn}\n")),
-    )
-    .await
-    .expect_ok("repeat register");
-    assert!(
-        repeat
-            .stdout
-            .starts_with("already registered (unchanged): signal "),
-        "{}",
-        repeat.stdout
-    );
+    let repeat =
+        run(register("jeugdzorg", "A. de Vries"), Some(&format!("{bsn}\n"))).await.expect_ok("repeat register");
+    assert!(repeat.stdout.starts_with("already registered (unchanged): signal "), "{}", repeat.stdout);
     assert_eq!(signal_id_in(&repeat.stdout), jz_signal);
-    let out = run(register("ggd", "B. Bakker"), Some(&format!("{bsn}\n")))
-        .await
-        .expect_ok("second organisation registers");
+    let out =
+        run(register("ggd", "B. Bakker"), Some(&format!("{bsn}\n"))).await.expect_ok("second organisation registers");
     let ggd_signal = signal_id_in(&out.stdout);
 
-    let show = run(
-        as_org("jeugdzorg", &["signal", "show", "--id", &jz_signal]),
-        None,
-    )
-    .await
-    .expect_ok("signal show");
-    assert!(
-        show.stdout.contains(&format!("signal {jz_signal}")),
-        "{}",
-        show.stdout
-    );
-    assert!(
-        show.stdout.contains("organisation: jeugdzorg"),
-        "{}",
-        show.stdout
-    );
+    let show = run(as_org("jeugdzorg", &["signal", "show", "--id", &jz_signal]), None).await.expect_ok("signal show");
+    assert!(show.stdout.contains(&format!("signal {jz_signal}")), "{}", show.stdout);
+    assert!(show.stdout.contains("organisation: jeugdzorg"), "{}", show.stdout);
     assert!(show.stdout.contains("A. de Vries"), "{}", show.stdout);
-    assert!(
-        show.stdout.contains("state:        active"),
-        "{}",
-        show.stdout
-    );
+    assert!(show.stdout.contains("state:        active"), "{}", show.stdout);
     assert!(!show.stdout.contains(bsn), "{}", show.stdout);
     // Another organisation's signal is not shown (nor confirmed to exist).
     let hidden = run(as_org("ggd", &["signal", "show", "--id", &jz_signal]), None)
@@ -1224,32 +922,15 @@ async fn cli_end_to_end_with_the_real_binary() {
         .expect_code(1, "show another org's signal");
     assert!(hidden.stderr.contains("NotFound"), "{}", hidden.stderr);
 
-    let matches = run(as_org("jeugdzorg", &["matches", "list"]), None)
-        .await
-        .expect_ok("matches list");
-    assert!(
-        matches
-            .stdout
-            .contains(&format!("your signal {jz_signal} matches:")),
-        "{}",
-        matches.stdout
-    );
+    let matches = run(as_org("jeugdzorg", &["matches", "list"]), None).await.expect_ok("matches list");
+    assert!(matches.stdout.contains(&format!("your signal {jz_signal} matches:")), "{}", matches.stdout);
     assert!(matches.stdout.contains("B. Bakker"), "{}", matches.stdout);
-    assert!(
-        matches.stdout.contains("GGD regio Utrecht"),
-        "{}",
-        matches.stdout
-    );
+    assert!(matches.stdout.contains("GGD regio Utrecht"), "{}", matches.stdout);
     assert!(!matches.stdout.contains(bsn), "{}", matches.stdout);
 
     // ---- a bad BSN: exit 1, a clear message, the input never echoed
     let bad_bsn = "123456789";
-    let bad = run(
-        register("jeugdzorg", "A. de Vries"),
-        Some(&format!("{bad_bsn}\n")),
-    )
-    .await
-    .expect_code(1, "bad BSN");
+    let bad = run(register("jeugdzorg", "A. de Vries"), Some(&format!("{bad_bsn}\n"))).await.expect_code(1, "bad BSN");
     assert!(bad.stderr.contains("11-proef"), "{}", bad.stderr);
     assert!(
         !bad.stderr.contains(bad_bsn) && !bad.stdout.contains(bad_bsn),
@@ -1259,63 +940,18 @@ async fn cli_end_to_end_with_the_real_binary() {
     );
 
     // ---- withdrawals
-    let out = run(
-        as_org(
-            "jeugdzorg",
-            &[
-                "signal",
-                "withdraw",
-                "--id",
-                &jz_signal,
-                "--reason",
-                "concern-resolved",
-            ],
-        ),
-        None,
-    )
-    .await
-    .expect_ok("withdraw concern-resolved");
-    assert!(
-        out.stdout
-            .contains(&format!("signal {jz_signal} withdrawn: archived")),
-        "{}",
-        out.stdout
-    );
-    let show = run(
-        as_org("jeugdzorg", &["signal", "show", "--id", &jz_signal]),
-        None,
-    )
-    .await
-    .expect_ok("show archived");
-    assert!(
-        show.stdout.contains("state:        archived"),
-        "{}",
-        show.stdout
-    );
-    let matches = run(as_org("ggd", &["matches", "list"]), None)
+    let out =
+        run(as_org("jeugdzorg", &["signal", "withdraw", "--id", &jz_signal, "--reason", "concern-resolved"]), None)
+            .await
+            .expect_ok("withdraw concern-resolved");
+    assert!(out.stdout.contains(&format!("signal {jz_signal} withdrawn: archived")), "{}", out.stdout);
+    let show = run(as_org("jeugdzorg", &["signal", "show", "--id", &jz_signal]), None).await.expect_ok("show archived");
+    assert!(show.stdout.contains("state:        archived"), "{}", show.stdout);
+    let matches = run(as_org("ggd", &["matches", "list"]), None).await.expect_ok("matches after withdrawal");
+    assert!(matches.stdout.contains("no active matches"), "{}", matches.stdout);
+    let out = run(as_org("ggd", &["signal", "withdraw", "--id", &ggd_signal, "--reason", "made-in-error"]), None)
         .await
-        .expect_ok("matches after withdrawal");
-    assert!(
-        matches.stdout.contains("no active matches"),
-        "{}",
-        matches.stdout
-    );
-    let out = run(
-        as_org(
-            "ggd",
-            &[
-                "signal",
-                "withdraw",
-                "--id",
-                &ggd_signal,
-                "--reason",
-                "made-in-error",
-            ],
-        ),
-        None,
-    )
-    .await
-    .expect_ok("withdraw made-in-error");
+        .expect_ok("withdraw made-in-error");
     assert!(out.stdout.contains("withdrawn: deleted"), "{}", out.stdout);
 
     // ---- SIGTERM drains: an open watch stream ends with UNAVAILABLE, the node exits 0
@@ -1340,17 +976,8 @@ async fn cli_end_to_end_with_the_real_binary() {
     assert_eq!(first.kind, pb::NoticeKind::MatchCreated as i32, "{first:?}");
     let started = Instant::now();
     let status = node.terminate().await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGTERM exit; log:\n{}",
-        node.log_text()
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "draining took {:?}",
-        started.elapsed()
-    );
+    assert_eq!(status.code(), Some(0), "SIGTERM exit; log:\n{}", node.log_text());
+    assert!(started.elapsed() < Duration::from_secs(10), "draining took {:?}", started.elapsed());
     let end = tokio::time::timeout(STEP_DEADLINE, async {
         loop {
             match stream.next().await {
@@ -1367,43 +994,19 @@ async fn cli_end_to_end_with_the_real_binary() {
     }
     let log = node.log_text();
     assert!(log.contains("node stopped"), "{log}");
-    assert!(
-        !log.contains(bsn) && !log.contains(bad_bsn),
-        "a BSN reached the node log:\n{log}"
-    );
-    let verify = cli(&["audit", "verify", "--config", config], None)
-        .await
-        .expect_ok("audit verify");
-    assert!(
-        verify.stdout.contains("audit log intact"),
-        "{}",
-        verify.stdout
-    );
+    assert!(!log.contains(bsn) && !log.contains(bad_bsn), "a BSN reached the node log:\n{log}");
+    let verify = cli(&["audit", "verify", "--config", config], None).await.expect_ok("audit verify");
+    assert!(verify.stdout.contains("audit log intact"), "{}", verify.stdout);
 
     // ---- start-up refusals
     let missing = tmp.path().join("missing.toml");
-    let out = cli(
-        &["node", "--config", missing.to_str().expect("utf-8")],
-        None,
-    )
-    .await
-    .expect_code(1, "missing config");
-    assert!(
-        out.stderr.contains("cannot read config file") && out.stderr.contains("missing.toml"),
-        "{}",
-        out.stderr
-    );
+    let out = cli(&["node", "--config", missing.to_str().expect("utf-8")], None).await.expect_code(1, "missing config");
+    assert!(out.stderr.contains("cannot read config file") && out.stderr.contains("missing.toml"), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 
     chmod(&ca_dir.join("localhost.key"), 0o644);
-    let out = cli(&["node", "--config", config], None)
-        .await
-        .expect_code(1, "world-readable node key");
-    assert!(
-        out.stderr.contains("chmod 600") && out.stderr.contains("localhost.key"),
-        "{}",
-        out.stderr
-    );
+    let out = cli(&["node", "--config", config], None).await.expect_code(1, "world-readable node key");
+    assert!(out.stderr.contains("chmod 600") && out.stderr.contains("localhost.key"), "{}", out.stderr);
 }
 
 // ---- store and key refusals at start-up ------------------------------------------------
@@ -1428,12 +1031,7 @@ async fn open_sled_when_released(path: &Path) -> sled::Db {
 /// stopped node's sled store releases its file lock only a moment after
 /// `RunningRegion::stop` returns (see the report), so a lock error is retried.
 async fn restart_in_process(files: RegionFiles) -> RunningRegion {
-    let RegionFiles {
-        dir,
-        config,
-        config_path,
-        ..
-    } = files;
+    let RegionFiles { dir, config, config_path, .. } = files;
     let started = Instant::now();
     loop {
         let files = RegionFiles {
@@ -1444,10 +1042,7 @@ async fn restart_in_process(files: RegionFiles) -> RunningRegion {
         };
         match RunningRegion::start_with(files, Arc::new(SystemClock)).await {
             Ok(region) => return region,
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < STEP_DEADLINE =>
-            {
+            Err(e) if e.to_string().contains("could not acquire lock") && started.elapsed() < STEP_DEADLINE => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("restart: {e:#}"),
@@ -1458,13 +1053,8 @@ async fn restart_in_process(files: RegionFiles) -> RunningRegion {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_with_another_schema_version_is_refused_naming_both_versions() {
     let tmp = tempdir();
-    let region = RunningRegion::start(tmp.path(), "rotterdam", Arc::new(SystemClock))
-        .await
-        .expect("start region");
-    region
-        .add_org("jeugdzorg", "Jeugdzorg Rijnmond", "youth-care", None)
-        .await
-        .expect("add organisation");
+    let region = RunningRegion::start(tmp.path(), "rotterdam", Arc::new(SystemClock)).await.expect("start region");
+    region.add_org("jeugdzorg", "Jeugdzorg Rijnmond", "youth-care", None).await.expect("add organisation");
     let files = region.stop().await.expect("stop");
     let store_path = files.config.store_path();
 
@@ -1475,8 +1065,7 @@ async fn store_with_another_schema_version_is_refused_naming_both_versions() {
         Some(&SCHEMA_VERSION.to_be_bytes()[..]),
         "a new store records the current schema version"
     );
-    meta.insert("schema_version", &99u32.to_be_bytes())
-        .expect("write schema version");
+    meta.insert("schema_version", &99u32.to_be_bytes()).expect("write schema version");
     db.flush().expect("flush");
     drop(meta);
     drop(db);
@@ -1493,10 +1082,7 @@ async fn store_with_another_schema_version_is_refused_naming_both_versions() {
         }
     };
     let msg = err.to_string();
-    assert!(
-        msg.contains("schema version 99") && msg.contains(&format!("version {SCHEMA_VERSION}")),
-        "{msg}"
-    );
+    assert!(msg.contains("schema version 99") && msg.contains(&format!("version {SCHEMA_VERSION}")), "{msg}");
 
     // The binary says the same and exits 1; the store is left as it was. (sled releases
     // its file lock a moment after the last handle is dropped, so a run may first meet
@@ -1504,9 +1090,7 @@ async fn store_with_another_schema_version_is_refused_naming_both_versions() {
     let config = files.config_path.to_str().expect("utf-8 path");
     let started = Instant::now();
     let out = loop {
-        let out = cli(&["node", "--config", config], None)
-            .await
-            .expect_code(1, "node on a store of another schema");
+        let out = cli(&["node", "--config", config], None).await.expect_code(1, "node on a store of another schema");
         if out.stderr.contains("could not acquire lock") && started.elapsed() < STEP_DEADLINE {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -1516,11 +1100,7 @@ async fn store_with_another_schema_version_is_refused_naming_both_versions() {
     assert!(out.stderr.contains("schema version 99"), "{}", out.stderr);
     let db = open_sled_when_released(&store_path).await;
     assert_eq!(
-        db.open_tree("meta")
-            .expect("meta")
-            .get("schema_version")
-            .expect("read")
-            .as_deref(),
+        db.open_tree("meta").expect("meta").get("schema_version").expect("read").as_deref(),
         Some(&99u32.to_be_bytes()[..]),
         "a refused open must not rewrite the schema version"
     );
@@ -1531,9 +1111,7 @@ async fn world_readable_local_key_stops_the_node_from_starting() {
     let tmp = tempdir();
     let files = RegionFiles::create(tmp.path(), "rotterdam", loopback(0)).expect("files");
     // First start creates data/local.key with mode 0600.
-    let region = RunningRegion::start_with(files, Arc::new(SystemClock))
-        .await
-        .expect("first start");
+    let region = RunningRegion::start_with(files, Arc::new(SystemClock)).await.expect("first start");
     let files = region.stop().await.expect("stop");
     let key_path = files.config.local_key_path();
     assert_eq!(mode_of(&key_path), 0o600, "local.key is created private");
@@ -1544,24 +1122,11 @@ async fn world_readable_local_key_stops_the_node_from_starting() {
         Ok(_) => panic!("a node started with a world-readable local.key"),
         Err(e) => e.to_string(),
     };
-    assert!(
-        err.contains("chmod 600") && err.contains("local.key"),
-        "{err}"
-    );
+    assert!(err.contains("chmod 600") && err.contains("local.key"), "{err}");
     let config = files.config_path.to_str().expect("utf-8 path");
-    let out = cli(&["node", "--config", config], None)
-        .await
-        .expect_code(1, "node with a world-readable local.key");
-    assert!(
-        out.stderr.contains("chmod 600") && out.stderr.contains("local.key"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(
-        std::fs::read(&key_path).expect("read local.key"),
-        key,
-        "a refused start must not replace the key"
-    );
+    let out = cli(&["node", "--config", config], None).await.expect_code(1, "node with a world-readable local.key");
+    assert!(out.stderr.contains("chmod 600") && out.stderr.contains("local.key"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&key_path).expect("read local.key"), key, "a refused start must not replace the key");
 
     // Once the operator fixes the mode, the node starts on the same key.
     chmod(&key_path, 0o600);

@@ -9,26 +9,14 @@ use super::ApiError;
 
 /// A required contact: every field present and well-formed.
 pub fn contact_in(c: Option<pb::Contact>, who: &str) -> Result<Contact, ApiError> {
-    let c = c.ok_or_else(|| {
-        ApiError::InvalidArgument(format!("{who} is required (name, role, phone, email)"))
-    })?;
-    let contact = Contact {
-        name: c.name,
-        role: c.role,
-        phone: c.phone,
-        email: c.email,
-    };
+    let c = c.ok_or_else(|| ApiError::InvalidArgument(format!("{who} is required (name, role, phone, email)")))?;
+    let contact = Contact { name: c.name, role: c.role, phone: c.phone, email: c.email };
     contact.validate(who)?;
     Ok(contact)
 }
 
 pub fn contact_out(c: &Contact) -> pb::Contact {
-    pb::Contact {
-        name: c.name.clone(),
-        role: c.role.clone(),
-        phone: c.phone.clone(),
-        email: c.email.clone(),
-    }
+    pb::Contact { name: c.name.clone(), role: c.role.clone(), phone: c.phone.clone(), email: c.email.clone() }
 }
 
 pub fn signal_out(s: &Signal) -> pb::SignalView {

@@ -25,8 +25,7 @@ pub use error::ApiError;
 
 use crate::domain::retention::removal_date_for_registration;
 use crate::domain::{
-    parse_date, Bsn, Clock, Contact, OrgDomain, OrgId, Organisation, SignalId, WithdrawReason,
-    Withdrawer,
+    parse_date, Bsn, Clock, Contact, OrgDomain, OrgId, Organisation, SignalId, WithdrawReason, Withdrawer,
 };
 use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
@@ -41,6 +40,8 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 pub struct ApiState {
     pub store: Store,
     pub local_key: LocalKey,
+    /// The blinding key, when the node federates.
+    pub blind_key: Option<crate::pseudonym::BlindKey>,
     pub clock: Arc<dyn Clock>,
     pub match_officer: Option<OrgId>,
     /// Flips to true when the node shuts down, ending watch streams.
@@ -103,8 +104,7 @@ impl pb::signals_server::Signals for SignalsService {
         };
         let now = self.state.clock.now();
         let today = self.state.clock.today();
-        let removal_date =
-            removal_date_for_registration(dob, removal, today).map_err(ApiError::from)?;
+        let removal_date = removal_date_for_registration(dob, removal, today).map_err(ApiError::from)?;
         let new = NewSignal {
             child: self.state.local_key.child_key(&bsn),
             org: org.id.clone(),
@@ -112,13 +112,9 @@ impl pb::signals_server::Signals for SignalsService {
             date_of_birth: dob,
             removal_date,
             now,
+            point: self.state.blind_key.as_ref().map(|k| k.blind_bsn(&bsn)),
         };
-        let done = self
-            .state
-            .store
-            .register(&new, &format!("org:{}", org.id))
-            .await
-            .map_err(ApiError::from)?;
+        let done = self.state.store.register(&new, &format!("org:{}", org.id)).await.map_err(ApiError::from)?;
         info!(signal = %done.signal.id, org = %org.id, created = done.created, matches = done.matched_with, "signal registered");
         Ok(Response::new(pb::RegisterSignalResponse {
             signal: Some(convert::signal_out(&done.signal)),
@@ -138,8 +134,7 @@ impl pb::signals_server::Signals for SignalsService {
             Ok(pb::WithdrawReason::ConcernResolved) => WithdrawReason::ConcernResolved,
             _ => {
                 return Err(ApiError::InvalidArgument(
-                    "reason is required: MADE_IN_ERROR (delete) or CONCERN_RESOLVED (archive)"
-                        .into(),
+                    "reason is required: MADE_IN_ERROR (delete) or CONCERN_RESOLVED (archive)".into(),
                 )
                 .into())
             }
@@ -149,41 +144,28 @@ impl pb::signals_server::Signals for SignalsService {
             Ok(pb::Withdrawer::Coordinator) => Withdrawer::Coordinator,
             _ => {
                 return Err(ApiError::InvalidArgument(
-                    "withdrawn_by is required: PROFESSIONAL (the reporter) or COORDINATOR (D7)"
-                        .into(),
+                    "withdrawn_by is required: PROFESSIONAL (the reporter) or COORDINATOR (D7)".into(),
                 )
                 .into())
             }
         };
         let (now, today) = (self.state.clock.now(), self.state.clock.today());
-        let outcome = self
-            .state
-            .store
-            .withdraw(&id, &org.id, reason, by, now, today)
-            .await
-            .map_err(ApiError::from)?;
+        let outcome = self.state.store.withdraw(&id, &org.id, reason, by, now, today).await.map_err(ApiError::from)?;
         let outcome = match outcome {
             Withdrawn::Deleted => "deleted",
             Withdrawn::Archived => "archived",
         };
         info!(signal = %id, org = %org.id, outcome, "signal withdrawn");
-        Ok(Response::new(pb::WithdrawSignalResponse {
-            outcome: outcome.into(),
-        }))
+        Ok(Response::new(pb::WithdrawSignalResponse { outcome: outcome.into() }))
     }
 
-    async fn get_signal(
-        &self,
-        req: Request<pb::GetSignalRequest>,
-    ) -> Result<Response<pb::SignalView>, Status> {
+    async fn get_signal(&self, req: Request<pb::GetSignalRequest>) -> Result<Response<pb::SignalView>, Status> {
         let org = self.caller(&req)?;
         let id = Self::signal_id(&req.get_ref().signal_id)?;
         match self.state.store.signal(&id).map_err(ApiError::from)? {
             Some(s) if s.org == org.id => Ok(Response::new(convert::signal_out(&s))),
             // Another organisation's signal is reported as absent: its existence is not ours to tell.
-            _ => {
-                Err(ApiError::NotFound(format!("no signal {id} of organisation {}", org.id)).into())
-            }
+            _ => Err(ApiError::NotFound(format!("no signal {id} of organisation {}", org.id)).into()),
         }
     }
 
@@ -192,11 +174,7 @@ impl pb::signals_server::Signals for SignalsService {
         req: Request<pb::ListMatchesRequest>,
     ) -> Result<Response<pb::ListMatchesResponse>, Status> {
         let org = self.caller(&req)?;
-        let matches = self
-            .state
-            .store
-            .matches_for(&org.id)
-            .map_err(ApiError::from)?;
+        let matches = self.state.store.matches_for(&org.id).map_err(ApiError::from)?;
         let matches = matches
             .iter()
             .map(|m| pb::MatchView {
@@ -209,10 +187,7 @@ impl pb::signals_server::Signals for SignalsService {
 
     type WatchStream = NoticeStream;
 
-    async fn watch(
-        &self,
-        req: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let org = self.caller(&req)?;
         let mut cursor = req.get_ref().after_cursor;
         let store = self.state.store.clone();
@@ -241,11 +216,7 @@ impl pb::signals_server::Signals for SignalsService {
                     continue;
                 }
                 for (seq, notice) in batch {
-                    if tx
-                        .send(Ok(convert::notice_out(seq, &notice)))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(convert::notice_out(seq, &notice))).await.is_err() {
                         return;
                     }
                     cursor = seq;
@@ -276,9 +247,7 @@ impl pb::signals_server::Signals for SignalsService {
             .await
             .map_err(ApiError::from)?;
         info!(org = %org.id, deleted, "erasure decision carried out");
-        Ok(Response::new(pb::EraseChildResponse {
-            signals_deleted: deleted,
-        }))
+        Ok(Response::new(pb::EraseChildResponse { signals_deleted: deleted }))
     }
 }
 
@@ -306,12 +275,7 @@ impl OrganisationsService {
 
 fn admin_contact_in(c: Option<admin_pb::Contact>) -> Result<Option<Contact>, ApiError> {
     let Some(c) = c else { return Ok(None) };
-    let contact = Contact {
-        name: c.name,
-        role: c.role,
-        phone: c.phone,
-        email: c.email,
-    };
+    let contact = Contact { name: c.name, role: c.role, phone: c.phone, email: c.email };
     contact.validate("coordinator")?;
     Ok(Some(contact))
 }
@@ -347,11 +311,7 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
         org.validate().map_err(ApiError::from)?;
         self.state
             .store
-            .put_org(
-                &org,
-                &format!("operator:{operator}"),
-                self.state.clock.now(),
-            )
+            .put_org(&org, &format!("operator:{operator}"), self.state.clock.now())
             .await
             .map_err(ApiError::from)?;
         info!(org = %org.id, domain = %org.domain, operator, "organisation registered");

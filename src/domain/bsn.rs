@@ -90,10 +90,7 @@ mod tests {
     fn d9_bsn_vectors_from_shared_testdata() {
         let mut seen_valid = 0;
         let mut seen_invalid = 0;
-        for line in VECTORS
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
+        for line in VECTORS.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let mut parts = line.split_whitespace();
             let input = parts.next().unwrap();
             match parts.next().unwrap() {
@@ -110,10 +107,7 @@ mod tests {
                 other => panic!("unknown verdict {other}"),
             }
         }
-        assert!(
-            seen_valid >= 40 && seen_invalid >= 3,
-            "vectors file looks truncated"
-        );
+        assert!(seen_valid >= 40 && seen_invalid >= 3, "vectors file looks truncated");
     }
 
     #[test]

@@ -14,9 +14,7 @@ pub trait Clock: Send + Sync + 'static {
 
     /// Today's date in the Netherlands.
     fn today(&self) -> NaiveDate {
-        self.now()
-            .with_timezone(&chrono_tz::Europe::Amsterdam)
-            .date_naive()
+        self.now().with_timezone(&chrono_tz::Europe::Amsterdam).date_naive()
     }
 }
 
@@ -66,9 +64,6 @@ mod tests {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 12, 31, 23, 30, 0).unwrap());
         assert_eq!(clock.today(), NaiveDate::from_ymd_opt(2027, 1, 1).unwrap());
         clock.advance(chrono::Duration::hours(-1));
-        assert_eq!(
-            clock.today(),
-            NaiveDate::from_ymd_opt(2026, 12, 31).unwrap()
-        );
+        assert_eq!(clock.today(), NaiveDate::from_ymd_opt(2026, 12, 31).unwrap());
     }
 }

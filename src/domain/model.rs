@@ -15,11 +15,7 @@ pub enum FieldError {
     #[error("{field} is required")]
     Missing { field: String },
     #[error("{field} is {len} characters long; at most {max} are allowed")]
-    TooLong {
-        field: String,
-        len: usize,
-        max: usize,
-    },
+    TooLong { field: String, len: usize, max: usize },
     #[error("{field} contains control characters (such as newlines or tabs); remove them")]
     ControlChars { field: String },
     #[error("{field} is not an e-mail address of the form name@domain")]
@@ -27,10 +23,7 @@ pub enum FieldError {
     #[error("{field} must be 1-63 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit")]
     BadId { field: String },
     #[error("{field} is not one of: {allowed}")]
-    NotOneOf {
-        field: String,
-        allowed: &'static str,
-    },
+    NotOneOf { field: String, allowed: &'static str },
     #[error("{field} is not a date of the form YYYY-MM-DD")]
     BadDate { field: String },
 }
@@ -38,22 +31,14 @@ pub enum FieldError {
 /// Checks a free-text field: required, bounded, single line.
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.trim().is_empty() {
-        return Err(FieldError::Missing {
-            field: field.into(),
-        });
+        return Err(FieldError::Missing { field: field.into() });
     }
     let len = value.chars().count();
     if len > max {
-        return Err(FieldError::TooLong {
-            field: field.into(),
-            len,
-            max,
-        });
+        return Err(FieldError::TooLong { field: field.into(), len, max });
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::ControlChars {
-            field: field.into(),
-        });
+        return Err(FieldError::ControlChars { field: field.into() });
     }
     Ok(())
 }
@@ -62,25 +47,20 @@ pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), FieldError
 pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
     let ok = !value.is_empty()
         && value.len() <= 63
-        && value.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || (i > 0 && matches!(b, b'.' | b'_' | b'-'))
-        });
+        && value
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && matches!(b, b'.' | b'_' | b'-')));
     if ok {
         Ok(())
     } else {
-        Err(FieldError::BadId {
-            field: field.into(),
-        })
+        Err(FieldError::BadId { field: field.into() })
     }
 }
 
 /// Parses an ISO date (`YYYY-MM-DD`).
 pub fn parse_date(field: &str, value: &str) -> Result<NaiveDate, FieldError> {
-    NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| FieldError::BadDate {
-        field: field.into(),
-    })
+    NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| FieldError::BadDate { field: field.into() })
 }
 
 macro_rules! id_type {
@@ -138,8 +118,7 @@ impl OrgDomain {
         OrgDomain::SocialSupport,
         OrgDomain::Other,
     ];
-    pub const NAMES: &'static str =
-        "youth-care, education, health, police-justice, social-support, other";
+    pub const NAMES: &'static str = "youth-care, education, health, police-justice, social-support, other";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -159,10 +138,7 @@ impl FromStr for OrgDomain {
         OrgDomain::ALL
             .into_iter()
             .find(|d| d.as_str() == s)
-            .ok_or(FieldError::NotOneOf {
-                field: "domain".into(),
-                allowed: OrgDomain::NAMES,
-            })
+            .ok_or(FieldError::NotOneOf { field: "domain".into(), allowed: OrgDomain::NAMES })
     }
 }
 
@@ -195,19 +171,11 @@ impl Contact {
         check_text(&format!("{who}.email"), &self.email, MAX_EMAIL)?;
         let field = format!("{who}.email");
         match self.email.split_once('@') {
-            Some((local, domain))
-                if !local.is_empty() && domain.contains('.') && !domain.contains('@') => {}
+            Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@') => {}
             _ => return Err(FieldError::BadEmail { field }),
         }
-        if !self
-            .phone
-            .chars()
-            .all(|c| c.is_ascii_digit() || " +-()".contains(c))
-        {
-            return Err(FieldError::NotOneOf {
-                field: format!("{who}.phone"),
-                allowed: "digits, spaces and + - ( )",
-            });
+        if !self.phone.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c)) {
+            return Err(FieldError::NotOneOf { field: format!("{who}.phone"), allowed: "digits, spaces and + - ( )" });
         }
         Ok(())
     }
@@ -244,9 +212,7 @@ impl SignalId {
     pub fn parse(s: &str) -> Result<SignalId, FieldError> {
         uuid::Uuid::parse_str(s)
             .map(|u| SignalId(*u.as_bytes()))
-            .map_err(|_| FieldError::BadId {
-                field: "signal id".into(),
-            })
+            .map_err(|_| FieldError::BadId { field: "signal id".into() })
     }
 }
 
@@ -280,10 +246,7 @@ pub enum ArchiveReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SignalState {
     Active,
-    Archived {
-        on: NaiveDate,
-        reason: ArchiveReason,
-    },
+    Archived { on: NaiveDate, reason: ArchiveReason },
 }
 
 /// A signal (D1): the child (by local pseudonym), who reported, when, until when.
@@ -387,28 +350,13 @@ mod tests {
         assert!(contact().validate("professional").is_ok());
         let mut c = contact();
         c.phone = " ".into();
-        assert_eq!(
-            c.validate("professional"),
-            Err(FieldError::Missing {
-                field: "professional.phone".into()
-            })
-        );
+        assert_eq!(c.validate("professional"), Err(FieldError::Missing { field: "professional.phone".into() }));
         let mut c = contact();
         c.name = "x".repeat(MAX_NAME + 1);
-        assert!(matches!(
-            c.validate("p"),
-            Err(FieldError::TooLong {
-                len: 201,
-                max: 200,
-                ..
-            })
-        ));
+        assert!(matches!(c.validate("p"), Err(FieldError::TooLong { len: 201, max: 200, .. })));
         let mut c = contact();
         c.role = "a\nb".into();
-        assert!(matches!(
-            c.validate("p"),
-            Err(FieldError::ControlChars { .. })
-        ));
+        assert!(matches!(c.validate("p"), Err(FieldError::ControlChars { .. })));
         let mut c = contact();
         c.email = "nobody".into();
         assert!(matches!(c.validate("p"), Err(FieldError::BadEmail { .. })));

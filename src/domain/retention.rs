@@ -17,15 +17,15 @@ pub const ARCHIVE_YEARS: i32 = 5;
 /// Why a registration's dates were refused. Messages are for the person entering them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RetentionError {
-    #[error("the date of birth {0} lies in the future; check the date")]
+    #[error("date_of_birth: the date of birth {0} lies in the future; check the date")]
     BirthInFuture(NaiveDate),
-    #[error("the child is 23 or older (turned 23 on {0}); the VIR only holds signals on people under 23")]
-    TooOld(NaiveDate),
     #[error(
-        "the removal date {0} is not after today; give a date in the future, at most 2 years ahead"
+        "date_of_birth: the child is 23 or older (turned 23 on {0}); the VIR only holds signals on people under 23"
     )]
+    TooOld(NaiveDate),
+    #[error("removal_date: the removal date {0} is not after today; give a date in the future, at most 2 years ahead")]
     RemovalNotInFuture(NaiveDate),
-    #[error("the removal date {given} is more than 2 years ahead; the latest allowed is {latest}")]
+    #[error("removal_date: the removal date {given} is more than 2 years ahead; the latest allowed is {latest}")]
     RemovalTooLate { given: NaiveDate, latest: NaiveDate },
 }
 
@@ -86,11 +86,7 @@ pub enum ActiveFate {
 }
 
 /// Decides an active signal's fate; the age limit wins over archiving.
-pub fn active_fate(
-    date_of_birth: NaiveDate,
-    removal_date: NaiveDate,
-    today: NaiveDate,
-) -> ActiveFate {
+pub fn active_fate(date_of_birth: NaiveDate, removal_date: NaiveDate, today: NaiveDate) -> ActiveFate {
     if today >= age_limit_date(date_of_birth) {
         ActiveFate::DeleteAgeLimit
     } else if today >= removal_date {
@@ -110,11 +106,7 @@ pub enum ArchivedFate {
     DeleteRetentionEnded,
 }
 
-pub fn archived_fate(
-    date_of_birth: NaiveDate,
-    archived_on: NaiveDate,
-    today: NaiveDate,
-) -> ArchivedFate {
+pub fn archived_fate(date_of_birth: NaiveDate, archived_on: NaiveDate, today: NaiveDate) -> ArchivedFate {
     if today >= age_limit_date(date_of_birth) {
         ArchivedFate::DeleteAgeLimit
     } else if today >= archive_end_date(archived_on) {
@@ -146,22 +138,10 @@ mod tests {
         // Active and archived entries are deleted on the birthday, not before.
         let removal = d(2028, 1, 1);
         assert_eq!(active_fate(dob, removal, d(2027, 6, 14)), ActiveFate::Keep);
-        assert_eq!(
-            active_fate(dob, removal, d(2027, 6, 15)),
-            ActiveFate::DeleteAgeLimit
-        );
-        assert_eq!(
-            active_fate(dob, removal, d(2027, 6, 16)),
-            ActiveFate::DeleteAgeLimit
-        );
-        assert_eq!(
-            archived_fate(dob, d(2026, 1, 1), d(2027, 6, 14)),
-            ArchivedFate::Keep
-        );
-        assert_eq!(
-            archived_fate(dob, d(2026, 1, 1), d(2027, 6, 15)),
-            ArchivedFate::DeleteAgeLimit
-        );
+        assert_eq!(active_fate(dob, removal, d(2027, 6, 15)), ActiveFate::DeleteAgeLimit);
+        assert_eq!(active_fate(dob, removal, d(2027, 6, 16)), ActiveFate::DeleteAgeLimit);
+        assert_eq!(archived_fate(dob, d(2026, 1, 1), d(2027, 6, 14)), ArchivedFate::Keep);
+        assert_eq!(archived_fate(dob, d(2026, 1, 1), d(2027, 6, 15)), ArchivedFate::DeleteAgeLimit);
     }
 
     #[test]
@@ -184,29 +164,17 @@ mod tests {
     fn d4_removal_date_exactly_two_years_is_the_maximum() {
         let dob = d(2015, 1, 1);
         let today = d(2026, 3, 10);
-        assert_eq!(
-            removal_date_for_registration(dob, None, today),
-            Ok(d(2028, 3, 10))
-        );
-        assert_eq!(
-            removal_date_for_registration(dob, Some(d(2028, 3, 10)), today),
-            Ok(d(2028, 3, 10))
-        );
+        assert_eq!(removal_date_for_registration(dob, None, today), Ok(d(2028, 3, 10)));
+        assert_eq!(removal_date_for_registration(dob, Some(d(2028, 3, 10)), today), Ok(d(2028, 3, 10)));
         assert_eq!(
             removal_date_for_registration(dob, Some(d(2028, 3, 11)), today),
-            Err(RetentionError::RemovalTooLate {
-                given: d(2028, 3, 11),
-                latest: d(2028, 3, 10)
-            })
+            Err(RetentionError::RemovalTooLate { given: d(2028, 3, 11), latest: d(2028, 3, 10) })
         );
         assert_eq!(
             removal_date_for_registration(dob, Some(today), today),
             Err(RetentionError::RemovalNotInFuture(today))
         );
-        assert_eq!(
-            removal_date_for_registration(dob, Some(d(2026, 3, 11)), today),
-            Ok(d(2026, 3, 11))
-        );
+        assert_eq!(removal_date_for_registration(dob, Some(d(2026, 3, 11)), today), Ok(d(2026, 3, 11)));
     }
 
     #[test]
@@ -214,14 +182,8 @@ mod tests {
         let dob = d(2015, 1, 1);
         let removal = d(2028, 3, 10);
         assert_eq!(active_fate(dob, removal, d(2028, 3, 9)), ActiveFate::Keep);
-        assert_eq!(
-            active_fate(dob, removal, d(2028, 3, 10)),
-            ActiveFate::Archive
-        );
-        assert_eq!(
-            active_fate(dob, removal, d(2028, 3, 11)),
-            ActiveFate::Archive
-        );
+        assert_eq!(active_fate(dob, removal, d(2028, 3, 10)), ActiveFate::Archive);
+        assert_eq!(active_fate(dob, removal, d(2028, 3, 11)), ActiveFate::Archive);
     }
 
     #[test]
@@ -229,18 +191,9 @@ mod tests {
         let dob = d(2015, 1, 1);
         let archived = d(2026, 7, 1);
         assert_eq!(archive_end_date(archived), d(2031, 7, 1));
-        assert_eq!(
-            archived_fate(dob, archived, d(2031, 6, 30)),
-            ArchivedFate::Keep
-        );
-        assert_eq!(
-            archived_fate(dob, archived, d(2031, 7, 1)),
-            ArchivedFate::DeleteRetentionEnded
-        );
-        assert_eq!(
-            archived_fate(dob, archived, d(2031, 7, 2)),
-            ArchivedFate::DeleteRetentionEnded
-        );
+        assert_eq!(archived_fate(dob, archived, d(2031, 6, 30)), ArchivedFate::Keep);
+        assert_eq!(archived_fate(dob, archived, d(2031, 7, 1)), ArchivedFate::DeleteRetentionEnded);
+        assert_eq!(archived_fate(dob, archived, d(2031, 7, 2)), ArchivedFate::DeleteRetentionEnded);
     }
 
     #[test]

@@ -25,9 +25,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -55,9 +54,7 @@ pub struct Ca {
 impl fmt::Debug for Ca {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the key.
-        f.debug_struct("Ca")
-            .field("not_after", &self.not_after)
-            .finish_non_exhaustive()
+        f.debug_struct("Ca").field("not_after", &self.not_after).finish_non_exhaustive()
     }
 }
 
@@ -72,10 +69,7 @@ pub struct IssuedCert {
 
 impl fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuedCert")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("IssuedCert").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -118,9 +112,7 @@ impl CertSpec {
     /// an IP address becomes an IP SAN, the rest DNS SANs.
     pub fn server(dns_names: Vec<String>, validity_days: u32) -> CertSpec {
         let (not_before, not_after) = validity(validity_days);
-        let (ips, dns): (Vec<String>, Vec<String>) = dns_names
-            .into_iter()
-            .partition(|n| n.parse::<IpAddr>().is_ok());
+        let (ips, dns): (Vec<String>, Vec<String>) = dns_names.into_iter().partition(|n| n.parse::<IpAddr>().is_ok());
         CertSpec {
             identity: None,
             dns_names: dns,
@@ -132,6 +124,23 @@ impl CertSpec {
         }
     }
 
+    /// A federation node certificate of `region`: identity `urn:virfed:region:<region>`,
+    /// the given DNS names (a name that parses as an IP address becomes an IP SAN), and
+    /// both serverAuth and clientAuth, since nodes dial each other with the same
+    /// certificate they serve.
+    pub fn node(region: &str, dns_names: Vec<String>, validity_days: u32) -> CertSpec {
+        let mut spec = CertSpec::server(dns_names, validity_days);
+        spec.identity = Some(Identity::Region(region.to_owned()));
+        spec.client = true;
+        spec
+    }
+
+    /// A certificate of the national coordinator `name` (read-only federation health):
+    /// identity `urn:virfed:coordinator:<name>`, clientAuth only.
+    pub fn coordinator(name: &str, validity_days: u32) -> CertSpec {
+        CertSpec::client(Identity::Coordinator(name.to_owned()), validity_days)
+    }
+
     fn check(&self) -> Result<(), PkiError> {
         if self.not_after <= self.not_before {
             return Err(PkiError::InvalidSpec(format!(
@@ -140,9 +149,7 @@ impl CertSpec {
             )));
         }
         if !self.server && !self.client {
-            return Err(PkiError::InvalidSpec(
-                "a certificate must allow server use, client use, or both".into(),
-            ));
+            return Err(PkiError::InvalidSpec("a certificate must allow server use, client use, or both".into()));
         }
         if self.server && self.dns_names.is_empty() && self.ip_addresses.is_empty() {
             return Err(PkiError::InvalidSpec(
@@ -179,14 +186,10 @@ impl Ca {
     /// certificates (path length 0) and CRLs.
     pub fn generate(common_name: &str, validity_days: u32) -> Result<Ca, PkiError> {
         if common_name.trim().is_empty() {
-            return Err(PkiError::InvalidSpec(
-                "the CA needs a non-empty common name".into(),
-            ));
+            return Err(PkiError::InvalidSpec("the CA needs a non-empty common name".into()));
         }
         if validity_days == 0 {
-            return Err(PkiError::InvalidSpec(
-                "the CA validity must be at least one day".into(),
-            ));
+            return Err(PkiError::InvalidSpec("the CA validity must be at least one day".into()));
         }
         let key = KeyPair::generate()?;
         let (not_before, not_after) = validity(validity_days);
@@ -196,20 +199,13 @@ impl Ca {
         dn.push(DnType::OrganizationName, "virfed");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = not_before;
         params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-            not_after,
-        })
+        Ok(Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key), not_after })
     }
 
     /// Creates a CA in `dir` (made with mode 0700 if missing): writes `ca.pem` and
@@ -239,24 +235,21 @@ impl Ca {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         check_secret_file_mode(&key_path)?;
-        let key_pem = std::fs::read_to_string(&key_path)
-            .map_err(|e| PkiError::io(&key_path, "read the CA key", e))?;
-        let cert_pem = std::fs::read_to_string(&cert_path)
-            .map_err(|e| PkiError::io(&cert_path, "read the CA certificate", e))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| PkiError::io(&key_path, "read the CA key", e))?;
+        let cert_pem =
+            std::fs::read_to_string(&cert_path).map_err(|e| PkiError::io(&cert_path, "read the CA certificate", e))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Pem {
             what: key_path.display().to_string(),
             reason: format!("not a usable private key ({e})"),
         })?;
-        let cert_der =
-            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::Pem {
-                what: cert_path.display().to_string(),
-                reason: format!("no certificate found ({e})"),
-            })?;
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(cert_der.as_ref()).map_err(|e| PkiError::Pem {
-                what: cert_path.display().to_string(),
-                reason: format!("cannot parse the certificate ({e})"),
-            })?;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::Pem {
+            what: cert_path.display().to_string(),
+            reason: format!("no certificate found ({e})"),
+        })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert_der.as_ref()).map_err(|e| PkiError::Pem {
+            what: cert_path.display().to_string(),
+            reason: format!("cannot parse the certificate ({e})"),
+        })?;
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(PkiError::KeyMismatch {
                 key: key_path.display().to_string(),
@@ -268,11 +261,7 @@ impl Ca {
             what: cert_path.display().to_string(),
             reason: format!("not usable as a CA certificate ({e})"),
         })?;
-        Ok(Ca {
-            issuer,
-            cert_pem,
-            not_after,
-        })
+        Ok(Ca { issuer, cert_pem, not_after })
     }
 
     /// The CA certificate, PEM: what every node and client trusts.
@@ -294,26 +283,21 @@ impl Ca {
         let common_name = match (&spec.identity, spec.dns_names.first()) {
             (Some(id), _) => id.to_string(),
             (None, Some(dns)) => dns.clone(),
-            (None, None) => spec
-                .ip_addresses
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            (None, None) => spec.ip_addresses.first().map(ToString::to_string).unwrap_or_default(),
         };
         dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, "virfed");
         params.distinguished_name = dn;
         if let Some(id) = &spec.identity {
             params.subject_alt_names.push(SanType::URI(
-                id.san_uri()
-                    .try_into()
-                    .map_err(|e| PkiError::InvalidSpec(format!("identity URI: {e}")))?,
+                id.san_uri().try_into().map_err(|e| PkiError::InvalidSpec(format!("identity URI: {e}")))?,
             ));
         }
         for name in &spec.dns_names {
-            let ia5 = name.clone().try_into().map_err(|e| {
-                PkiError::InvalidSpec(format!("DNS name {name:?} is not ASCII: {e}"))
-            })?;
+            let ia5 = name
+                .clone()
+                .try_into()
+                .map_err(|e| PkiError::InvalidSpec(format!("DNS name {name:?} is not ASCII: {e}")))?;
             params.subject_alt_names.push(SanType::DnsName(ia5));
         }
         for ip in &spec.ip_addresses {
@@ -321,14 +305,10 @@ impl Ca {
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.server {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if spec.client {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
@@ -336,10 +316,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// A PEM certificate revocation list naming `revoked_serials` (big-endian serial
@@ -347,15 +324,9 @@ impl Ca {
     ///
     /// The CRL number is the current Unix time in seconds, so successive lists from one
     /// CA increase without keeping a counter on disk.
-    pub fn revocation_list(
-        &self,
-        revoked_serials: &[Vec<u8>],
-        next_update_days: u32,
-    ) -> Result<String, PkiError> {
+    pub fn revocation_list(&self, revoked_serials: &[Vec<u8>], next_update_days: u32) -> Result<String, PkiError> {
         if next_update_days == 0 {
-            return Err(PkiError::InvalidSpec(
-                "next_update_days must be at least 1".into(),
-            ));
+            return Err(PkiError::InvalidSpec("next_update_days must be at least 1".into()));
         }
         let now = OffsetDateTime::now_utc();
         let crl_number = u64::try_from(now.unix_timestamp()).unwrap_or(0);
@@ -379,13 +350,128 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Revokes the certificate `cert_pem`, which must have been issued by the CA in `dir`:
+    /// adds its serial to `dir/revoked.txt` (lowercase hex, one per line; revoking twice
+    /// is harmless) and rewrites `dir/crl.pem` with every revoked serial, valid for
+    /// `next_update_days` days. Both files are replaced atomically (temporary file,
+    /// fsync, rename), so a node reading them never sees half a file. Returns the CRL
+    /// path.
+    pub fn revoke(dir: &Path, cert_pem: &str, next_update_days: u32) -> Result<PathBuf, PkiError> {
+        let ca = Ca::load(dir)?;
+        ca.check_issued_by_me(cert_pem)?;
+        let serial = cert_serial(cert_pem)?;
+        let registry = dir.join(REVOKED_FILE);
+        let mut serials = read_revoked(&registry)?;
+        if !serials.contains(&serial) {
+            serials.push(serial);
+            let mut text = String::new();
+            for s in &serials {
+                text.push_str(&hex::encode(s));
+                text.push('\n');
+            }
+            replace_file(&registry, text.as_bytes(), 0o644)?;
+        }
+        ca.write_crl(dir, &serials, next_update_days)
+    }
+
+    /// (Re)writes `dir/crl.pem` from `dir/revoked.txt` (an empty list when nobody was
+    /// revoked yet), valid for `next_update_days` days, atomically. Run it at set-up so
+    /// nodes configured with the CRL have a file to read, and before the list's next
+    /// update is due. Returns the CRL path.
+    pub fn publish_crl(dir: &Path, next_update_days: u32) -> Result<PathBuf, PkiError> {
+        let ca = Ca::load(dir)?;
+        let serials = read_revoked(&dir.join(REVOKED_FILE))?;
+        ca.write_crl(dir, &serials, next_update_days)
+    }
+
+    /// The serials listed in `dir/revoked.txt` (big-endian bytes), oldest first.
+    pub fn revoked_serials(dir: &Path) -> Result<Vec<Vec<u8>>, PkiError> {
+        read_revoked(&dir.join(REVOKED_FILE))
+    }
+
+    fn write_crl(&self, dir: &Path, serials: &[Vec<u8>], next_update_days: u32) -> Result<PathBuf, PkiError> {
+        let crl = self.revocation_list(serials, next_update_days)?;
+        let path = dir.join(CRL_FILE);
+        replace_file(&path, crl.as_bytes(), 0o644)?;
+        Ok(path)
+    }
+
+    /// Refuses a certificate whose issuer is not this CA (by name, and by key identifier
+    /// when both carry one): revoking it here would do nothing.
+    fn check_issued_by_me(&self, cert_pem: &str) -> Result<(), PkiError> {
+        let parse = |pem: &str, what: &str| -> Result<CertificateDer<'static>, PkiError> {
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| PkiError::Pem { what: what.into(), reason: format!("no certificate found ({e})") })
+        };
+        let ca_der = parse(&self.cert_pem, "CA certificate")?;
+        let cert_der = parse(cert_pem, "certificate to revoke")?;
+        let bad = |e: x509_parser::nom::Err<x509_parser::error::X509Error>| {
+            PkiError::BadCertificate(format!("cannot parse certificate: {e}"))
+        };
+        let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref()).map_err(bad)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(cert_der.as_ref()).map_err(bad)?;
+        let mut same = cert.issuer().as_raw() == ca.subject().as_raw();
+        let ski = ca.extensions().iter().find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        });
+        let aki = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0)
+            }
+            _ => None,
+        });
+        if let (Some(ski), Some(aki)) = (ski, aki) {
+            same &= ski == aki;
+        }
+        if !same {
+            return Err(PkiError::BadCertificate(format!(
+                "the certificate (subject {}, issuer {}) was not issued by this CA ({}); revoke it with the CA that issued it",
+                cert.subject(),
+                cert.issuer(),
+                ca.subject()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// File name of the revocation registry inside a CA directory: revoked serials, hex.
+pub const REVOKED_FILE: &str = "revoked.txt";
+/// File name of the current certificate revocation list inside a CA directory.
+pub const CRL_FILE: &str = "crl.pem";
+
+/// Reads a revocation registry; a missing file is an empty registry. Blank lines and
+/// lines starting with `#` are skipped.
+fn read_revoked(path: &Path) -> Result<Vec<Vec<u8>>, PkiError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PkiError::io(path, "read the revocation registry", e)),
+    };
+    let mut serials: Vec<Vec<u8>> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let serial = hex::decode(line).map_err(|e| PkiError::Pem {
+            what: format!("{}, line {}", path.display(), i + 1),
+            reason: format!("not a hexadecimal serial number ({e}); fix or remove the line"),
+        })?;
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+    }
+    Ok(serials)
+}
+
 /// The serial number (big-endian bytes) of the first certificate in `cert_pem`, for
 /// [`Ca::revocation_list`].
 pub fn cert_serial(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::Pem {
-        what: "certificate".into(),
-        reason: format!("no certificate found ({e})"),
-    })?;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Pem { what: "certificate".into(), reason: format!("no certificate found ({e})") })?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse certificate: {e}")))?;
     Ok(cert.serial.to_bytes_be())
@@ -429,10 +515,7 @@ pub fn check_secret_file_mode(path: &Path) -> Result<(), PkiError> {
     let meta = std::fs::metadata(path).map_err(|e| PkiError::io(path, "read the key file", e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(PkiError::InsecurePermissions {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(PkiError::InsecurePermissions { path: path.to_path_buf(), mode });
     }
     Ok(())
 }
@@ -442,23 +525,14 @@ fn write_public_file(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
 }
 
 fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                PkiError::AlreadyExists {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                PkiError::io(path, "create the file", e)
-            }
-        })?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| PkiError::io(path, "write the file", e))?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            PkiError::AlreadyExists { path: path.to_path_buf() }
+        } else {
+            PkiError::io(path, "create the file", e)
+        }
+    })?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| PkiError::io(path, "write the file", e))?;
     sync_parent(path)
 }
 
@@ -485,9 +559,7 @@ fn sync_parent(path: &Path) -> Result<(), PkiError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| PkiError::io(parent, "sync the directory", e))
+    File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| PkiError::io(parent, "sync the directory", e))
 }
 
 #[cfg(test)]
@@ -504,19 +576,13 @@ mod tests {
     }
 
     fn mode_of(path: &Path) -> u32 {
-        std::fs::metadata(path)
-            .expect("metadata")
-            .permissions()
-            .mode()
-            & 0o777
+        std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
     }
 
     #[test]
     fn issued_client_cert_carries_identity_in_san_uri() {
         let ca = Ca::generate("test CA", 30).expect("CA");
-        let issued = ca
-            .issue(&CertSpec::client(org("jeugdzorg-rotterdam"), 10))
-            .expect("issue");
+        let issued = ca.issue(&CertSpec::client(org("jeugdzorg-rotterdam"), 10)).expect("issue");
         let id = identity_from_cert(&der(&issued.cert_pem)).expect("identity");
         assert_eq!(id, org("jeugdzorg-rotterdam"));
     }
@@ -524,13 +590,8 @@ mod tests {
     #[test]
     fn cert_without_virfed_uri_has_no_identity() {
         let ca = Ca::generate("test CA", 30).expect("CA");
-        let issued = ca
-            .issue(&CertSpec::server(vec!["localhost".into()], 10))
-            .expect("issue");
-        assert!(matches!(
-            identity_from_cert(&der(&issued.cert_pem)),
-            Err(PkiError::BadCertificate(_))
-        ));
+        let issued = ca.issue(&CertSpec::server(vec!["localhost".into()], 10)).expect("issue");
+        assert!(matches!(identity_from_cert(&der(&issued.cert_pem)), Err(PkiError::BadCertificate(_))));
     }
 
     #[test]
@@ -539,9 +600,7 @@ mod tests {
         let ca = Ca::generate("test CA", 30).expect("CA");
         let mut params = CertificateParams::default();
         for uri in ["urn:virfed:org:a", "urn:virfed:org:b"] {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().expect("ia5")));
+            params.subject_alt_names.push(SanType::URI(uri.try_into().expect("ia5")));
         }
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &ca.issuer).expect("sign");
@@ -551,10 +610,7 @@ mod tests {
 
     #[test]
     fn server_spec_puts_ip_names_in_ip_sans() {
-        let spec = CertSpec::server(
-            vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            1,
-        );
+        let spec = CertSpec::server(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()], 1);
         assert_eq!(spec.dns_names, vec!["localhost".to_string()]);
         assert_eq!(spec.ip_addresses.len(), 2);
         assert!(spec.server && !spec.client);
@@ -581,20 +637,11 @@ mod tests {
         assert!(matches!(ca.issue(&neither), Err(PkiError::InvalidSpec(_))));
         let mut backwards = CertSpec::client(org("x"), 1);
         backwards.not_after = backwards.not_before - Duration::days(1);
-        assert!(matches!(
-            ca.issue(&backwards),
-            Err(PkiError::InvalidSpec(_))
-        ));
+        assert!(matches!(ca.issue(&backwards), Err(PkiError::InvalidSpec(_))));
         let nameless_server = CertSpec::server(Vec::new(), 1);
-        assert!(matches!(
-            ca.issue(&nameless_server),
-            Err(PkiError::InvalidSpec(_))
-        ));
+        assert!(matches!(ca.issue(&nameless_server), Err(PkiError::InvalidSpec(_))));
         let outlives_ca = CertSpec::client(org("x"), 31);
-        assert!(matches!(
-            ca.issue(&outlives_ca),
-            Err(PkiError::InvalidSpec(_))
-        ));
+        assert!(matches!(ca.issue(&outlives_ca), Err(PkiError::InvalidSpec(_))));
     }
 
     #[test]
@@ -607,13 +654,8 @@ mod tests {
         let loaded = Ca::load(&dir).expect("load");
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
         // The loaded CA issues certificates that identify correctly.
-        let issued = loaded
-            .issue(&CertSpec::client(org("ggd"), 30))
-            .expect("issue from loaded CA");
-        assert_eq!(
-            identity_from_cert(&der(&issued.cert_pem)).expect("identity"),
-            org("ggd")
-        );
+        let issued = loaded.issue(&CertSpec::client(org("ggd"), 30)).expect("issue from loaded CA");
+        assert_eq!(identity_from_cert(&der(&issued.cert_pem)).expect("identity"), org("ggd"));
     }
 
     #[test]
@@ -634,10 +676,7 @@ mod tests {
         let key = tmp.path().join(CA_KEY_FILE);
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = Ca::load(tmp.path()).expect_err("insecure key accepted");
-        assert!(
-            matches!(err, PkiError::InsecurePermissions { mode: 0o644, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, PkiError::InsecurePermissions { mode: 0o644, .. }), "{err}");
         let msg = err.to_string();
         assert!(msg.contains("chmod 600") && msg.contains("ca.key"), "{msg}");
     }
@@ -680,10 +719,7 @@ mod tests {
 
         write_cert_pair(tmp.path(), "ggd", &second, true).expect("overwrite");
         assert_eq!(std::fs::read_to_string(&key).expect("key"), second.key_pem);
-        assert_eq!(
-            std::fs::read_to_string(&cert).expect("cert"),
-            second.cert_pem
-        );
+        assert_eq!(std::fs::read_to_string(&cert).expect("cert"), second.cert_pem);
         assert_eq!(mode_of(&key), 0o600);
     }
 
@@ -702,10 +738,7 @@ mod tests {
         write_secret_file(&path, b"k").expect("write");
         assert_eq!(mode_of(&path), 0o600);
         check_secret_file_mode(&path).expect("0600 is fine");
-        assert!(matches!(
-            write_secret_file(&path, b"other"),
-            Err(PkiError::AlreadyExists { .. })
-        ));
+        assert!(matches!(write_secret_file(&path, b"other"), Err(PkiError::AlreadyExists { .. })));
         assert_eq!(std::fs::read(&path).expect("read"), b"k");
     }
 

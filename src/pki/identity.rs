@@ -48,18 +48,15 @@ impl Identity {
     /// Parses a SAN URI of the form `urn:virfed:<kind>:<name>`; the name must pass
     /// [`validate_id`].
     pub fn parse_uri(uri: &str) -> Result<Identity, PkiError> {
-        let bad = |reason: String| PkiError::InvalidIdentityUri {
-            uri: uri.to_owned(),
-            reason,
-        };
+        let bad = |reason: String| PkiError::InvalidIdentityUri { uri: uri.to_owned(), reason };
         let rest = uri.strip_prefix(URI_PREFIX).ok_or_else(|| {
             bad(format!(
                 "does not start with {URI_PREFIX:?}; expected urn:virfed:<org|operator|region|coordinator>:<name>"
             ))
         })?;
-        let (kind, name) = rest.split_once(':').ok_or_else(|| {
-            bad("missing ':' between kind and name; expected urn:virfed:<kind>:<name>".into())
-        })?;
+        let (kind, name) = rest
+            .split_once(':')
+            .ok_or_else(|| bad("missing ':' between kind and name; expected urn:virfed:<kind>:<name>".into()))?;
         validate_id(name).map_err(|e| bad(e.to_string()))?;
         let name = name.to_owned();
         match kind {
@@ -67,9 +64,7 @@ impl Identity {
             "operator" => Ok(Identity::Operator(name)),
             "region" => Ok(Identity::Region(name)),
             "coordinator" => Ok(Identity::Coordinator(name)),
-            other => Err(bad(format!(
-                "unknown kind {other:?}; expected org, operator, region or coordinator"
-            ))),
+            other => Err(bad(format!("unknown kind {other:?}; expected org, operator, region or coordinator"))),
         }
     }
 
@@ -86,10 +81,7 @@ impl Identity {
     /// The id or name inside the identity (without the kind).
     pub fn name(&self) -> &str {
         match self {
-            Identity::Organisation(n)
-            | Identity::Operator(n)
-            | Identity::Region(n)
-            | Identity::Coordinator(n) => n,
+            Identity::Organisation(n) | Identity::Operator(n) | Identity::Region(n) | Identity::Coordinator(n) => n,
         }
     }
 
@@ -113,10 +105,7 @@ impl fmt::Display for Identity {
 /// Checks the syntax shared by all ids and names: 1 to 63 characters, lowercase ASCII
 /// letters, digits, `.`, `_` and `-`, starting with a letter or digit.
 pub fn validate_id(s: &str) -> Result<(), PkiError> {
-    let bad = |reason: &'static str| PkiError::InvalidId {
-        id: s.to_owned(),
-        reason,
-    };
+    let bad = |reason: &'static str| PkiError::InvalidId { id: s.to_owned(), reason };
     if s.is_empty() {
         return Err(bad("it is empty"));
     }
@@ -130,9 +119,7 @@ pub fn validate_id(s: &str) -> Result<(), PkiError> {
         }
     }
     if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
-        return Err(bad(
-            "only lowercase letters a-z, digits 0-9, '.', '_' and '-' are allowed",
-        ));
+        return Err(bad("only lowercase letters a-z, digits 0-9, '.', '_' and '-' are allowed"));
     }
     Ok(())
 }
@@ -145,16 +132,13 @@ pub fn validate_id(s: &str) -> Result<(), PkiError> {
 pub fn identity_from_cert(der: &CertificateDer<'_>) -> Result<Identity, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse certificate: {e}")))?;
-    let san = cert.subject_alternative_name().map_err(|e| {
-        PkiError::BadCertificate(format!("cannot parse subjectAltName extension: {e}"))
-    })?;
-    let mut uris = san
-        .iter()
-        .flat_map(|ext| ext.value.general_names.iter())
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with(URI_PREFIX) => Some(*uri),
-            _ => None,
-        });
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::BadCertificate(format!("cannot parse subjectAltName extension: {e}")))?;
+    let mut uris = san.iter().flat_map(|ext| ext.value.general_names.iter()).filter_map(|name| match name {
+        GeneralName::URI(uri) if uri.starts_with(URI_PREFIX) => Some(*uri),
+        _ => None,
+    });
     match (uris.next(), uris.next()) {
         (Some(uri), None) => Identity::parse_uri(uri),
         (None, _) => Err(PkiError::BadCertificate(format!(
@@ -184,10 +168,7 @@ mod tests {
             assert!(uri.starts_with(URI_PREFIX), "{uri}");
             assert_eq!(Identity::parse_uri(&uri).expect("parses"), id);
         }
-        assert_eq!(
-            Identity::Organisation("x".into()).san_uri(),
-            "urn:virfed:org:x"
-        );
+        assert_eq!(Identity::Organisation("x".into()).san_uri(), "urn:virfed:org:x");
     }
 
     #[test]
@@ -219,10 +200,7 @@ mod tests {
             "colon:no",
             "é",
         ] {
-            assert!(
-                matches!(validate_id(bad), Err(PkiError::InvalidId { .. })),
-                "{bad:?} accepted"
-            );
+            assert!(matches!(validate_id(bad), Err(PkiError::InvalidId { .. })), "{bad:?} accepted");
         }
     }
 
@@ -238,13 +216,7 @@ mod tests {
             "URN:VIRFED:org:x",
             "urn:virfed:org:a:b",
         ] {
-            assert!(
-                matches!(
-                    Identity::parse_uri(bad),
-                    Err(PkiError::InvalidIdentityUri { .. })
-                ),
-                "{bad:?} accepted"
-            );
+            assert!(matches!(Identity::parse_uri(bad), Err(PkiError::InvalidIdentityUri { .. })), "{bad:?} accepted");
         }
     }
 }

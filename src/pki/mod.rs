@@ -11,6 +11,8 @@
 //!   server config (client certificate required, chained to the federation CA, CRLs
 //!   honoured) and the client config (trusts only that CA), always with the ring
 //!   provider chosen explicitly so no process-wide default can change what we accept.
+//! - [`reload`]: server and client configs built from [`TlsFiles`] that re-read the CA,
+//!   CRLs, certificate and key when those files change, without a restart.
 //! - [`transport`]: TLS over TCP for tonic — an accept loop that turns verified
 //!   connections into [`TlsConn`]s carrying a [`PeerInfo`] (handlers read it from the
 //!   request extensions), and client channels over the same client config.
@@ -20,18 +22,20 @@
 
 pub mod ca;
 pub mod identity;
+pub mod reload;
 pub mod tls;
 pub mod transport;
 
 use std::path::PathBuf;
 
 pub use ca::{
-    cert_serial, check_secret_file_mode, write_cert_pair, write_secret_file, Ca, CertSpec,
-    IssuedCert,
+    cert_serial, check_secret_file_mode, write_cert_pair, write_secret_file, Ca, CertSpec, IssuedCert, CRL_FILE,
+    REVOKED_FILE,
 };
 pub use identity::{identity_from_cert, validate_id, Identity};
+pub use reload::{reloading_client_config, reloading_client_config_expecting, reloading_server_config, TlsFiles};
 pub use tls::{client_config, server_config, TlsMaterial};
-pub use transport::{connect, connect_lazy, peer_of, tls_incoming, PeerInfo, TlsConn};
+pub use transport::{connect, connect_lazy, peer_of, require_region, tls_incoming, PeerInfo, TlsConn};
 
 /// Everything that can go wrong with certificates, keys and TLS set-up.
 #[derive(Debug, thiserror::Error)]
@@ -118,11 +122,7 @@ pub enum PkiError {
 impl PkiError {
     /// Wraps an I/O error with the path and the action that failed.
     pub(crate) fn io(path: &std::path::Path, action: &'static str, source: std::io::Error) -> Self {
-        PkiError::Io {
-            path: path.to_path_buf(),
-            action,
-            source,
-        }
+        PkiError::Io { path: path.to_path_buf(), action, source }
     }
 }
 

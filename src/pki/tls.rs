@@ -21,7 +21,7 @@ use super::ca::{check_secret_file_mode, IssuedCert};
 use super::PkiError;
 
 /// The ALPN protocol both sides offer: gRPC is HTTP/2.
-const ALPN_H2: &[u8] = b"h2";
+pub(super) const ALPN_H2: &[u8] = b"h2";
 
 /// The PEM inputs of a TLS configuration: the CA to trust, our certificate and key, and
 /// optional CRLs (server side).
@@ -51,23 +51,14 @@ impl fmt::Debug for TlsMaterial {
 impl TlsMaterial {
     /// Reads the material from files. The key file is refused when group or others can
     /// read it; every file is parsed here so an error names the file at fault.
-    pub fn from_files(
-        ca: &Path,
-        cert: &Path,
-        key: &Path,
-        crls: &[PathBuf],
-    ) -> Result<TlsMaterial, PkiError> {
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path, crls: &[PathBuf]) -> Result<TlsMaterial, PkiError> {
         check_secret_file_mode(key)?;
-        let read =
-            |path: &Path, action| std::fs::read(path).map_err(|e| PkiError::io(path, action, e));
+        let read = |path: &Path, action| std::fs::read(path).map_err(|e| PkiError::io(path, action, e));
         let material = TlsMaterial {
             ca_pem: read(ca, "read the CA certificate")?,
             cert_pem: read(cert, "read the certificate")?,
             key_pem: read(key, "read the private key")?,
-            crl_pems: crls
-                .iter()
-                .map(|p| read(p, "read the certificate revocation list"))
-                .collect::<Result<_, _>>()?,
+            crl_pems: crls.iter().map(|p| read(p, "read the certificate revocation list")).collect::<Result<_, _>>()?,
         };
         let what = |p: &Path| p.display().to_string();
         parse_certs(&material.ca_pem, &what(ca))?;
@@ -97,10 +88,7 @@ pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, PkiError> {
     let roots = Arc::new(root_store(&m.ca_pem)?);
     let mut crls = Vec::new();
     for (i, pem) in m.crl_pems.iter().enumerate() {
-        crls.extend(parse_crls(
-            pem,
-            &format!("certificate revocation list #{}", i + 1),
-        )?);
+        crls.extend(parse_crls(pem, &format!("certificate revocation list #{}", i + 1))?);
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
@@ -145,15 +133,20 @@ pub fn client_config(m: &TlsMaterial) -> Result<Arc<ClientConfig>, PkiError> {
 }
 
 /// The crypto provider of every config: ring, chosen explicitly.
-fn provider() -> Arc<CryptoProvider> {
+pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn root_store(ca_pem: &[u8]) -> Result<RootCertStore, PkiError> {
+    root_store_from(ca_pem, "CA certificate")
+}
+
+/// A trust store of every certificate in `ca_pem`; `what` names the input in errors.
+pub(super) fn root_store_from(ca_pem: &[u8], what: &str) -> Result<RootCertStore, PkiError> {
     let mut roots = RootCertStore::empty();
-    for cert in parse_certs(ca_pem, "CA certificate")? {
+    for cert in parse_certs(ca_pem, what)? {
         roots.add(cert).map_err(|e| PkiError::Pem {
-            what: "CA certificate".into(),
+            what: what.to_owned(),
             reason: format!("not usable as a trust anchor ({e})"),
         })?;
     }
@@ -161,46 +154,33 @@ fn root_store(ca_pem: &[u8]) -> Result<RootCertStore, PkiError> {
 }
 
 /// All certificates in a PEM; at least one.
-fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+pub(super) fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PkiError::Pem {
-            what: what.to_owned(),
-            reason: format!("malformed PEM ({e})"),
-        })?;
+        .map_err(|e| PkiError::Pem { what: what.to_owned(), reason: format!("malformed PEM ({e})") })?;
     if certs.is_empty() {
         return Err(PkiError::Pem {
             what: what.to_owned(),
-            reason: "contains no certificate (expected a '-----BEGIN CERTIFICATE-----' block)"
-                .into(),
+            reason: "contains no certificate (expected a '-----BEGIN CERTIFICATE-----' block)".into(),
         });
     }
     Ok(certs)
 }
 
-fn parse_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| PkiError::Pem {
-        what: what.to_owned(),
-        reason: format!("contains no usable private key ({e})"),
-    })
+pub(super) fn parse_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| PkiError::Pem { what: what.to_owned(), reason: format!("contains no usable private key ({e})") })
 }
 
 /// All CRLs in a PEM; at least one.
-fn parse_crls(
-    pem: &[u8],
-    what: &str,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
+pub(super) fn parse_crls(pem: &[u8], what: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
     let crls = CertificateRevocationListDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PkiError::Pem {
-            what: what.to_owned(),
-            reason: format!("malformed PEM ({e})"),
-        })?;
+        .map_err(|e| PkiError::Pem { what: what.to_owned(), reason: format!("malformed PEM ({e})") })?;
     if crls.is_empty() {
         return Err(PkiError::Pem {
             what: what.to_owned(),
-            reason: "contains no revocation list (expected a '-----BEGIN X509 CRL-----' block)"
-                .into(),
+            reason: "contains no revocation list (expected a '-----BEGIN X509 CRL-----' block)".into(),
         });
     }
     Ok(crls)
@@ -215,9 +195,7 @@ mod tests {
     use crate::pki::identity::Identity;
 
     fn org_material(ca: &Ca) -> TlsMaterial {
-        let issued = ca
-            .issue(&CertSpec::client(Identity::Organisation("ggd".into()), 1))
-            .expect("issue");
+        let issued = ca.issue(&CertSpec::client(Identity::Organisation("ggd".into()), 1)).expect("issue");
         TlsMaterial::from_issued(&ca.cert_pem(), &issued)
     }
 
@@ -250,9 +228,7 @@ mod tests {
     fn from_files_refuses_key_with_mode_0644() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ca = Ca::init(tmp.path(), "root", 30).expect("CA");
-        let issued = ca
-            .issue(&CertSpec::client(Identity::Organisation("ggd".into()), 1))
-            .expect("issue");
+        let issued = ca.issue(&CertSpec::client(Identity::Organisation("ggd".into()), 1)).expect("issue");
         let (cert, key) = write_cert_pair(tmp.path(), "ggd", &issued, false).expect("write");
         let ca_pem = tmp.path().join("ca.pem");
         TlsMaterial::from_files(&ca_pem, &cert, &key, &[]).expect("0600 key loads");
@@ -260,24 +236,19 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = TlsMaterial::from_files(&ca_pem, &cert, &key, &[]).expect_err("0644 key loaded");
         let msg = err.to_string();
-        assert!(
-            msg.contains("chmod 600") && msg.contains("ggd.key"),
-            "{msg}"
-        );
+        assert!(msg.contains("chmod 600") && msg.contains("ggd.key"), "{msg}");
     }
 
     #[test]
     fn from_files_names_the_file_that_holds_no_certificate() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ca = Ca::init(tmp.path(), "root", 30).expect("CA");
-        let issued = ca
-            .issue(&CertSpec::client(Identity::Organisation("ggd".into()), 1))
-            .expect("issue");
+        let issued = ca.issue(&CertSpec::client(Identity::Organisation("ggd".into()), 1)).expect("issue");
         let (_cert, key) = write_cert_pair(tmp.path(), "ggd", &issued, false).expect("write");
         let empty = tmp.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
-        let err = TlsMaterial::from_files(&tmp.path().join("ca.pem"), &empty, &key, &[])
-            .expect_err("empty cert accepted");
+        let err =
+            TlsMaterial::from_files(&tmp.path().join("ca.pem"), &empty, &key, &[]).expect_err("empty cert accepted");
         assert!(err.to_string().contains("empty.pem"), "{err}");
     }
 }

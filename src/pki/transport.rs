@@ -69,9 +69,7 @@ pub struct TlsConn {
 
 impl std::fmt::Debug for TlsConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConn")
-            .field("peer", &self.peer)
-            .finish_non_exhaustive()
+        f.debug_struct("TlsConn").field("peer", &self.peer).finish_non_exhaustive()
     }
 }
 
@@ -92,21 +90,13 @@ impl Connected for TlsConn {
 
 // `TlsStream<TcpStream>` is `Unpin`, so delegating needs no pin projection.
 impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -144,11 +134,7 @@ pub fn tls_incoming(
     ReceiverStream::new(rx)
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<Result<TlsConn, io::Error>>,
-) {
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<Result<TlsConn, io::Error>>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -193,20 +179,12 @@ async fn handshake(
     };
     let identity = match stream.get_ref().1.peer_certificates() {
         Some([leaf, ..]) => identity_from_cert(leaf),
-        _ => Err(PkiError::BadCertificate(
-            "the client presented no certificate".into(),
-        )),
+        _ => Err(PkiError::BadCertificate("the client presented no certificate".into())),
     };
     match identity {
         Ok(identity) => {
             debug!(%remote_addr, peer = %identity, "TLS connection accepted");
-            let conn = TlsConn {
-                stream,
-                peer: PeerInfo {
-                    identity,
-                    remote_addr,
-                },
-            };
+            let conn = TlsConn { stream, peer: PeerInfo { identity, remote_addr } };
             // A send error means the server stopped; the connection is simply dropped.
             let _ = tx.send(Ok(conn)).await;
         }
@@ -220,8 +198,7 @@ async fn handshake(
 /// on noise such as a port scan or a plain-HTTP request.
 fn is_certificate_problem(e: &io::Error) -> bool {
     matches!(
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
         Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
     )
 }
@@ -229,37 +206,38 @@ fn is_certificate_problem(e: &io::Error) -> bool {
 /// The verified peer of a request, as put there by [`TlsConn`]; `Unauthenticated` if the
 /// request did not arrive over [`tls_incoming`].
 pub fn peer_of<T>(req: &tonic::Request<T>) -> Result<&PeerInfo, tonic::Status> {
-    req.extensions().get::<PeerInfo>().ok_or_else(|| {
-        tonic::Status::unauthenticated("no verified client certificate on this connection")
-    })
+    req.extensions()
+        .get::<PeerInfo>()
+        .ok_or_else(|| tonic::Status::unauthenticated("no verified client certificate on this connection"))
+}
+
+/// For the node-to-node API: the region id of the verified peer, which must present a
+/// region node certificate. Any other certificate gets `PermissionDenied` naming what it
+/// is; no certificate at all gets `Unauthenticated` (see [`peer_of`]).
+pub fn require_region<T>(req: &tonic::Request<T>) -> Result<String, tonic::Status> {
+    match &peer_of(req)?.identity {
+        Identity::Region(region) => Ok(region.clone()),
+        other => Err(tonic::Status::permission_denied(format!(
+            "this is the node-to-node API; only region node certificates may call it, and the certificate names {other}"
+        ))),
+    }
 }
 
 /// Connects now to `addr` (`host:port`), verifying that the server's certificate is valid
 /// for `server_name` and chains to the CA of `config`. Fails if TCP or the handshake
 /// fails; afterwards the channel reconnects on demand.
-pub async fn connect(
-    addr: &str,
-    server_name: &str,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<Channel, PkiError> {
+pub async fn connect(addr: &str, server_name: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, PkiError> {
     let endpoint = endpoint(addr)?;
     let connector = connector(addr, server_name, config)?;
     endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|e| PkiError::Connect {
-            addr: addr.to_owned(),
-            reason: error_chain(&e),
-        })
+        .map_err(|e| PkiError::Connect { addr: addr.to_owned(), reason: error_chain(&e) })
 }
 
 /// Like [`connect`], but dials on first use (and again after a failure), so a peer that is
 /// down now does not stop start-up.
-pub fn connect_lazy(
-    addr: &str,
-    server_name: &str,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<Channel, PkiError> {
+pub fn connect_lazy(addr: &str, server_name: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, PkiError> {
     let endpoint = endpoint(addr)?;
     let connector = connector(addr, server_name, config)?;
     Ok(endpoint.connect_with_connector_lazy(connector))
@@ -336,46 +314,34 @@ mod tests {
     }
 
     fn server_material(ca: &Ca) -> TlsMaterial {
-        let issued = ca
-            .issue(&CertSpec::server(
-                vec![SERVER_NAME.into(), "127.0.0.1".into()],
-                1,
-            ))
-            .expect("server cert");
+        let issued = ca.issue(&CertSpec::server(vec![SERVER_NAME.into(), "127.0.0.1".into()], 1)).expect("server cert");
         TlsMaterial::from_issued(&ca.cert_pem(), &issued)
     }
 
     fn issue_client(ca: &Ca, name: &str) -> IssuedCert {
-        ca.issue(&CertSpec::client(org(name), 1))
-            .expect("client cert")
+        ca.issue(&CertSpec::client(org(name), 1)).expect("client cert")
     }
 
     /// A client trusting `trusted` and presenting `issued` (which may come from another CA).
     fn client_cfg(trusted: &Ca, issued: &IssuedCert) -> Arc<ClientConfig> {
-        client_config(&TlsMaterial::from_issued(&trusted.cert_pem(), issued))
-            .expect("client config")
+        client_config(&TlsMaterial::from_issued(&trusted.cert_pem(), issued)).expect("client config")
     }
 
     fn client_cfg_without_cert(trusted: &Ca) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(trusted.cert_pem().as_bytes()).expect("pem"))
-            .expect("root");
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        roots.add(CertificateDer::from_pem_slice(trusted.cert_pem().as_bytes()).expect("pem")).expect("root");
+        let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
         Arc::new(config)
     }
 
     /// An echo server behind `tls_incoming`; every accepted peer is reported on the
     /// returned channel before its connection is served.
-    async fn echo_server(
-        config: Arc<ServerConfig>,
-    ) -> (SocketAddr, mpsc::UnboundedReceiver<PeerInfo>) {
+    async fn echo_server(config: Arc<ServerConfig>) -> (SocketAddr, mpsc::UnboundedReceiver<PeerInfo>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut incoming = Box::pin(tls_incoming(listener, config));
@@ -400,27 +366,14 @@ mod tests {
     /// Handshake, send "ping", expect "ping" back. Err says where it failed. With TLS 1.3
     /// the client finishes its handshake before the server has judged the client
     /// certificate, so a refusal often shows up only at the read.
-    async fn try_echo(
-        addr: SocketAddr,
-        config: Arc<ClientConfig>,
-        server_name: &str,
-    ) -> Result<(), String> {
+    async fn try_echo(addr: SocketAddr, config: Arc<ClientConfig>, server_name: &str) -> Result<(), String> {
         let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
         let attempt = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("tcp: {e}"))?;
-            let mut tls = TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tls.write_all(b"ping")
-                .await
-                .map_err(|e| format!("write: {e}"))?;
+            let tcp = TcpStream::connect(addr).await.map_err(|e| format!("tcp: {e}"))?;
+            let mut tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+            tls.write_all(b"ping").await.map_err(|e| format!("write: {e}"))?;
             let mut buf = [0u8; 4];
-            tls.read_exact(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
+            tls.read_exact(&mut buf).await.map_err(|e| format!("read: {e}"))?;
             if &buf == b"ping" {
                 Ok(())
             } else {
@@ -440,9 +393,7 @@ mod tests {
         ca: &Ca,
     ) {
         let good = issue_client(ca, "valid-after");
-        try_echo(addr, client_cfg(ca, &good), SERVER_NAME)
-            .await
-            .expect("a valid client after a refused one is served");
+        try_echo(addr, client_cfg(ca, &good), SERVER_NAME).await.expect("a valid client after a refused one is served");
         let peer = peers.recv().await.expect("peer reported");
         assert_eq!(peer.identity, org("valid-after"));
         assert!(peers.try_recv().is_err(), "a refused client was reported");
@@ -451,12 +402,9 @@ mod tests {
     #[tokio::test]
     async fn valid_org_cert_is_accepted_with_its_identity() {
         let ca = Ca::generate("root", 30).expect("CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let client = issue_client(&ca, "jeugdzorg-rotterdam");
-        try_echo(addr, client_cfg(&ca, &client), SERVER_NAME)
-            .await
-            .expect("served");
+        try_echo(addr, client_cfg(&ca, &client), SERVER_NAME).await.expect("served");
         let peer = peers.recv().await.expect("peer");
         assert_eq!(peer.identity, org("jeugdzorg-rotterdam"));
         assert!(peer.remote_addr.ip().is_loopback());
@@ -465,8 +413,7 @@ mod tests {
     #[tokio::test]
     async fn client_without_certificate_is_refused() {
         let ca = Ca::generate("root", 30).expect("CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let err = try_echo(addr, client_cfg_without_cert(&ca), SERVER_NAME)
             .await
             .expect_err("served without a client certificate");
@@ -478,29 +425,23 @@ mod tests {
     async fn client_cert_from_another_ca_is_refused() {
         let ca = Ca::generate("root", 30).expect("CA");
         let foreign = Ca::generate("foreign root", 30).expect("foreign CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         // Same identity, but minted by a CA the server does not trust.
         let impostor = issue_client(&foreign, "jeugdzorg-rotterdam");
-        try_echo(addr, client_cfg(&ca, &impostor), SERVER_NAME)
-            .await
-            .expect_err("served a foreign-CA certificate");
+        try_echo(addr, client_cfg(&ca, &impostor), SERVER_NAME).await.expect_err("served a foreign-CA certificate");
         assert_server_still_serves_only_valid(addr, &mut peers, &ca).await;
     }
 
     #[tokio::test]
     async fn expired_client_cert_is_refused() {
         let ca = Ca::generate("root", 30).expect("CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let now = OffsetDateTime::now_utc();
         let mut spec = CertSpec::client(org("expired"), 1);
         spec.not_before = now - time::Duration::days(10);
         spec.not_after = now - time::Duration::days(1);
         let expired = ca.issue(&spec).expect("issue");
-        try_echo(addr, client_cfg(&ca, &expired), SERVER_NAME)
-            .await
-            .expect_err("served an expired certificate");
+        try_echo(addr, client_cfg(&ca, &expired), SERVER_NAME).await.expect_err("served an expired certificate");
         assert_server_still_serves_only_valid(addr, &mut peers, &ca).await;
     }
 
@@ -508,15 +449,11 @@ mod tests {
     async fn revoked_client_cert_is_refused_when_crl_lists_it() {
         let ca = Ca::generate("root", 30).expect("CA");
         let revoked = issue_client(&ca, "revoked");
-        let crl = ca
-            .revocation_list(&[cert_serial(&revoked.cert_pem).expect("serial")], 7)
-            .expect("crl");
+        let crl = ca.revocation_list(&[cert_serial(&revoked.cert_pem).expect("serial")], 7).expect("crl");
         let mut material = server_material(&ca);
         material.crl_pems = vec![crl.into_bytes()];
         let (addr, mut peers) = echo_server(server_config(&material).expect("cfg")).await;
-        try_echo(addr, client_cfg(&ca, &revoked), SERVER_NAME)
-            .await
-            .expect_err("served a revoked certificate");
+        try_echo(addr, client_cfg(&ca, &revoked), SERVER_NAME).await.expect_err("served a revoked certificate");
         // Certificates not on the list still work with the CRL in force.
         assert_server_still_serves_only_valid(addr, &mut peers, &ca).await;
     }
@@ -524,8 +461,7 @@ mod tests {
     #[tokio::test]
     async fn server_cert_for_wrong_dns_name_is_refused_by_client() {
         let ca = Ca::generate("root", 30).expect("CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let client = issue_client(&ca, "ggd");
         let err = try_echo(addr, client_cfg(&ca, &client), "vir.other-region.example")
             .await
@@ -537,8 +473,7 @@ mod tests {
     #[tokio::test]
     async fn cert_without_virfed_uri_san_is_dropped() {
         let ca = Ca::generate("root", 30).expect("CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let mut spec = CertSpec::client(org("placeholder"), 1);
         spec.identity = None;
         spec.dns_names = vec!["anonymous.example".into()];
@@ -552,31 +487,23 @@ mod tests {
     #[tokio::test]
     async fn plain_tcp_client_does_not_stop_accepting() {
         let ca = Ca::generate("root", 30).expect("CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let mut plain = TcpStream::connect(addr).await.expect("tcp");
-        plain
-            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .expect("write");
+        plain.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
         // The server answers with at most a TLS alert and closes.
         let mut reply = Vec::new();
         tokio::time::timeout(TEST_TIMEOUT, plain.read_to_end(&mut reply))
             .await
             .expect("server closed the plain connection")
             .ok();
-        assert!(
-            !reply.starts_with(b"HTTP/"),
-            "plain HTTP got an HTTP answer"
-        );
+        assert!(!reply.starts_with(b"HTTP/"), "plain HTTP got an HTTP answer");
         assert_server_still_serves_only_valid(addr, &mut peers, &ca).await;
     }
 
     #[tokio::test]
     async fn silent_client_does_not_block_other_handshakes() {
         let ca = Ca::generate("root", 30).expect("CA");
-        let (addr, mut peers) =
-            echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
+        let (addr, mut peers) = echo_server(server_config(&server_material(&ca)).expect("cfg")).await;
         // Connects and never says a word; held open for the whole test.
         let _silent = TcpStream::connect(addr).await.expect("tcp");
         assert_server_still_serves_only_valid(addr, &mut peers, &ca).await;
@@ -622,8 +549,7 @@ mod tests {
 
         fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
             Box::pin(async move {
-                let mut grpc =
-                    tonic::server::Grpc::new(tonic_prost::ProstCodec::<String, ()>::default());
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<String, ()>::default());
                 Ok(grpc.unary(WhoAmI, req).await)
             })
         }
@@ -639,21 +565,18 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(WhoAmI)
-                .serve_with_incoming_shutdown(tls_incoming(listener, config), async {
-                    let _ = stopped.await;
-                }),
-        );
+        let done = tokio::spawn(tonic::transport::Server::builder().add_service(WhoAmI).serve_with_incoming_shutdown(
+            tls_incoming(listener, config),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         GrpcServer { addr, stop, done }
     }
 
     async fn who_am_i(channel: Channel) -> Result<String, tonic::Status> {
         let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let reply = grpc
             .unary(
                 tonic::Request::new(()),
@@ -669,17 +592,8 @@ mod tests {
         let ca = Ca::generate("root", 30).expect("CA");
         let server = grpc_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let client = issue_client(&ca, "jeugdzorg-rotterdam");
-        let channel = connect(
-            &server.addr.to_string(),
-            SERVER_NAME,
-            client_cfg(&ca, &client),
-        )
-        .await
-        .expect("connect");
-        assert_eq!(
-            who_am_i(channel).await.expect("call"),
-            "organisation jeugdzorg-rotterdam"
-        );
+        let channel = connect(&server.addr.to_string(), SERVER_NAME, client_cfg(&ca, &client)).await.expect("connect");
+        assert_eq!(who_am_i(channel).await.expect("call"), "organisation jeugdzorg-rotterdam");
 
         // Shutting down ends serving cleanly, and the listener is closed.
         let _ = server.stop.send(());
@@ -700,17 +614,10 @@ mod tests {
         let ca = Ca::generate("root", 30).expect("CA");
         let server = grpc_server(server_config(&server_material(&ca)).expect("cfg")).await;
         let client = issue_client(&ca, "ggd");
-        let err = connect(
-            &server.addr.to_string(),
-            "vir.other-region.example",
-            client_cfg(&ca, &client),
-        )
-        .await
-        .expect_err("connected to a server with the wrong name");
-        assert!(
-            matches!(&err, PkiError::Connect { reason, .. } if reason.contains("certificate")),
-            "{err}"
-        );
+        let err = connect(&server.addr.to_string(), "vir.other-region.example", client_cfg(&ca, &client))
+            .await
+            .expect_err("connected to a server with the wrong name");
+        assert!(matches!(&err, PkiError::Connect { reason, .. } if reason.contains("certificate")), "{err}");
     }
 
     #[tokio::test]
@@ -720,9 +627,8 @@ mod tests {
         drop(listener);
         let ca = Ca::generate("root", 30).expect("CA");
         let client = issue_client(&ca, "ggd");
-        let err = connect(&addr.to_string(), SERVER_NAME, client_cfg(&ca, &client))
-            .await
-            .expect_err("connected to nobody");
+        let err =
+            connect(&addr.to_string(), SERVER_NAME, client_cfg(&ca, &client)).await.expect_err("connected to nobody");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
     }
 
@@ -734,17 +640,11 @@ mod tests {
         let addr = server.addr.to_string();
 
         let mut plain = TcpStream::connect(server.addr).await.expect("tcp");
-        plain
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
 
         let impostor = issue_client(&foreign, "ggd");
         let refused = match connect(&addr, SERVER_NAME, client_cfg(&ca, &impostor)).await {
-            Ok(channel) => who_am_i(channel)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Ok(channel) => who_am_i(channel).await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         assert!(refused.is_err(), "foreign-CA client was served");
@@ -759,8 +659,7 @@ mod tests {
     fn connect_lazy_rejects_invalid_server_name() {
         let ca = Ca::generate("root", 30).expect("CA");
         let client = issue_client(&ca, "ggd");
-        let err = connect_lazy("127.0.0.1:1", "not a name!", client_cfg(&ca, &client))
-            .expect_err("accepted");
+        let err = connect_lazy("127.0.0.1:1", "not a name!", client_cfg(&ca, &client)).expect_err("accepted");
         assert!(err.to_string().contains("not a name!"), "{err}");
     }
 }

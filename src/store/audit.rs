@@ -70,17 +70,13 @@ pub(crate) fn verify(
     let mut prev_hash = [0u8; 32];
     let mut expected = 1u64;
     for (key_seq, bytes) in entries {
-        let stored: StoredEntry =
-            postcard::from_bytes(&bytes).map_err(|_| AuditBroken::Unreadable { seq: key_seq })?;
+        let stored: StoredEntry = postcard::from_bytes(&bytes).map_err(|_| AuditBroken::Unreadable { seq: key_seq })?;
         let seq = stored.entry.seq;
         if seq != key_seq || entry_hash(&stored.entry) != stored.hash {
             return Err(AuditBroken::Modified { seq: key_seq });
         }
         if seq != expected {
-            return Err(AuditBroken::Gap {
-                expected,
-                found: seq,
-            });
+            return Err(AuditBroken::Gap { expected, found: seq });
         }
         if stored.entry.prev != prev_hash {
             return Err(AuditBroken::Unlinked { seq, prev: seq - 1 });
@@ -92,8 +88,5 @@ pub(crate) fn verify(
     if last != head.0 || prev_hash != head.1 {
         return Err(AuditBroken::HeadMismatch { last, head: head.0 });
     }
-    Ok(AuditSummary {
-        entries: last,
-        head_hash: prev_hash,
-    })
+    Ok(AuditSummary { entries: last, head_hash: prev_hash })
 }

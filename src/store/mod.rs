@@ -30,10 +30,12 @@
 //! a watcher never sees a notice that a crash could take back.
 
 mod audit;
+pub mod federation;
 mod writer;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -47,9 +49,11 @@ use writer::{Job, Writer};
 
 use crate::domain::retention::{self, ActiveFate, ArchivedFate};
 use crate::domain::{
-    Addressee, ArchiveReason, ChildKey, Contact, Notice, NoticeKind, OrgId, Organisation, Party,
-    Signal, SignalId, SignalState, WithdrawReason, Withdrawer,
+    Addressee, ArchiveReason, ChildKey, Contact, Notice, NoticeKind, OrgId, Organisation, Party, RegionId, Signal,
+    SignalId, SignalState, WithdrawReason, Withdrawer,
 };
+use crate::pseudonym::{Blinded, LocalKey};
+use federation::{child_state, ChildChange, ChildState, InItem, ItemAnswer, OutItem, PeerSeen};
 
 /// Version of the on-disk layout. Bump it with a migration when a key or value changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -57,6 +61,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_AUDIT_HEAD: &[u8] = b"audit_head";
 const META_NOTICE_SEQ: &[u8] = b"notice_seq";
+const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
+const META_EPOCH: &[u8] = b"epoch";
+const META_JOINED: &str = "joined/";
 
 /// Failures of the storage layer itself.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +71,7 @@ pub enum StoreError {
     #[error("cannot open the store at {path}: {reason}. Is another virfed process using this data directory?")]
     Open { path: PathBuf, reason: String },
     #[error("the store at {path} has schema version {found}, but this virfed uses version {expected}; run the matching virfed version or migrate the store")]
-    SchemaMismatch {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-    },
+    SchemaMismatch { path: PathBuf, found: u32, expected: u32 },
     #[error("storage failure: {0}")]
     Sled(#[from] sled::Error),
     #[error("a stored {what} could not be decoded; the store may be damaged: restore from backup")]
@@ -116,6 +119,8 @@ pub struct NewSignal {
     pub date_of_birth: NaiveDate,
     pub removal_date: NaiveDate,
     pub now: DateTime<Utc>,
+    /// The child's point blinded with this node's key (`P·a`), for the federation.
+    pub point: Option<Blinded>,
 }
 
 /// Result of a registration (D2: a repeat returns the existing signal).
@@ -134,7 +139,7 @@ pub enum Withdrawn {
     Archived,
 }
 
-/// Counts of one sweeper run.
+/// Counts of one sweeper run, in signals (active or archived).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub archived: u64,
@@ -192,6 +197,18 @@ struct Trees {
     org_signals: sled::Tree,
     notices: sled::Tree,
     audit: sled::Tree,
+    fed: sled::Tree,
+    outbox: sled::Tree,
+    fed_ctx: Arc<RwLock<Option<FedContext>>>,
+}
+
+/// What the transactions need to speak for this node to its peers.
+#[derive(Clone)]
+pub struct FedContext {
+    /// Configured peer regions.
+    pub peers: Vec<String>,
+    /// The local key, for per-peer handles.
+    pub key: LocalKey,
 }
 
 impl Trees {
@@ -205,39 +222,43 @@ impl Trees {
             &self.org_signals,
             &self.notices,
             &self.audit,
+            &self.fed,
+            &self.outbox,
         );
-        let result = trees.transaction(
-            |(meta, orgs, signals, children, org_signals, notices, audit)| {
-                let tx = Tx {
-                    meta,
-                    orgs,
-                    signals,
-                    children,
-                    org_signals,
-                    notices,
-                    audit,
-                    audit_head: RefCell::new(None),
-                    notice_seq: RefCell::new(None),
-                };
-                let mut results = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    match (job.run)(&tx) {
-                        Ok(out) => results.push(Ok(out)),
-                        // A storage failure poisons the shared transaction: abort it all.
-                        Err(ConflictableTransactionError::Abort(OpError::Store(e))) => {
-                            return Err(ConflictableTransactionError::Abort(OpError::Store(e)))
-                        }
-                        // A refusal happens before the job's first write: the others go on.
-                        Err(ConflictableTransactionError::Abort(refused)) => {
-                            results.push(Err(refused))
-                        }
-                        Err(other) => return Err(other),
+        let fed_ctx = self.fed_ctx.read().map(|c| c.clone()).unwrap_or(None);
+        let result = trees.transaction(|(meta, orgs, signals, children, org_signals, notices, audit, fed, outbox)| {
+            let tx = Tx {
+                meta,
+                orgs,
+                signals,
+                children,
+                org_signals,
+                notices,
+                audit,
+                fed,
+                outbox,
+                fed_ctx: &fed_ctx,
+                audit_head: RefCell::new(None),
+                notice_seq: RefCell::new(None),
+                outbox_seq: RefCell::new(None),
+            };
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match (job.run)(&tx) {
+                    Ok(out) => results.push(Ok(out)),
+                    // A storage failure poisons the shared transaction: abort it all.
+                    Err(ConflictableTransactionError::Abort(OpError::Store(e))) => {
+                        return Err(ConflictableTransactionError::Abort(OpError::Store(e)))
                     }
+                    // A refusal happens before the job's first write: the others go on.
+                    Err(ConflictableTransactionError::Abort(refused)) => results.push(Err(refused)),
+                    Err(other) => return Err(other),
                 }
-                tx.finish()?;
-                Ok((results, tx.last_notice()))
-            },
-        );
+            }
+            tx.finish()?;
+            let outbox = *tx.outbox_seq.borrow();
+            Ok((results, writer::Marks { notice: tx.last_notice(), outbox }))
+        });
         match result {
             Ok(done) => Ok(done),
             Err(TransactionError::Abort(OpError::Store(e))) => Err(e),
@@ -256,6 +277,8 @@ pub struct Store {
     writer: Writer,
     /// Highest notice sequence number known to be durable.
     durable_notices: watch::Sender<u64>,
+    /// Changes whenever new outbox items become durable.
+    durable_outbox: watch::Sender<u64>,
 }
 
 /// Opening options.
@@ -267,9 +290,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            cache_bytes: 128 * 1024 * 1024,
-        }
+        StoreOptions { cache_bytes: 128 * 1024 * 1024 }
     }
 }
 
@@ -286,11 +307,7 @@ impl Store {
             Some(v) => {
                 let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0);
                 if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaMismatch {
-                        path: path.to_owned(),
-                        found,
-                        expected: SCHEMA_VERSION,
-                    });
+                    return Err(StoreError::SchemaMismatch { path: path.to_owned(), found, expected: SCHEMA_VERSION });
                 }
             }
         }
@@ -302,20 +319,22 @@ impl Store {
             org_signals: db.open_tree("org_signals")?,
             notices: db.open_tree("notices")?,
             audit: db.open_tree("audit")?,
+            fed: db.open_tree("fed")?,
+            outbox: db.open_tree("outbox")?,
+            fed_ctx: Arc::new(RwLock::new(None)),
             meta,
         };
+        if trees.meta.get(META_EPOCH)?.is_none() {
+            trees.meta.insert(META_EPOCH, &rand::random::<u64>().to_be_bytes())?;
+            db.flush()?;
+        }
         let durable_notices = watch::Sender::new(last_notice);
+        let durable_outbox = watch::Sender::new(0u64);
         let batch_trees = trees.clone();
-        let writer = Writer::start(db.clone(), durable_notices.clone(), move |jobs| {
+        let writer = Writer::start(db.clone(), durable_notices.clone(), durable_outbox.clone(), move |jobs| {
             batch_trees.run_batch(jobs)
         });
-        Ok(Store {
-            path: path.to_owned(),
-            trees,
-            writer,
-            durable_notices,
-            db,
-        })
+        Ok(Store { path: path.to_owned(), trees, writer, durable_notices, durable_outbox, db })
     }
 
     pub fn path(&self) -> &Path {
@@ -338,28 +357,16 @@ impl Store {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<T> + Send + 'static,
     ) -> Result<T, OpError> {
-        let out = self
-            .writer
-            .submit(Box::new(move |tx| {
-                f(tx).map(|v| Box::new(v) as writer::Output)
-            }))
-            .await?;
-        out.downcast::<T>().map(|v| *v).map_err(|_| {
-            OpError::Store(StoreError::Failed(
-                "internal: writer returned another type".into(),
-            ))
-        })
+        let out = self.writer.submit(Box::new(move |tx| f(tx).map(|v| Box::new(v) as writer::Output))).await?;
+        out.downcast::<T>()
+            .map(|v| *v)
+            .map_err(|_| OpError::Store(StoreError::Failed("internal: writer returned another type".into())))
     }
 
     // ---- organisations (D2) -------------------------------------------------------------
 
     /// Registers or updates an organisation.
-    pub async fn put_org(
-        &self,
-        org: &Organisation,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), OpError> {
+    pub async fn put_org(&self, org: &Organisation, actor: &str, now: DateTime<Utc>) -> Result<(), OpError> {
         let (org, actor) = (org.clone(), actor.to_owned());
         self.write(move |tx| {
             let existed = tx.orgs.get(org.id.as_str())?.is_some();
@@ -372,20 +379,11 @@ impl Store {
     }
 
     pub fn org(&self, id: &OrgId) -> Result<Option<Organisation>, StoreError> {
-        self.trees
-            .orgs
-            .get(id.as_str())?
-            .map(|b| decode(&b, "organisation"))
-            .transpose()
+        self.trees.orgs.get(id.as_str())?.map(|b| decode(&b, "organisation")).transpose()
     }
 
     pub fn orgs(&self) -> Result<Vec<Organisation>, StoreError> {
-        self.trees
-            .orgs
-            .iter()
-            .values()
-            .map(|v| decode(&v?, "organisation"))
-            .collect()
+        self.trees.orgs.iter().values().map(|v| decode(&v?, "organisation")).collect()
     }
 
     // ---- signals ------------------------------------------------------------------------
@@ -400,26 +398,14 @@ impl Store {
             };
             let mut child = tx.child(&new.child)?;
             if let Some((id, _)) = child.active.iter().find(|(_, o)| *o == new.org) {
-                let signal = tx.signal(id)?.ok_or(OpError::Store(StoreError::Corrupt {
-                    what: "signal index",
-                }));
+                let signal = tx.signal(id)?.ok_or(OpError::Store(StoreError::Corrupt { what: "signal index" }));
                 let signal = match signal {
                     Ok(s) => s,
                     Err(e) => return abort(e),
                 };
-                tx.log(
-                    new.now,
-                    actor,
-                    "signal.register.repeat",
-                    &signal.id.to_string(),
-                    "",
-                )?;
+                tx.log(new.now, actor, "signal.register.repeat", &signal.id.to_string(), "")?;
                 let matched_with = child.active.len() - 1;
-                return Ok(Registered {
-                    signal,
-                    created: false,
-                    matched_with,
-                });
+                return Ok(Registered { signal, created: false, matched_with });
             }
             let signal = Signal {
                 id: SignalId::random(),
@@ -433,25 +419,17 @@ impl Store {
                 state: SignalState::Active,
             };
             let others = tx.signals_of(&child.active)?;
+            let before = child_state(&child);
+            let remote = tx.remote_parties_of(&new.child)?;
             tx.put_signal(&signal)?;
-            tx.org_signals
-                .insert(prefixed(signal.org.as_str(), &signal.id.0), &[])?;
+            tx.org_signals.insert(prefixed(signal.org.as_str(), &signal.id.0), &[])?;
             child.active.push((signal.id, signal.org.clone()));
-            tx.log(
-                new.now,
-                actor,
-                "signal.register",
-                &signal.id.to_string(),
-                "",
-            )?;
-            if !others.is_empty() {
-                tx.notify_match_created(&signal, &org, &others, new.now)?;
+            tx.log(new.now, actor, "signal.register", &signal.id.to_string(), "")?;
+            if !others.is_empty() || !remote.is_empty() {
+                tx.notify_match_created(&signal, &org, &others, &remote, new.now)?;
             } else if !child.archived.is_empty() && !child.history_sent.contains(&signal.org) {
-                let earlier: Vec<_> = tx
-                    .signals_of(&child.archived)?
-                    .into_iter()
-                    .filter(|s| s.org != signal.org)
-                    .collect();
+                let earlier: Vec<_> =
+                    tx.signals_of(&child.archived)?.into_iter().filter(|s| s.org != signal.org).collect();
                 if !earlier.is_empty() {
                     let parties = tx.parties(&earlier)?;
                     let notice = Notice {
@@ -467,21 +445,22 @@ impl Store {
                 }
             }
             tx.put_child(&new.child, &child)?;
-            Ok(Registered {
-                matched_with: others.len(),
-                signal,
-                created: true,
-            })
+            let change = ChildChange {
+                child: &new.child,
+                before,
+                after: ChildState::Active,
+                point: new.point,
+                added: Some(party_of(&signal, Some(&org))),
+                removed_org: None,
+            };
+            tx.fed_child_changed(change, new.now)?;
+            Ok(Registered { matched_with: others.len(), signal, created: true })
         })
         .await
     }
 
     pub fn signal(&self, id: &SignalId) -> Result<Option<Signal>, StoreError> {
-        self.trees
-            .signals
-            .get(id.0)?
-            .map(|b| decode(&b, "signal"))
-            .transpose()
+        self.trees.signals.get(id.0)?.map(|b| decode(&b, "signal")).transpose()
     }
 
     /// Withdraws a signal on behalf of its own organisation (D4, D7).
@@ -510,26 +489,12 @@ impl Store {
             };
             match (reason, signal.is_active()) {
                 (WithdrawReason::MadeInError, _) => {
-                    tx.retire(
-                        &signal,
-                        None,
-                        now,
-                        &actor,
-                        "signal.withdraw.made-in-error",
-                        by,
-                    )?;
+                    tx.retire(&signal, None, now, &actor, "signal.withdraw.made-in-error", by)?;
                     Ok(Withdrawn::Deleted)
                 }
                 (WithdrawReason::ConcernResolved, true) => {
                     let archived = Some((today, ArchiveReason::ConcernResolved));
-                    tx.retire(
-                        &signal,
-                        archived,
-                        now,
-                        &actor,
-                        "signal.withdraw.concern-resolved",
-                        by,
-                    )?;
+                    tx.retire(&signal, archived, now, &actor, "signal.withdraw.concern-resolved", by)?;
                     Ok(Withdrawn::Archived)
                 }
                 (WithdrawReason::ConcernResolved, false) => abort(OpError::NotActive(*id)),
@@ -539,24 +504,14 @@ impl Store {
     }
 
     /// Deletes every signal and archive entry on the child (erasure decision, D4).
-    pub async fn erase_child(
-        &self,
-        child: &ChildKey,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u32, OpError> {
+    pub async fn erase_child(&self, child: &ChildKey, actor: &str, now: DateTime<Utc>) -> Result<u32, OpError> {
         let (child, actor) = (*child, actor.to_owned());
-        self.write(move |tx| tx.delete_child(&child, now, &actor, "child.erase"))
-            .await
+        self.write(move |tx| tx.delete_child(&child, now, &actor, "child.erase")).await
     }
 
     /// Applies D3 and D4 as of `today`: archive expired signals, delete everything on
     /// children who turned 23, purge archive entries older than 5 years.
-    pub async fn sweep(
-        &self,
-        today: NaiveDate,
-        now: DateTime<Utc>,
-    ) -> Result<SweepReport, OpError> {
+    pub async fn sweep(&self, today: NaiveDate, now: DateTime<Utc>) -> Result<SweepReport, OpError> {
         let actor = "system:sweeper";
         let mut report = SweepReport::default();
         // Decide from a scan, then act per record in its own transaction, re-checking there.
@@ -572,45 +527,33 @@ impl Store {
         let jobs = due.into_iter().map(|id| {
             self.write(move |tx| {
                 let Some(signal) = tx.signal(&id)? else {
-                    return Ok(Fate::Keep);
+                    return Ok((Fate::Keep, 0));
                 };
                 let fate = fate_of(&signal, today);
-                match fate {
-                    Fate::Keep => {}
+                let count = match fate {
+                    Fate::Keep => 0,
                     Fate::Archive => {
                         let archived = Some((today, ArchiveReason::Expired));
-                        tx.retire(
-                            &signal,
-                            archived,
-                            now,
-                            actor,
-                            "signal.expire",
-                            "removal date reached",
-                        )?;
+                        tx.retire(&signal, archived, now, actor, "signal.expire", "removal date reached")?;
+                        1
                     }
-                    Fate::DeleteAgeLimit => {
-                        tx.delete_child(&signal.child, now, actor, "child.age-limit")?;
-                    }
+                    // Every signal and archive entry of the child goes at once.
+                    Fate::DeleteAgeLimit => u64::from(tx.delete_child(&signal.child, now, actor, "child.age-limit")?),
                     Fate::Purge => {
-                        tx.retire(
-                            &signal,
-                            None,
-                            now,
-                            actor,
-                            "archive.purge",
-                            "5 years in archive",
-                        )?;
+                        tx.retire(&signal, None, now, actor, "archive.purge", "5 years in archive")?;
+                        1
                     }
-                }
-                Ok(fate)
+                };
+                Ok((fate, count))
             })
         });
         for done in futures::future::join_all(jobs).await {
-            match done? {
+            let (fate, count) = done?;
+            match fate {
                 Fate::Keep => {}
-                Fate::Archive => report.archived += 1,
-                Fate::DeleteAgeLimit => report.deleted_age_limit += 1,
-                Fate::Purge => report.purged_archive += 1,
+                Fate::Archive => report.archived += count,
+                Fate::DeleteAgeLimit => report.deleted_age_limit += count,
+                Fate::Purge => report.purged_archive += count,
             }
         }
         Ok(report)
@@ -619,16 +562,9 @@ impl Store {
     /// The organisation's active matches (D5).
     pub fn matches_for(&self, org: &OrgId) -> Result<Vec<MatchView>, StoreError> {
         let mut out = Vec::new();
-        for key in self
-            .trees
-            .org_signals
-            .scan_prefix(prefixed(org.as_str(), &[]))
-            .keys()
-        {
+        for key in self.trees.org_signals.scan_prefix(prefixed(org.as_str(), &[])).keys() {
             let key = key?;
-            let id: [u8; 16] = key[key.len() - 16..]
-                .try_into()
-                .map_err(|_| StoreError::Corrupt { what: "index" })?;
+            let id: [u8; 16] = key[key.len() - 16..].try_into().map_err(|_| StoreError::Corrupt { what: "index" })?;
             let Some(own) = self.signal(&SignalId(id))? else {
                 continue;
             };
@@ -642,6 +578,9 @@ impl Store {
                     counterparts.push(self.party(&signal)?);
                 }
             }
+            let pairs = self.trees.fed.scan_prefix(federation::pair_prefix(&own.child)).values();
+            let pairs = pairs.collect::<Result<Vec<_>, _>>()?;
+            counterparts.extend(federation::matched_parties(pairs.into_iter().map(|v| v.to_vec())));
             if !counterparts.is_empty() {
                 out.push(MatchView { own, counterparts });
             }
@@ -671,12 +610,7 @@ impl Store {
     // ---- notices ------------------------------------------------------------------------
 
     /// Durable notices for `org` with cursor in `(after, upto]`, oldest first.
-    pub fn notices_after(
-        &self,
-        org: &OrgId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Notice)>, StoreError> {
+    pub fn notices_after(&self, org: &OrgId, after: u64, limit: usize) -> Result<Vec<(u64, Notice)>, StoreError> {
         let upto = *self.durable_notices.borrow();
         let start = notice_key(org, after.saturating_add(1));
         let end = notice_key(org, upto.saturating_add(1));
@@ -729,12 +663,7 @@ impl Store {
 
     /// Audit entries in order (for `virfed audit show` and tests).
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        self.trees
-            .audit
-            .iter()
-            .values()
-            .map(|v| Ok(decode::<audit::StoredEntry>(&v?, "audit entry")?.entry))
-            .collect()
+        self.trees.audit.iter().values().map(|v| Ok(decode::<audit::StoredEntry>(&v?, "audit entry")?.entry)).collect()
     }
 
     fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
@@ -746,11 +675,7 @@ impl Store {
 
     /// Raw access for tamper tests: rewrites an audit entry's stored bytes.
     #[doc(hidden)]
-    pub fn tamper_audit_raw(
-        &self,
-        seq: u64,
-        bytes: Option<Vec<u8>>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn tamper_audit_raw(&self, seq: u64, bytes: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, StoreError> {
         let old = match bytes {
             Some(b) => self.trees.audit.insert(seq.to_be_bytes(), b)?,
             None => self.trees.audit.remove(seq.to_be_bytes())?,
@@ -776,20 +701,16 @@ enum Fate {
 
 fn fate_of(signal: &Signal, today: NaiveDate) -> Fate {
     match signal.state {
-        SignalState::Active => {
-            match retention::active_fate(signal.date_of_birth, signal.removal_date, today) {
-                ActiveFate::Keep => Fate::Keep,
-                ActiveFate::Archive => Fate::Archive,
-                ActiveFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
-            }
-        }
-        SignalState::Archived { on, .. } => {
-            match retention::archived_fate(signal.date_of_birth, on, today) {
-                ArchivedFate::Keep => Fate::Keep,
-                ArchivedFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
-                ArchivedFate::DeleteRetentionEnded => Fate::Purge,
-            }
-        }
+        SignalState::Active => match retention::active_fate(signal.date_of_birth, signal.removal_date, today) {
+            ActiveFate::Keep => Fate::Keep,
+            ActiveFate::Archive => Fate::Archive,
+            ActiveFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
+        },
+        SignalState::Archived { on, .. } => match retention::archived_fate(signal.date_of_birth, on, today) {
+            ArchivedFate::Keep => Fate::Keep,
+            ArchivedFate::DeleteAgeLimit => Fate::DeleteAgeLimit,
+            ArchivedFate::DeleteRetentionEnded => Fate::Purge,
+        },
     }
 }
 
@@ -798,49 +719,30 @@ fn fate_of(signal: &Signal, today: NaiveDate) -> Fate {
 fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_bytes)
-            .open()
-        {
+        match sled::Config::new().path(path).cache_capacity(options.cache_bytes).open() {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
+                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(e) => {
-                return Err(StoreError::Open {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })
-            }
+            Err(e) => return Err(StoreError::Open { path: path.to_owned(), reason: e.to_string() }),
         }
     }
 }
 
 fn read_u64(v: &Option<sled::IVec>) -> u64 {
-    v.as_ref()
-        .and_then(|b| b.as_ref().try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
+    v.as_ref().and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn party_of(signal: &Signal, org: Option<&Organisation>) -> Party {
     Party {
         region: None,
         org_id: signal.org.clone(),
-        org_name: org
-            .map(|o| o.name.clone())
-            .unwrap_or_else(|| signal.org.to_string()),
-        org_domain: org
-            .map(|o| o.domain)
-            .unwrap_or(crate::domain::OrgDomain::Other),
+        org_name: org.map(|o| o.name.clone()).unwrap_or_else(|| signal.org.to_string()),
+        org_domain: org.map(|o| o.domain).unwrap_or(crate::domain::OrgDomain::Other),
         professional: signal.professional.clone(),
-        coordinator: org
-            .and_then(|o| o.coordinator.clone())
-            .or_else(|| signal.coordinator.clone()),
+        coordinator: org.and_then(|o| o.coordinator.clone()).or_else(|| signal.coordinator.clone()),
     }
 }
 
@@ -856,6 +758,10 @@ struct Tx<'a> {
     audit: &'a TransactionalTree,
     audit_head: RefCell<Option<(u64, [u8; 32])>>,
     notice_seq: RefCell<Option<u64>>,
+    fed: &'a TransactionalTree,
+    outbox: &'a TransactionalTree,
+    fed_ctx: &'a Option<FedContext>,
+    outbox_seq: RefCell<Option<u64>>,
 }
 
 fn corrupt<T>(what: &'static str) -> TxResult<T> {
@@ -863,11 +769,7 @@ fn corrupt<T>(what: &'static str) -> TxResult<T> {
 }
 
 impl Tx<'_> {
-    fn get<T: DeserializeOwned>(
-        tree: &TransactionalTree,
-        key: &[u8],
-        what: &'static str,
-    ) -> TxResult<Option<T>> {
+    fn get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8], what: &'static str) -> TxResult<Option<T>> {
         match tree.get(key)? {
             None => Ok(None),
             Some(bytes) => match postcard::from_bytes(&bytes) {
@@ -915,21 +817,11 @@ impl Tx<'_> {
     }
 
     fn parties(&self, signals: &[Signal]) -> TxResult<Vec<Party>> {
-        signals
-            .iter()
-            .map(|s| Ok(party_of(s, self.org(&s.org)?.as_ref())))
-            .collect()
+        signals.iter().map(|s| Ok(party_of(s, self.org(&s.org)?.as_ref()))).collect()
     }
 
     /// Appends an audit entry to the chain.
-    fn log(
-        &self,
-        at: DateTime<Utc>,
-        actor: &str,
-        action: &str,
-        subject: &str,
-        detail: &str,
-    ) -> TxResult<()> {
+    fn log(&self, at: DateTime<Utc>, actor: &str, action: &str, subject: &str, detail: &str) -> TxResult<()> {
         let mut head = self.audit_head.borrow_mut();
         let (seq, prev) = match *head {
             Some(h) => h,
@@ -945,13 +837,7 @@ impl Tx<'_> {
             prev,
         };
         let hash = audit::entry_hash(&entry);
-        self.audit.insert(
-            &entry.seq.to_be_bytes(),
-            encode(&audit::StoredEntry {
-                entry: entry.clone(),
-                hash,
-            }),
-        )?;
+        self.audit.insert(&entry.seq.to_be_bytes(), encode(&audit::StoredEntry { entry: entry.clone(), hash }))?;
         *head = Some((entry.seq, hash));
         Ok(())
     }
@@ -977,8 +863,7 @@ impl Tx<'_> {
         };
         let subject = notice.own_signal.map(|s| s.to_string()).unwrap_or_default();
         let detail = format!("to {addressee} of org:{} (cursor {seq})", notice.recipient);
-        self.notices
-            .insert(notice_key(&notice.recipient, seq), encode(&notice))?;
+        self.notices.insert(notice_key(&notice.recipient, seq), encode(&notice))?;
         self.log(at, "system:matcher", action, &subject, &detail)
     }
 
@@ -1009,14 +894,19 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn notify_match_officer(
+    fn notify_match_officer(&self, kind: NoticeKind, involved: &[&Signal], at: DateTime<Utc>) -> TxResult<()> {
+        self.notify_match_officer_with(kind, involved, &[], at)
+    }
+
+    /// The match officer's notice: every local party plus any remote ones (D5).
+    fn notify_match_officer_with(
         &self,
         kind: NoticeKind,
         involved: &[&Signal],
+        remote: &[Party],
         at: DateTime<Utc>,
     ) -> TxResult<()> {
-        let Some(officer) = Self::get::<OrgId>(self.meta, b"match_officer", "match officer")?
-        else {
+        let Some(officer) = Self::get::<OrgId>(self.meta, b"match_officer", "match officer")? else {
             return Ok(());
         };
         let owned: Vec<Signal> = involved.iter().map(|s| (*s).clone()).collect();
@@ -1026,7 +916,7 @@ impl Tx<'_> {
             recipient: officer,
             own_signal: None,
             signals: involved.iter().map(|s| s.id).collect(),
-            counterparts: self.parties(&owned)?,
+            counterparts: self.parties(&owned)?.into_iter().chain(remote.iter().cloned()).collect(),
         };
         self.push_notice(notice, at)
     }
@@ -1037,16 +927,19 @@ impl Tx<'_> {
         new: &Signal,
         org: &Organisation,
         others: &[Signal],
+        remote: &[Party],
         at: DateTime<Utc>,
     ) -> TxResult<()> {
         let new_party = party_of(new, Some(org));
-        self.notify_reporter(NoticeKind::MatchCreated, new, self.parties(others)?, at)?;
+        let mut counterparts = self.parties(others)?;
+        counterparts.extend_from_slice(remote);
+        self.notify_reporter(NoticeKind::MatchCreated, new, counterparts, at)?;
         for other in others {
             self.notify_reporter(NoticeKind::MatchCreated, other, vec![new_party.clone()], at)?;
         }
         let mut involved: Vec<&Signal> = others.iter().collect();
         involved.push(new);
-        self.notify_match_officer(NoticeKind::MatchCreated, &involved, at)
+        self.notify_match_officer_with(NoticeKind::MatchCreated, &involved, remote, at)
     }
 
     /// Takes a signal out of matching: archive it (`Some`) or delete it (`None`). Remaining
@@ -1061,11 +954,11 @@ impl Tx<'_> {
         detail: &str,
     ) -> TxResult<()> {
         let mut child = self.child(&signal.child)?;
+        let before = child_state(&child);
         let was_active = signal.is_active();
         child.active.retain(|(id, _)| *id != signal.id);
         child.archived.retain(|(id, _)| *id != signal.id);
-        self.org_signals
-            .remove(prefixed(signal.org.as_str(), &signal.id.0))?;
+        self.org_signals.remove(prefixed(signal.org.as_str(), &signal.id.0))?;
         match archive {
             Some((on, reason)) => {
                 let mut archived = signal.clone();
@@ -1088,17 +981,21 @@ impl Tx<'_> {
             involved.push(signal);
             self.notify_match_officer(NoticeKind::MatchEnded, &involved, at)?;
         }
-        self.put_child(&signal.child, &child)
+        self.put_child(&signal.child, &child)?;
+        let org_still_active = child.active.iter().any(|(_, o)| *o == signal.org);
+        let change = ChildChange {
+            child: &signal.child,
+            before,
+            after: child_state(&child),
+            point: None,
+            added: None,
+            removed_org: (was_active && !org_still_active).then(|| signal.org.clone()),
+        };
+        self.fed_child_changed(change, at)
     }
 
     /// Deletes every signal and archive entry of a child (D3 age limit, D4 erasure).
-    fn delete_child(
-        &self,
-        child: &ChildKey,
-        at: DateTime<Utc>,
-        actor: &str,
-        action: &str,
-    ) -> TxResult<u32> {
+    fn delete_child(&self, child: &ChildKey, at: DateTime<Utc>, actor: &str, action: &str) -> TxResult<u32> {
         let record = self.child(child)?;
         let mut count = 0;
         for (id, org) in record.active.iter().chain(record.archived.iter()) {
@@ -1108,6 +1005,15 @@ impl Tx<'_> {
             count += 1;
         }
         self.children.remove(&child.0)?;
+        let change = ChildChange {
+            child,
+            before: child_state(&record),
+            after: ChildState::None,
+            point: None,
+            added: None,
+            removed_org: None,
+        };
+        self.fed_child_changed(change, at)?;
         Ok(count)
     }
 
@@ -1122,7 +1028,193 @@ impl Tx<'_> {
         if let Some(seq) = *self.notice_seq.borrow() {
             self.meta.insert(META_NOTICE_SEQ, &seq.to_be_bytes())?;
         }
+        if let Some(seq) = *self.outbox_seq.borrow() {
+            self.meta.insert(META_OUTBOX_SEQ, &seq.to_be_bytes())?;
+        }
         Ok(())
+    }
+}
+
+/// One outbox item ready for delivery.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub seq: u64,
+    pub item: OutItem,
+}
+
+impl Store {
+    /// Turns on the federation side of every write: peers to publish to, handles from `key`.
+    pub fn enable_federation(&self, peers: Vec<String>, key: LocalKey) {
+        if let Ok(mut ctx) = self.trees.fed_ctx.write() {
+            *ctx = Some(FedContext { peers, key });
+        }
+    }
+
+    /// This store's epoch: a random id fixed at creation; outbox sequence numbers are per epoch.
+    pub fn epoch(&self) -> Result<u64, StoreError> {
+        Ok(read_u64(&self.trees.meta.get(META_EPOCH)?))
+    }
+
+    /// Queues every child for a peer this node has never published to (join, resync).
+    /// Returns the number of children queued. Resumable: each chunk commits with its marker.
+    pub async fn join_peer(&self, peer: &str) -> Result<u64, OpError> {
+        let marker = format!("{META_JOINED}{peer}");
+        if self.trees.meta.get(&marker).map_err(StoreError::from)?.is_some() {
+            return Ok(0);
+        }
+        let mut queued = 0u64;
+        let mut batch: Vec<(ChildKey, Blinded, bool)> = Vec::new();
+        let points: Vec<(ChildKey, Blinded)> = self
+            .trees
+            .fed
+            .scan_prefix(federation::point_prefix())
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k[1..].try_into().ok(), v.as_ref().try_into().ok()))
+            })
+            .collect::<Result<Vec<_>, sled::Error>>()
+            .map_err(StoreError::from)?
+            .into_iter()
+            .filter_map(|(k, v): (Option<[u8; 32]>, Option<[u8; 32]>)| Some((ChildKey(k?), v?)))
+            .collect();
+        let total = points.len();
+        for (i, (child, point)) in points.into_iter().enumerate() {
+            let active = self
+                .trees
+                .children
+                .get(child.0)
+                .map_err(StoreError::from)?
+                .map(|b| decode::<ChildRecord>(&b, "child record").map(|r| !r.active.is_empty()))
+                .transpose()?
+                .unwrap_or(false);
+            batch.push((child, point, active));
+            if batch.len() == 1000 || i + 1 == total {
+                let chunk = std::mem::take(&mut batch);
+                let target = peer.to_owned();
+                queued += chunk.len() as u64;
+                self.write(move |tx| {
+                    for (child, point, active) in &chunk {
+                        tx.publish(&target, child, *point, *active, true)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                tracing::info!(peer, queued, total, "resync: children queued for the new peer");
+            }
+        }
+        let peer = peer.to_owned();
+        self.write(move |tx| {
+            tx.meta.insert(marker.as_bytes(), &[1])?;
+            tx.log(Utc::now(), "system:federation", "federation.join", &format!("region {peer}"), "")?;
+            Ok(())
+        })
+        .await?;
+        Ok(queued)
+    }
+
+    /// The first `limit` durable outbox items for `peer`, in order.
+    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+        self.trees
+            .outbox
+            .scan_prefix(prefixed(peer, &[]))
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item?;
+                let seq = read_u64(&Some(k.subslice(k.len() - 8, 8)));
+                Ok(Outgoing { seq, item: decode(&v, "outbox item")? })
+            })
+            .collect()
+    }
+
+    /// Number of queued items and the oldest one's age is not tracked here; depth only.
+    pub fn outbox_depth(&self, peer: &str) -> usize {
+        self.trees.outbox.scan_prefix(prefixed(peer, &[])).count()
+    }
+
+    /// A receiver that changes whenever new outbox items become durable.
+    pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
+        self.durable_outbox.subscribe()
+    }
+
+    /// Applies the peer's answers to delivered items: removes them from the outbox and
+    /// records the blinded values of publishes, detecting matches, in one transaction.
+    pub async fn apply_delivery(&self, peer: &str, delivered: Vec<(Outgoing, ItemAnswer)>) -> Result<(), OpError> {
+        let peer = peer.to_owned();
+        let now = Utc::now();
+        self.write(move |tx| {
+            for (out, answer) in &delivered {
+                tx.outbox.remove(prefixed(&peer, &out.seq.to_be_bytes()))?;
+                if let (OutItem::Publish { child, .. }, Some(d)) = (&out.item, answer.blinded) {
+                    tx.apply_publish_answer(&peer, child, &d, now)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies items received from `peer`, skipping those already applied (same epoch,
+    /// sequence number not above the last applied), all in one transaction.
+    pub async fn apply_exchange(
+        &self,
+        peer: &RegionId,
+        epoch: u64,
+        items: Vec<(u64, InItem)>,
+    ) -> Result<Vec<ItemAnswer>, OpError> {
+        let peer = peer.clone();
+        let now = Utc::now();
+        self.write(move |tx| {
+            let mut seen: PeerSeen = tx.peer_seen(peer.as_str())?;
+            if seen.epoch != epoch {
+                seen = PeerSeen { epoch, last_seq: 0 };
+            }
+            let mut answers = Vec::with_capacity(items.len());
+            let mut applied = 0u64;
+            for (seq, item) in &items {
+                let blinded = match item {
+                    InItem::Publish { blinded, .. } => Some(*blinded),
+                    _ => None,
+                };
+                let mut answer = ItemAnswer { seq: *seq, blinded, gone: false };
+                if *seq > seen.last_seq {
+                    answer.gone = tx.apply_incoming(&peer, item, now)?;
+                    seen.last_seq = *seq;
+                    applied += 1;
+                }
+                answers.push(answer);
+            }
+            tx.set_peer_seen(peer.as_str(), &seen)?;
+            if applied > 0 {
+                tx.log(
+                    now,
+                    &format!("region:{peer}"),
+                    "federation.exchange",
+                    &format!("region {peer}"),
+                    &format!("{applied} items"),
+                )?;
+            }
+            Ok(answers)
+        })
+        .await
+    }
+
+    /// Writes an audit entry (peer refusals, budget breaches, re-key).
+    pub async fn audit_event(&self, actor: &str, action: &str, subject: &str, detail: &str) -> Result<(), OpError> {
+        let (actor, action, subject, detail) =
+            (actor.to_owned(), action.to_owned(), subject.to_owned(), detail.to_owned());
+        self.write(move |tx| tx.log(Utc::now(), &actor, &action, &subject, &detail)).await
+    }
+
+    /// How many of the peer's children this node holds in its index of the peer (tests, status).
+    pub fn peer_index_len(&self, peer: &str) -> usize {
+        self.trees.fed.scan_prefix(federation::peer_index_prefix(peer)).count()
+    }
+
+    /// Every value stored about peers, raw (for tests that check what crosses a border).
+    pub fn federation_raw(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let fed = self.trees.fed.iter().map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())));
+        let out = self.trees.outbox.iter().map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())));
+        Ok(fed.chain(out).collect::<Result<Vec<_>, _>>()?)
     }
 }
 

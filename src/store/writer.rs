@@ -32,8 +32,15 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Result<Output, OpError>>,
 }
 
-/// What one batch produced: each job's result and the highest notice sequence written.
-pub(super) type BatchResult = Result<(Vec<Result<Output, OpError>>, Option<u64>), StoreError>;
+/// Highest notice and outbox sequence numbers a batch wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Marks {
+    pub notice: Option<u64>,
+    pub outbox: Option<u64>,
+}
+
+/// What one batch produced: each job's result and the sequence numbers it wrote.
+pub(super) type BatchResult = Result<(Vec<Result<Output, OpError>>, Marks), StoreError>;
 
 /// Counters for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -85,6 +92,7 @@ impl Writer {
     pub fn start(
         db: sled::Db,
         durable_notices: watch::Sender<u64>,
+        durable_outbox: watch::Sender<u64>,
         run_batch: impl Fn(&[Job]) -> BatchResult + Send + 'static,
     ) -> Writer {
         let (jobs, rx) = mpsc::channel::<Job>();
@@ -92,22 +100,15 @@ impl Writer {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("virfed-writer".into())
-            .spawn(move || writer_loop(db, rx, durable_notices, thread_stats, run_batch))
+            .spawn(move || writer_loop(db, rx, [durable_notices, durable_outbox], thread_stats, run_batch))
             .expect("spawning the writer thread at startup");
-        Writer {
-            inner: Arc::new(Inner {
-                jobs: Some(jobs),
-                thread: Some(thread),
-            }),
-            stats,
-        }
+        Writer { inner: Arc::new(Inner { jobs: Some(jobs), thread: Some(thread) }), stats }
     }
 
     /// Queues `job` and waits until it is committed and on disk.
     pub async fn submit(&self, run: JobFn) -> Result<Output, OpError> {
         let (reply, rx) = oneshot::channel();
-        let stopped =
-            || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
+        let stopped = || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
         let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
         jobs.send(Job { run, reply }).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -117,7 +118,7 @@ impl Writer {
 fn writer_loop(
     db: sled::Db,
     rx: mpsc::Receiver<Job>,
-    durable_notices: watch::Sender<u64>,
+    durable: [watch::Sender<u64>; 2],
     stats: Arc<WriteStats>,
     run_batch: impl Fn(&[Job]) -> BatchResult,
 ) {
@@ -127,33 +128,27 @@ fn writer_loop(
         let started = Instant::now();
         let outcome = run_batch(&batch);
         let flush_started = Instant::now();
-        stats.txn_micros.fetch_add(
-            (flush_started - started).as_micros() as u64,
-            Ordering::Relaxed,
-        );
+        stats.txn_micros.fetch_add((flush_started - started).as_micros() as u64, Ordering::Relaxed);
         let outcome = outcome.and_then(|done| {
-            db.flush()
-                .map_err(|e| StoreError::Failed(format!("flushing the store failed: {e}")))?;
+            db.flush().map_err(|e| StoreError::Failed(format!("flushing the store failed: {e}")))?;
             Ok(done)
         });
-        stats.flush_micros.fetch_add(
-            flush_started.elapsed().as_micros() as u64,
-            Ordering::Relaxed,
-        );
+        stats.flush_micros.fetch_add(flush_started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats
-            .writers
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.writers.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match outcome {
-            Ok((results, last_notice)) => {
-                if let Some(seq) = last_notice {
-                    durable_notices.send_if_modified(|v| {
-                        let newer = seq > *v;
-                        if newer {
-                            *v = seq;
-                        }
-                        newer
-                    });
+            Ok((results, marks)) => {
+                // Only now, with the batch on disk, may watchers and peers see it.
+                for (sender, mark) in durable.iter().zip([marks.notice, marks.outbox]) {
+                    if let Some(seq) = mark {
+                        sender.send_if_modified(|v| {
+                            let newer = seq > *v;
+                            if newer {
+                                *v = seq;
+                            }
+                            newer
+                        });
+                    }
                 }
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(result);
@@ -162,9 +157,7 @@ fn writer_loop(
             Err(e) => {
                 let message = e.to_string();
                 for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(OpError::Store(StoreError::Failed(message.clone()))));
+                    let _ = job.reply.send(Err(OpError::Store(StoreError::Failed(message.clone()))));
                 }
             }
         }
