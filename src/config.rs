@@ -45,6 +45,75 @@ pub struct Config {
     /// Optional webhooks: notices for an organisation are also POSTed to its URL.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// Optional: this node's place in a federation of regions.
+    #[serde(default)]
+    pub federation: Option<Federation>,
+}
+
+/// The node-to-node side: its own port, the federation CA, and the peers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    /// Address of the peer API (mutual TLS with node certificates).
+    #[serde(default = "default_peer_listen")]
+    pub listen: SocketAddr,
+    /// The federation root CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate from the federation CA (`virfed ca issue node`), PEM.
+    pub cert: PathBuf,
+    /// Its private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// Revocation lists of the federation CA; re-read when they change.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Blinding key file (created 0600 on first start); default `<data_dir>/blind.key`.
+    #[serde(default)]
+    pub blind_key: Option<PathBuf>,
+    /// Blind requests (new children) a peer may send per hour before it is refused
+    /// with RESOURCE_EXHAUSTED: a peer that probes is stopped and reported.
+    #[serde(default = "default_oracle_budget")]
+    pub oracle_budget_per_hour: u64,
+    /// Budget for bulk resync (a peer joining or re-keying), counted separately.
+    #[serde(default = "default_resync_budget")]
+    pub resync_budget_per_hour: u64,
+    /// The other regions.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// One peer region.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// The peer's region id, as in its node certificate.
+    pub region: String,
+    /// Its peer API address, host:port.
+    pub address: String,
+    /// Name in its certificate; default: the host part of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl Peer {
+    pub fn server_name(&self) -> String {
+        self.server_name.clone().unwrap_or_else(|| {
+            let host = self.address.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.address);
+            host.trim_matches(['[', ']']).to_string()
+        })
+    }
+}
+
+fn default_peer_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7444))
+}
+// About 8,000 new children a year per region (D10) is ~1 an hour; 1,000 an hour leaves room
+// for bursts at ten times the national volume while stopping a bulk guessing run.
+fn default_oracle_budget() -> u64 {
+    1_000
+}
+// A joining peer publishes every child it holds: ~50,000 per region at ten times scale.
+fn default_resync_budget() -> u64 {
+    200_000
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -152,6 +221,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(fed) = &self.federation {
+            for peer in &fed.peers {
+                RegionId::parse(&peer.region).map_err(|e| format!("federation.peers.region: {e}"))?;
+                if peer.region == self.region {
+                    return Err(format!("federation.peers: {} is this node's own region", peer.region));
+                }
+                if !peer.address.contains(':') {
+                    return Err(format!("federation.peers.address {:?}: give host:port", peer.address));
+                }
+            }
+        }
         if self.sweeper.interval_secs == 0 {
             return Err("sweeper.interval_secs must be at least 1".into());
         }
@@ -194,6 +274,10 @@ impl Config {
 
     pub fn local_key_path(&self) -> PathBuf {
         self.data_dir.join("local.key")
+    }
+
+    pub fn blind_key_path(&self) -> PathBuf {
+        self.federation.as_ref().and_then(|f| f.blind_key.clone()).unwrap_or_else(|| self.data_dir.join("blind.key"))
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //!
-//! Data flows client → validate → store + local match → notify (watch stream, webhook);
-//! the federation issue adds → outbox → peer → match → notify across regions.
+//! Data flows client → validate (11-proef, age) → store + local match → outbox (durable,
+//! per peer, same transaction) → peer exchange → pair detected at both sides → contact
+//! exchange → notify (watch stream, webhook). Every arrow that crosses the network retries
+//! from the outbox until the peer acknowledges it.
 //!
 //! - [`domain`]: the VIR's rules as types and pure functions: [`domain::Bsn`] (D9),
 //!   signals (D1, D2), retention (D3, D4), notices (D5, D6), the injected clock.
@@ -15,6 +17,8 @@
 //!   identities from certificate SAN URIs, TLS accept and connect for tonic.
 //! - [`api`]: the gRPC services (client API for organisations, admin API for operators),
 //!   conversions between protobuf and domain types, the one error → status mapping.
+//! - [`federation`]: the peer API (identity from node certificates, oracle budget) and
+//!   per-peer outbox delivery with backoff; the protocol is in `docs/protocol.md`.
 //! - [`config`]: the node's TOML configuration with environment overrides.
 //! - [`server`]: `Node::bind` then `run(shutdown)`: composes services and background
 //!   tasks (expiry sweeper, webhook delivery) and drains on shutdown.
@@ -31,6 +35,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod federation;
 pub mod fixture;
 pub mod notify;
 pub mod pki;

@@ -19,8 +19,15 @@ use crate::config::Config;
 use crate::domain::{Clock, OrgId};
 use crate::pb::admin::organisations_server::OrganisationsServer;
 use crate::pb::client::signals_server::SignalsServer;
-use crate::pki::{server_config, tls_incoming, PkiError, TlsMaterial};
-use crate::pseudonym::{KeyError, LocalKey};
+use crate::federation::delivery::{self, PeerLink};
+use crate::federation::{Counters, PeerCounters, PeerService};
+use crate::pb::federation::peer_client::PeerClient;
+use crate::pb::federation::peer_server::PeerServer;
+use crate::pki::{
+    connect_lazy, reloading_client_config_expecting, reloading_server_config, server_config, tls_incoming, Identity,
+    PkiError, TlsFiles, TlsMaterial,
+};
+use crate::pseudonym::{BlindKey, KeyError, LocalKey};
 use crate::store::{OpError, Store, StoreError, StoreOptions, SweepReport};
 
 /// Why a node could not start or stopped with an error.
@@ -51,6 +58,7 @@ pub struct Node {
     config: Config,
     listener: TcpListener,
     addr: SocketAddr,
+    peer: Option<PeerSide>,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<ApiState>,
     shutdown_tx: watch::Sender<bool>,
@@ -58,11 +66,22 @@ pub struct Node {
     handle: NodeHandle,
 }
 
+/// The bound peer API of a federating node.
+struct PeerSide {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    files: TlsFiles,
+    blind_key: BlindKey,
+    counters: Counters,
+}
+
 /// Control of a running node from the same process (tests, demo).
 #[derive(Clone)]
 pub struct NodeHandle {
     sweep_tx: mpsc::Sender<SweepRequest>,
     store: Store,
+    counters: Counters,
 }
 
 impl NodeHandle {
@@ -75,6 +94,11 @@ impl NodeHandle {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Per-peer federation counters (empty for a stand-alone node).
+    pub fn peer_counters(&self) -> &Counters {
+        &self.counters
     }
 }
 
@@ -94,6 +118,24 @@ impl Node {
             None => None,
         };
         store.set_match_officer(match_officer.as_ref()).await?;
+        let peer = match &config.federation {
+            None => None,
+            Some(fed) => {
+                let blind_key = BlindKey::load_or_create(&config.blind_key_path())?;
+                info!(path = %config.blind_key_path().display(), "blinding key loaded");
+                let files = TlsFiles { ca: fed.ca.clone(), cert: fed.cert.clone(), key: fed.key.clone(), crls: fed.crls.clone() };
+                let tls = reloading_server_config(&files)?;
+                let listener =
+                    TcpListener::bind(fed.listen).await.map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
+                let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
+                let peers: Vec<String> = fed.peers.iter().map(|p| p.region.clone()).collect();
+                store.enable_federation(peers.clone(), local_key.clone());
+                let counters: Counters =
+                    Arc::new(peers.iter().map(|p| (p.clone(), Arc::new(PeerCounters::default()))).collect());
+                info!(%addr, peers = ?peers, "peer API bound; federation CA and revocation lists are re-read when they change");
+                Some(PeerSide { listener, addr, tls, files, blind_key, counters })
+            }
+        };
         let material = TlsMaterial::from_files(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.tls.crls)?;
         let tls = server_config(&material)?;
         info!(cert = %config.tls.cert.display(), ca = %config.tls.ca.display(), "TLS configured; client certificates required");
@@ -106,17 +148,33 @@ impl Node {
         let state = Arc::new(ApiState {
             store: store.clone(),
             local_key,
-            blind_key: None,
+            blind_key: peer.as_ref().map(|p| p.blind_key.clone()),
             clock,
             match_officer,
             shutdown: shutdown_rx,
         });
-        Ok(Node { config, listener, addr, tls, state, shutdown_tx, sweep_rx, handle: NodeHandle { sweep_tx, store } })
+        let counters = peer.as_ref().map(|p| p.counters.clone()).unwrap_or_default();
+        Ok(Node {
+            config,
+            listener,
+            addr,
+            tls,
+            state,
+            shutdown_tx,
+            sweep_rx,
+            peer,
+            handle: NodeHandle { sweep_tx, store, counters },
+        })
     }
 
     /// The address the API listens on (the real port when configured with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the peer API, when the node federates.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().map(|p| p.addr)
     }
 
     pub fn handle(&self) -> NodeHandle {
@@ -126,7 +184,7 @@ impl Node {
     /// Serves until `shutdown` resolves, then drains: open watch streams end with
     /// UNAVAILABLE, in-flight requests finish, the store is flushed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
-        let Node { config, listener, tls, state, shutdown_tx, sweep_rx, .. } = self;
+        let Node { config, listener, tls, state, shutdown_tx, sweep_rx, peer, .. } = self;
         let sweeper = tokio::spawn(sweeper(
             state.store.clone(),
             state.clock.clone(),
@@ -140,6 +198,10 @@ impl Node {
             SignalsServer::new(SignalsService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
         let orgs = OrganisationsServer::new(OrganisationsService::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let mut federation_tasks = Vec::new();
+        if let (Some(side), Some(fed)) = (peer, &config.federation) {
+            federation_tasks = start_federation(&config, fed, side, &state)?;
+        }
         info!(region = %config.region, "node running");
         let incoming = tls_incoming(listener, tls);
         let stop = async {
@@ -155,13 +217,66 @@ impl Node {
             .await;
         let _ = shutdown_tx.send(true);
         let _ = sweeper.await;
-        for task in webhooks {
+        for task in webhooks.into_iter().chain(federation_tasks) {
             let _ = task.await;
         }
         state.store.flush_now()?;
         info!("node stopped");
         served.map_err(|e| NodeError::Serve(e.to_string()))
     }
+}
+
+/// Starts the peer API server, one delivery task per peer, and the join of new peers.
+fn start_federation(
+    config: &Config,
+    fed: &crate::config::Federation,
+    side: PeerSide,
+    state: &Arc<ApiState>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, NodeError> {
+    let PeerSide { listener, tls, files, blind_key, counters, .. } = side;
+    let peers = fed.peers.iter().map(|p| p.region.clone()).collect();
+    let service = PeerService::new(
+        state.store.clone(),
+        config.region.clone(),
+        blind_key,
+        peers,
+        fed.oracle_budget_per_hour,
+        fed.resync_budget_per_hour,
+        counters.clone(),
+    );
+    let mut tasks = Vec::new();
+    let mut stop = state.shutdown.clone();
+    let server = Server::builder()
+        .timeout(Duration::from_secs(60))
+        // A revoked peer keeps no long-lived connection: it must handshake again.
+        .max_connection_age(Duration::from_secs(600))
+        .add_service(PeerServer::new(service).max_decoding_message_size(4 * 1024 * 1024))
+        .serve_with_incoming_shutdown(tls_incoming(listener, tls), async move { shutting_down(&mut stop).await });
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            warn!(error = %e, "peer API server failed");
+        }
+    }));
+    for peer in &fed.peers {
+        let client_tls = reloading_client_config_expecting(&files, Identity::Region(peer.region.clone()))?;
+        let channel = connect_lazy(&peer.address, &peer.server_name(), client_tls)?;
+        let link = PeerLink {
+            region: peer.region.clone(),
+            own_region: config.region.clone(),
+            client: PeerClient::new(channel).max_decoding_message_size(4 * 1024 * 1024),
+            counters: counters.get(&peer.region).cloned().unwrap_or_default(),
+        };
+        tasks.push(tokio::spawn(delivery::run(state.store.clone(), link, state.shutdown.clone())));
+        let (store, region) = (state.store.clone(), peer.region.clone());
+        tasks.push(tokio::spawn(async move {
+            match store.join_peer(&region).await {
+                Ok(0) => {}
+                Ok(n) => info!(peer = %region, children = n, "joined peer: every child queued for it"),
+                Err(e) => warn!(peer = %region, error = %e, "queueing the resync for a new peer failed"),
+            }
+        }));
+    }
+    Ok(tasks)
 }
 
 /// The expiry sweeper (D3, D4): runs at start, every `interval`, and on request.
