@@ -66,6 +66,62 @@ impl RegionFiles {
     }
 }
 
+/// A free loopback port (bound and released; for configs that must name their port).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A federation's files: one federation CA and, per region, the region's own files with
+/// a node certificate from the federation CA and a `[federation]` section naming the
+/// other regions as peers. Ports are fixed up front so every config can name its peers.
+pub struct FederationFiles {
+    pub dir: PathBuf,
+    pub ca: Ca,
+    pub ca_dir: PathBuf,
+    pub regions: Vec<RegionFiles>,
+}
+
+impl FederationFiles {
+    pub fn create(dir: &Path, regions: &[&str]) -> anyhow::Result<FederationFiles> {
+        let ca_dir = dir.join("federation-ca");
+        let ca = Ca::init(&ca_dir, "virfed federation root (test)", 3650)?;
+        Ca::publish_crl(&ca_dir, 30)?;
+        let mut ports = Vec::new();
+        for _ in regions {
+            ports.push((free_port()?, free_port()?));
+        }
+        let mut files = Vec::new();
+        for (i, region) in regions.iter().enumerate() {
+            let region_dir = dir.join(region);
+            let api = SocketAddr::from(([127, 0, 0, 1], ports[i].0));
+            let mut region_files = RegionFiles::create(&region_dir, region, api)?;
+            let node = ca.issue(&CertSpec::node(region, vec!["localhost".into(), "127.0.0.1".into()], 365))?;
+            write_cert_pair(&region_dir, "federation-node", &node, false)?;
+            let mut text = std::fs::read_to_string(&region_files.config_path)?;
+            text.push_str(&format!(
+                "\n[federation]\nlisten = \"127.0.0.1:{}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\ncrls = [{:?}]\n",
+                ports[i].1,
+                ca_dir.join("ca.pem"),
+                region_dir.join("federation-node.pem"),
+                region_dir.join("federation-node.key"),
+                ca_dir.join(crate::pki::CRL_FILE),
+            ));
+            for (j, other) in regions.iter().enumerate() {
+                if i != j {
+                    text.push_str(&format!(
+                        "\n[[federation.peers]]\nregion = {other:?}\naddress = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\n",
+                        ports[j].1
+                    ));
+                }
+            }
+            std::fs::write(&region_files.config_path, &text)?;
+            region_files.config = Config::parse(&text).map_err(anyhow::Error::msg)?;
+            files.push(region_files);
+        }
+        Ok(FederationFiles { dir: dir.to_owned(), ca, ca_dir, regions: files })
+    }
+}
+
 /// A node running in this process on real sockets.
 pub struct RunningRegion {
     pub files: RegionFiles,
@@ -76,6 +132,15 @@ pub struct RunningRegion {
 }
 
 impl RunningRegion {
+    /// Starts every region of a federation in this process.
+    pub async fn start_federation(files: FederationFiles, clock: Arc<dyn Clock>) -> anyhow::Result<Vec<RunningRegion>> {
+        let mut running = Vec::new();
+        for region in files.regions {
+            running.push(Self::start_with(region, clock.clone()).await?);
+        }
+        Ok(running)
+    }
+
     /// Creates the region's files under `dir` and starts its node on 127.0.0.1:0.
     pub async fn start(dir: &Path, region: &str, clock: Arc<dyn Clock>) -> anyhow::Result<RunningRegion> {
         let files = RegionFiles::create(dir, region, SocketAddr::from(([127, 0, 0, 1], 0)))?;

@@ -17,10 +17,10 @@ use tracing::{info, warn};
 use crate::api::{ApiState, OrganisationsService, SignalsService, MAX_REQUEST_BYTES};
 use crate::config::Config;
 use crate::domain::{Clock, OrgId};
-use crate::pb::admin::organisations_server::OrganisationsServer;
-use crate::pb::client::signals_server::SignalsServer;
 use crate::federation::delivery::{self, PeerLink};
 use crate::federation::{Counters, PeerCounters, PeerService};
+use crate::pb::admin::organisations_server::OrganisationsServer;
+use crate::pb::client::signals_server::SignalsServer;
 use crate::pb::federation::peer_client::PeerClient;
 use crate::pb::federation::peer_server::PeerServer;
 use crate::pki::{
@@ -123,10 +123,16 @@ impl Node {
             Some(fed) => {
                 let blind_key = BlindKey::load_or_create(&config.blind_key_path())?;
                 info!(path = %config.blind_key_path().display(), "blinding key loaded");
-                let files = TlsFiles { ca: fed.ca.clone(), cert: fed.cert.clone(), key: fed.key.clone(), crls: fed.crls.clone() };
+                let files = TlsFiles {
+                    ca: fed.ca.clone(),
+                    cert: fed.cert.clone(),
+                    key: fed.key.clone(),
+                    crls: fed.crls.clone(),
+                };
                 let tls = reloading_server_config(&files)?;
-                let listener =
-                    TcpListener::bind(fed.listen).await.map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
+                let listener = TcpListener::bind(fed.listen)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
                 let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
                 let peers: Vec<String> = fed.peers.iter().map(|p| p.region.clone()).collect();
                 store.enable_federation(peers.clone(), local_key.clone());

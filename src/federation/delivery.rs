@@ -132,7 +132,8 @@ fn pair_answers(batch: Vec<Outgoing>, results: Vec<pb::ItemResult>) -> Result<Ve
             }
             let blinded = match &out.item {
                 OutItem::Publish { .. } => Some(
-                    <[u8; 32]>::try_from(r.blinded.as_slice()).map_err(|_| "peer sent a malformed blinded value".to_string())?,
+                    <[u8; 32]>::try_from(r.blinded.as_slice())
+                        .map_err(|_| "peer sent a malformed blinded value".to_string())?,
                 ),
                 _ => None,
             };

@@ -130,7 +130,12 @@ impl PeerService {
             let _ = self
                 .inner
                 .store
-                .audit_event(&format!("region:{region}"), "federation.refused", &format!("region {region}"), "message claimed another region")
+                .audit_event(
+                    &format!("region:{region}"),
+                    "federation.refused",
+                    &format!("region {region}"),
+                    "message claimed another region",
+                )
                 .await;
             warn!(peer = %region, claimed, "peer message claims another region; refused");
             return Err(Status::permission_denied(format!(
@@ -234,8 +239,11 @@ impl pb::peer_server::Peer for PeerService {
                 Some(Body::Publish(p)) => {
                     publishes += 1;
                     let handle = handle_in(&p.handle, "publish.handle")?;
-                    let point: Blinded =
-                        p.point.as_slice().try_into().map_err(|_| Status::invalid_argument("publish.point must be 32 bytes"))?;
+                    let point: Blinded = p
+                        .point
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Status::invalid_argument("publish.point must be 32 bytes"))?;
                     let blinded = self
                         .inner
                         .blind_key
@@ -243,7 +251,9 @@ impl pb::peer_server::Peer for PeerService {
                         .map_err(|_| Status::invalid_argument("publish.point is not a valid ristretto255 point"))?;
                     InItem::Publish { handle, point, active: p.active, blinded }
                 }
-                Some(Body::State(s)) => InItem::State { handle: handle_in(&s.handle, "state.handle")?, active: s.active },
+                Some(Body::State(s)) => {
+                    InItem::State { handle: handle_in(&s.handle, "state.handle")?, active: s.active }
+                }
                 Some(Body::Remove(s)) => InItem::Remove { handle: handle_in(&s.handle, "remove.handle")? },
                 Some(Body::Contacts(c)) => InItem::Contacts {
                     from: handle_in(&c.from_handle, "contacts.from_handle")?,
@@ -268,7 +278,12 @@ impl pb::peer_server::Peer for PeerService {
             let _ = self
                 .inner
                 .store
-                .audit_event(&format!("region:{region}"), "federation.budget-exceeded", &format!("region {region}"), &format!("{kind} budget, {publishes} blind requests refused"))
+                .audit_event(
+                    &format!("region:{region}"),
+                    "federation.budget-exceeded",
+                    &format!("region {region}"),
+                    &format!("{kind} budget, {publishes} blind requests refused"),
+                )
                 .await;
             return Err(Status::resource_exhausted(format!(
                 "region {region} is over its hourly {kind} budget of blind requests; this is reported to the coordinators"
@@ -282,7 +297,11 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::ExchangeResponse {
             results: answers
                 .into_iter()
-                .map(|a| pb::ItemResult { seq: a.seq, blinded: a.blinded.map(|b| b.to_vec()).unwrap_or_default(), gone: a.gone })
+                .map(|a| pb::ItemResult {
+                    seq: a.seq,
+                    blinded: a.blinded.map(|b| b.to_vec()).unwrap_or_default(),
+                    gone: a.gone,
+                })
                 .collect(),
         }))
     }

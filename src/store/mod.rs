@@ -1035,6 +1035,9 @@ impl Tx<'_> {
     }
 }
 
+/// A raw key and value.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// One outbox item ready for delivery.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
@@ -1211,7 +1214,7 @@ impl Store {
     }
 
     /// Every value stored about peers, raw (for tests that check what crosses a border).
-    pub fn federation_raw(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn federation_raw(&self) -> Result<Vec<RawEntry>, StoreError> {
         let fed = self.trees.fed.iter().map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())));
         let out = self.trees.outbox.iter().map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())));
         Ok(fed.chain(out).collect::<Result<Vec<_>, _>>()?)
