@@ -1,8 +1,11 @@
 //! `virfed demo` and `virfed bench`: programs, not library code, so they use anyhow.
 //!
-//! The demo starts a real region node in a temp dir (fresh CA, mTLS on loopback, sled on
-//! disk), registers organisations through the admin API, lets two of them signal the same
-//! child and prints the notices each party receives on its watch stream.
+//! The demo starts a federation of three regions in a temp dir (a federation CA and node
+//! certificates minted on the fly, mTLS on loopback, sled on disk), registers
+//! organisations through the admin API, and walks through a cross-border match, a child in
+//! all three regions, a withdrawal that ends a match on both sides, and a region that goes
+//! down and catches up when it returns. Every step reads the notices from the watch
+//! streams, as a regional application would.
 //!
 //! The benchmark measures durable registrations per second through the whole stack
 //! (gRPC over mTLS, validation, transaction, audit chain, group-commit flush) with 4, 16
@@ -15,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_stream::StreamExt;
 
-use crate::client::{format_notice, format_party};
+use crate::client::format_notice;
 use crate::domain::SystemClock;
-use crate::fixture::{contact, RunningRegion, MATCH_OFFICER_ORG};
+use crate::fixture::{contact, FederationFiles, RunningRegion, MATCH_OFFICER_ORG};
 use crate::pb::client as pb;
 
 /// The first `n` valid BSNs at or after `start` (11-proef), as 9-digit strings.
@@ -35,96 +38,188 @@ fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequ
     }
 }
 
-/// Reads notices from a watch stream until none arrives for a moment.
-async fn drain_notices(region: &RunningRegion, org: &str) -> anyhow::Result<Vec<pb::Notice>> {
+/// Reads exactly `n` notices after `after` from the org's watch stream (15 s at most each).
+async fn next_notices(region: &RunningRegion, org: &str, after: u64, n: usize) -> anyhow::Result<Vec<pb::Notice>> {
     let mut client = region.org_client(org).await?;
-    let mut stream = client.watch(pb::WatchRequest { after_cursor: 0 }).await?.into_inner();
+    let mut stream = client.watch(pb::WatchRequest { after_cursor: after }).await?.into_inner();
     let mut out = Vec::new();
-    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(400), stream.next()).await {
-        out.push(item?);
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+            Ok(Some(item)) => out.push(item?),
+            _ => anyhow::bail!("{org} in {} expected {n} notices, got {}", region.files.config.region, out.len()),
+        }
     }
     Ok(out)
 }
 
-/// The walkthrough behind `cargo run --release -- demo`.
+fn show(region: &RunningRegion, org: &str, notices: &[pb::Notice]) {
+    for n in notices {
+        print!("  [{} / {org}] {}", region.files.config.region, format_notice(n));
+    }
+}
+
+async fn register(region: &RunningRegion, org: &str, bsn: &str, who: &str) -> anyhow::Result<String> {
+    let email = format!("{}@{org}.example", who.to_lowercase().replace([' ', '.'], ""));
+    let resp = region.org_client(org).await?.register_signal(register_request(bsn, who, &email)).await?.into_inner();
+    Ok(resp.signal.map(|s| s.signal_id).unwrap_or_default())
+}
+
+/// The walkthrough behind `cargo run --release -- demo`: three regions on loopback.
 pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("virfed-demo-").tempdir()?;
-    println!("== virfed demo: one region on loopback, real mTLS and sled under {}", dir.path().display());
-    let region = RunningRegion::start(&dir.path().join("rotterdam"), "rotterdam", Arc::new(SystemClock)).await?;
-    println!("node 'rotterdam' listening on {} (client certificates required)", region.addr);
-
-    let coordinator = contact("M. Jansen", "VIR coordinator", "vir@jeugdzorg-rijnmond.example");
-    region.add_org("jeugdzorg-rijnmond", "Jeugdzorg Rijnmond", "youth-care", Some(coordinator)).await?;
-    region.add_org("lyceum-noord", "Lyceum Noord", "education", None).await?;
-    region.add_org(MATCH_OFFICER_ORG, "Gemeente Rotterdam", "other", None).await?;
+    let names = ["rotterdam", "utrecht", "zwolle"];
+    println!("== virfed demo: a federation of {} regions on loopback", names.len());
     println!(
-        "registered organisations: jeugdzorg-rijnmond (youth care), lyceum-noord (education), gemeente (match officer)"
+        "   federation CA, node certificates and mutual TLS minted on the fly; sled stores under {}",
+        dir.path().display()
     );
+    let files = FederationFiles::create(dir.path(), &names)?;
+    let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
+    let mut regions = RunningRegion::start_federation(files, clock.clone()).await?;
+    for r in &regions {
+        let name = r.files.config.region.clone();
+        let peer = r.files.config.federation.as_ref().map(|f| f.listen.to_string()).unwrap_or_default();
+        println!("   node {name:<10} client API {}  peer API {peer}", r.addr);
+        let coordinator = contact("M. Jansen", "VIR coordinator", &format!("vir@jeugdzorg-{name}.example"));
+        r.add_org(&format!("jeugdzorg-{name}"), &format!("Jeugdzorg {name}"), "youth-care", Some(coordinator)).await?;
+        r.add_org(&format!("school-{name}"), &format!("Lyceum {name}"), "education", None).await?;
+        r.add_org(MATCH_OFFICER_ORG, &format!("Gemeente {name}"), "other", None).await?;
+    }
+    // Test BSNs from the shared vectors; the nodes never print, store or send them.
+    let (child_a, child_b, child_c) = ("111222333", "123456782", "047812618");
 
-    let bsn = "111222333"; // a test BSN from the shared vectors; never printed by the node
-    let mut youth = region.org_client("jeugdzorg-rijnmond").await?;
-    let mut school = region.org_client("lyceum-noord").await?;
-    let first = youth
-        .register_signal(register_request(bsn, "A. de Vries", "a.devries@jeugdzorg-rijnmond.example"))
+    println!("\n1. One child, two regions: jeugdzorg in Rotterdam and a school in Utrecht signal it.");
+    register(&regions[0], "jeugdzorg-rotterdam", child_a, "A. de Vries").await?;
+    let utrecht_a = register(&regions[1], "school-utrecht", child_a, "P. Bakker").await?;
+    show(&regions[0], "jeugdzorg-rotterdam", &next_notices(&regions[0], "jeugdzorg-rotterdam", 0, 1).await?);
+    show(&regions[1], "school-utrecht", &next_notices(&regions[1], "school-utrecht", 0, 1).await?);
+
+    println!("\n2. Another child, signalled in all three regions.");
+    let mut cursors = Vec::new();
+    for (r, who) in regions.iter().zip(["K. Smit", "L. Visser", "J. Mulder"]) {
+        let org = format!("school-{}", r.files.config.region);
+        let last = next_notices_after_all(r, &org).await?;
+        register(r, &org, child_b, who).await?;
+        cursors.push((org, last));
+    }
+    for (r, (org, last)) in regions.iter().zip(&cursors) {
+        let seen = collect_until_parties(r, org, *last, 2).await?;
+        show(r, org, &seen);
+    }
+
+    println!(
+        "\n3. Utrecht withdraws its signal on the first child (concern resolved): the match ends in Rotterdam too."
+    );
+    let before = next_notices_after_all(&regions[0], "jeugdzorg-rotterdam").await?;
+    regions[1]
+        .org_client("school-utrecht")
         .await?
-        .into_inner();
-    let first_id = first.signal.as_ref().map(|s| s.signal_id.clone()).unwrap_or_default();
-    println!("\n1. jeugdzorg-rijnmond signals a child        -> signal {first_id} (no match yet)");
-    let second =
-        school.register_signal(register_request(bsn, "P. Bakker", "p.bakker@lyceum-noord.example")).await?.into_inner();
-    let second_id = second.signal.as_ref().map(|s| s.signal_id.clone()).unwrap_or_default();
-    println!("2. lyceum-noord signals the same child       -> signal {second_id}: MATCH");
-    let again =
-        school.register_signal(register_request(bsn, "P. Bakker", "p.bakker@lyceum-noord.example")).await?.into_inner();
-    println!("3. lyceum-noord signals it again             -> created = {} (idempotent, D2)", again.created);
-
-    for org in ["jeugdzorg-rijnmond", "lyceum-noord", MATCH_OFFICER_ORG] {
-        println!("\n-- notices received by {org} (watch stream):");
-        for n in drain_notices(&region, org).await? {
-            print!("{}", format_notice(&n));
-        }
-    }
-
-    let list = school.list_matches(pb::ListMatchesRequest {}).await?.into_inner();
-    println!("\n-- lyceum-noord's active matches:");
-    for m in &list.matches {
-        println!("  signal {}:", m.signal_id);
-        for p in &m.counterparts {
-            print!("{}", format_party(p));
-        }
-    }
-
-    youth
         .withdraw_signal(pb::WithdrawSignalRequest {
-            signal_id: first_id.clone(),
+            signal_id: utrecht_a,
             reason: pb::WithdrawReason::ConcernResolved as i32,
             withdrawn_by: pb::Withdrawer::Professional as i32,
         })
         .await?;
-    println!("\n4. jeugdzorg-rijnmond withdraws (concern resolved) -> archived; lyceum-noord is told:");
-    let notices = drain_notices(&region, "lyceum-noord").await?;
-    if let Some(last) = notices.last() {
-        print!("{}", format_notice(last));
-    }
+    let ended = next_notices(&regions[0], "jeugdzorg-rotterdam", before, 2).await?;
+    show(&regions[0], "jeugdzorg-rotterdam", &ended[..1]);
 
+    println!("\n4. Zwolle signals a third child, then goes down; Rotterdam signals the same child meanwhile.");
+    register(&regions[2], "jeugdzorg-zwolle", child_c, "T. de Boer").await?;
+    let zwolle_before = next_notices_after_all(&regions[2], "jeugdzorg-zwolle").await?;
+    let zwolle = regions.pop().context("three regions")?;
+    let zwolle_files = zwolle.stop().await?;
+    println!("   zwolle stopped");
+    let before = next_notices_after_all(&regions[0], "jeugdzorg-rotterdam").await?;
+    register(&regions[0], "jeugdzorg-rotterdam", child_c, "A. de Vries").await?;
+    let queued = regions[0].handle.store().outbox_depth("zwolle");
+    println!("   rotterdam's outbox for zwolle holds {queued} item(s), kept on disk until zwolle acknowledges them");
+    let zwolle = RunningRegion::start_with(zwolle_files, clock.clone()).await?;
+    println!("   zwolle restarted: it catches up by itself");
+    show(
+        &regions[0],
+        "jeugdzorg-rotterdam",
+        &collect_until_region(&regions[0], "jeugdzorg-rotterdam", before, "zwolle").await?,
+    );
+    show(
+        &zwolle,
+        "jeugdzorg-zwolle",
+        &collect_until_region(&zwolle, "jeugdzorg-zwolle", zwolle_before, "rotterdam").await?,
+    );
+    regions.push(zwolle);
+
+    let mut notices = 0usize;
+    for r in &regions {
+        for o in r.handle.store().orgs()? {
+            notices += r.handle.store().notices_after(&o.id, 0, usize::MAX)?.len();
+        }
+    }
+    println!(
+        "\n== demo done: {} regions, cross-border matches formed, ended and caught up after an outage; {notices} notices stored, no BSN ever left its region.",
+        regions.len()
+    );
     if keep_running {
-        let files = &region.files;
+        let r = &regions[0];
         let (cert, key) =
-            files.write_client("lyceum-noord", crate::pki::Identity::Organisation("lyceum-noord".into()))?;
+            r.files.write_client("school-rotterdam", crate::pki::Identity::Organisation("school-rotterdam".into()))?;
         println!(
-            "\nThe node keeps running. Try:\n  virfed matches list --node {} --ca {} --cert {} --key {}\nCtrl-C stops it.",
-            region.addr,
-            files.dir.join("ca").join("ca.pem").display(),
+            "\nThe federation keeps running. Try:\n  virfed matches list --node {} --server-name localhost --ca {} --cert {} --key {}\nCtrl-C stops it.",
+            r.addr,
+            r.files.dir.join("ca").join("ca.pem").display(),
             cert.display(),
             key.display()
         );
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }
-    region.stop().await?;
-    println!(
-        "\n== demo done: a match formed between two organisations, both sides and the match officer were notified."
-    );
+    for r in regions {
+        r.stop().await?;
+    }
     Ok(())
+}
+
+/// The org's latest notice cursor (0 if none).
+async fn next_notices_after_all(region: &RunningRegion, org: &str) -> anyhow::Result<u64> {
+    let id = crate::domain::OrgId::parse(org)?;
+    Ok(region.handle.store().notices_after(&id, 0, usize::MAX)?.last().map(|(c, _)| *c).unwrap_or(0))
+}
+
+/// Professional notices after `after` until they name `regions` other regions.
+async fn collect_until_parties(
+    region: &RunningRegion,
+    org: &str,
+    after: u64,
+    regions: usize,
+) -> anyhow::Result<Vec<pb::Notice>> {
+    let mut out: Vec<pb::Notice> = Vec::new();
+    let mut cursor = after;
+    loop {
+        let next = next_notices(region, org, cursor, 1).await?;
+        cursor = next[0].cursor;
+        out.extend(next);
+        let mut seen: Vec<&str> =
+            out.iter().flat_map(|n| n.counterparts.iter().map(|p| p.region_id.as_str())).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() >= regions {
+            return Ok(out);
+        }
+    }
+}
+
+/// Notices after `after` until one names a party of `from`.
+async fn collect_until_region(
+    region: &RunningRegion,
+    org: &str,
+    after: u64,
+    from: &str,
+) -> anyhow::Result<Vec<pb::Notice>> {
+    let mut cursor = after;
+    loop {
+        let next = next_notices(region, org, cursor, 1).await?;
+        cursor = next[0].cursor;
+        if next[0].counterparts.iter().any(|p| p.region_id == from) {
+            return Ok(next);
+        }
+    }
 }
 
 /// Raw floor: `total` sled inserts of `value_len` bytes, flushed every `batch` inserts.

@@ -79,6 +79,18 @@ enum CaCommand {
     /// Issue a certificate signed by the CA.
     #[command(subcommand)]
     Issue(IssueCommand),
+    /// Revoke a certificate this CA issued: adds it to revoked.txt and rewrites crl.pem.
+    /// Nodes re-read crl.pem when it changes; no restart is needed.
+    Revoke {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        /// The certificate to revoke (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Days until the CRL's next update.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +111,27 @@ enum IssueCommand {
         /// DNS names or IP addresses the node is reached at (repeatable).
         #[arg(long, required = true)]
         dns: Vec<String>,
+        #[command(flatten)]
+        out: IssueOut,
+    },
+    /// A federation node certificate (SAN urn:virfed:region:REGION, server and client).
+    Node {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        region: String,
+        /// DNS names or IP addresses the node's peer API is reached at (repeatable).
+        #[arg(long, required = true)]
+        dns: Vec<String>,
+        #[command(flatten)]
+        out: IssueOut,
+    },
+    /// A national coordinator certificate (SAN urn:virfed:coordinator:NAME): health only.
+    Coordinator {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
         #[command(flatten)]
         out: IssueOut,
     },
@@ -326,7 +359,13 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Init { dir, name, days } => {
             Ca::init(&dir, &name, days)?;
-            println!("CA created in {} (ca.pem, ca.key mode 0600)", dir.display());
+            let crl = Ca::publish_crl(&dir, 30)?;
+            println!("CA created in {} (ca.pem, ca.key mode 0600; empty CRL {})", dir.display(), crl.display());
+        }
+        CaCommand::Revoke { dir, cert, days } => {
+            let pem = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            let crl = Ca::revoke(&dir, &pem, days)?;
+            println!("revoked {}; CRL rewritten: {}", cert.display(), crl.display());
         }
         CaCommand::Issue(issue) => {
             let (dir, spec, default_stem, out) = match issue {
@@ -336,6 +375,13 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
                 }
                 IssueCommand::Operator { dir, name, out } => {
                     let spec = CertSpec::client(Identity::Operator(name.clone()), out.days);
+                    (dir, spec, name, out)
+                }
+                IssueCommand::Node { dir, region, dns, out } => {
+                    (dir, CertSpec::node(&region, dns, out.days), region, out)
+                }
+                IssueCommand::Coordinator { dir, name, out } => {
+                    let spec = CertSpec::coordinator(&name, out.days);
                     (dir, spec, name, out)
                 }
                 IssueCommand::Server { dir, dns, out } => {
