@@ -49,7 +49,14 @@ enum Command {
     /// The audit log (D8).
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Start a region on loopback with real TLS and storage and show a match end to end.
+    /// Rotate the node's blinding key and re-run the exchange with every peer (run on a
+    /// stopped node; matches are kept, none is made twice).
+    Rekey {
+        #[arg(long, short, env = "VIRFED_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a federation of three regions on loopback with real TLS and storage and show
+    /// cross-border matches end to end.
     Demo {
         /// Leave the node running after the walkthrough and print how to reach it.
         #[arg(long)]
@@ -327,9 +334,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Err(broken) => bail!("audit log TAMPERED: {broken}"),
             }
         }
+        Command::Rekey { config } => rekey(&config).await?,
         Command::Demo { keep_running } => virfed::demo::run(keep_running).await?,
         Command::Bench { registrations } => virfed::demo::bench(registrations).await?,
     }
+    Ok(())
+}
+
+/// `virfed rekey`: new blinding key, everything re-keyed in one transaction, new key file
+/// renamed into place last (an interruption is finished by the next start).
+async fn rekey(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let Some(fed) = &config.federation else {
+        bail!("{} has no [federation] section: there is nothing to re-key", path.display());
+    };
+    let store = Store::open(&config.store_path(), &StoreOptions::default())?;
+    let old = virfed::server::load_blind_key(&config, &store).await?;
+    let local = virfed::pseudonym::LocalKey::load_or_create(&config.local_key_path())?;
+    store.enable_federation(fed.peers.iter().map(|p| p.region.clone()).collect(), local);
+    let key_path = config.blind_key_path();
+    let pending = key_path.with_extension("key.new");
+    let new = virfed::pseudonym::BlindKey::random();
+    virfed::pseudonym::write_new_secret(&pending, format!("{}\n", hex::encode(new.to_bytes())).as_bytes())
+        .with_context(|| format!("writing {}", pending.display()))?;
+    let (children, entries) = store.rekey(&old, &new).await?;
+    std::fs::rename(&pending, &key_path).with_context(|| format!("moving the new key into {}", key_path.display()))?;
+    println!(
+        "re-keyed: {children} children and {entries} peer index entries; {} items queued for {} peers; start the node to send them",
+        fed.peers.iter().map(|p| store.outbox_depth(&p.region)).sum::<usize>(),
+        fed.peers.len()
+    );
     Ok(())
 }
 

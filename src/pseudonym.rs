@@ -75,6 +75,14 @@ impl BlindKey {
         self.0.to_bytes()
     }
 
+    /// A public fingerprint of the key: `SHA-256(compressed(G·k))`. Lets the store check
+    /// that it is opened with the key it was written with, without holding the key.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let public = curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT * self.0;
+        Sha256::digest(public.compress().to_bytes()).into()
+    }
+
     /// Loads the key file (hex scalar), creating it (0600) on first start.
     pub fn load_or_create(path: &Path) -> Result<BlindKey, KeyError> {
         let shown = path.display().to_string();

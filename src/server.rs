@@ -121,7 +121,7 @@ impl Node {
         let peer = match &config.federation {
             None => None,
             Some(fed) => {
-                let blind_key = BlindKey::load_or_create(&config.blind_key_path())?;
+                let blind_key = load_blind_key(&config, &store).await?;
                 info!(path = %config.blind_key_path().display(), "blinding key loaded");
                 let files = TlsFiles {
                     ca: fed.ca.clone(),
@@ -229,6 +229,42 @@ impl Node {
         state.store.flush_now()?;
         info!("node stopped");
         served.map_err(|e| NodeError::Serve(e.to_string()))
+    }
+}
+
+/// Loads the blinding key and checks it against the store's record of it. Finishes an
+/// interrupted `virfed rekey` (store re-keyed, new key file not yet renamed into place).
+pub async fn load_blind_key(config: &Config, store: &Store) -> Result<BlindKey, NodeError> {
+    let path = config.blind_key_path();
+    let pending = path.with_extension("key.new");
+    let key = BlindKey::load_or_create(&path)?;
+    match store.blind_fingerprint()? {
+        None => {
+            store.set_blind_fingerprint(key.fingerprint()).await?;
+            Ok(key)
+        }
+        Some(fp) if fp == key.fingerprint() => {
+            if pending.exists() {
+                // A re-key that never committed: its new key is of no use.
+                let _ = std::fs::remove_file(&pending);
+            }
+            Ok(key)
+        }
+        Some(fp) => {
+            if pending.exists() {
+                let new = BlindKey::load_or_create(&pending)?;
+                if new.fingerprint() == fp {
+                    std::fs::rename(&pending, &path)
+                        .map_err(|source| NodeError::DataDir { path: path.clone(), source })?;
+                    info!(path = %path.display(), "finished an interrupted re-key: new blinding key in place");
+                    return Ok(new);
+                }
+            }
+            Err(NodeError::Config(format!(
+                "the blinding key {} is not the key this store was written with; restore the right key file from backup (a new key would break every cross-region match)",
+                path.display()
+            )))
+        }
     }
 }
 

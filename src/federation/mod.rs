@@ -205,6 +205,9 @@ pub(crate) fn item_out(seq: u64, item: &OutItem) -> pb::Item {
             to_handle: to.to_vec(),
             organisation_id: org.to_string(),
         }),
+        OutItem::Reblind { to, blinded } => {
+            Body::Reblind(pb::Reblind { to_handle: to.to_vec(), blinded: blinded.to_vec() })
+        }
     };
     pb::Item { seq, body: Some(body) }
 }
@@ -265,6 +268,14 @@ impl pb::peer_server::Peer for PeerService {
                     from: handle_in(&g.from_handle, "party_gone.from_handle")?,
                     to: handle_in(&g.to_handle, "party_gone.to_handle")?,
                     org: OrgId::parse(&g.organisation_id).map_err(|e| Status::invalid_argument(e.to_string()))?,
+                },
+                Some(Body::Reblind(r)) => InItem::Reblind {
+                    to: handle_in(&r.to_handle, "reblind.to_handle")?,
+                    blinded: r
+                        .blinded
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Status::invalid_argument("reblind.blinded must be 32 bytes"))?,
                 },
                 None => return Err(Status::invalid_argument("item without a body")),
             };

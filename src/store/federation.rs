@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{encode, prefixed, ChildRecord, Tx, TxResult};
 use crate::domain::{Addressee, ChildKey, Notice, NoticeKind, OrgId, Party, RegionId, Signal};
-use crate::pseudonym::{Blinded, Handle};
+use crate::pseudonym::{BlindKey, Blinded, Handle};
 
 /// Tags of the `fed` tree.
 const P: u8 = b'P';
@@ -108,6 +108,11 @@ pub enum OutItem {
         to: Handle,
         org: OrgId,
     },
+    /// After a re-key: the peer's child under its handle `to` now blinds to `blinded`.
+    Reblind {
+        to: Handle,
+        blinded: Blinded,
+    },
 }
 
 /// An incoming item, with the receiver's answer for publishes already computed.
@@ -118,6 +123,7 @@ pub enum InItem {
     Remove { handle: Handle },
     Contacts { from: Handle, to: Handle, archived: bool, parties: Vec<Party> },
     PartyGone { from: Handle, to: Handle, org: OrgId },
+    Reblind { to: Handle, blinded: Blinded },
 }
 
 /// The receiver's answer to one item.
@@ -495,6 +501,13 @@ impl Tx<'_> {
                 }
                 self.fed.insert(pk, encode(&pair))?;
             }
+            InItem::Reblind { to, blinded } => {
+                // The sender re-keyed: my child now has a new D towards it. Only ever forms
+                // a pair; a pair ends only on an explicit State, Remove or local change.
+                if let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, to), "own handle")? {
+                    self.apply_publish_answer(peer, &ChildKey(child), blinded, at)?;
+                }
+            }
             InItem::PartyGone { to, org, .. } => {
                 let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, to), "own handle")? else {
                     return Ok(false);
@@ -580,6 +593,43 @@ impl Tx<'_> {
         self.reconcile(peer, child, d, &record, at)
     }
 
+    /// Re-keys everything that depends on this node's blinding key (see `docs/protocol.md`):
+    /// my published points, my index of every peer, and queues the exchange that updates
+    /// the peers. Pairs are keyed by child and peer, so no match is lost or made twice.
+    pub(super) fn rekey(
+        &self,
+        old: &BlindKey,
+        new: &BlindKey,
+        points: &[(ChildKey, Blinded)],
+        entries: &[(String, Blinded, RemoteEntry)],
+    ) -> TxResult<(u64, u64)> {
+        let bad = || {
+            super::abort(super::OpError::Store(super::StoreError::Failed(
+                "a stored point is not a valid ristretto255 point".into(),
+            )))
+        };
+        let mut children = 0;
+        for (child, point) in points {
+            let Ok(fresh) = old.rekey_point(new, point) else { return bad() };
+            self.fed.insert(key(P, &[&child.0]), &fresh)?;
+            let active = !self.child(child)?.active.is_empty();
+            for peer in self.peers() {
+                self.publish(&peer, child, fresh, active, true)?;
+            }
+            children += 1;
+        }
+        let mut remote = 0;
+        for (peer, d, entry) in entries {
+            let Ok(fresh) = new.blind_point(&entry.point) else { return bad() };
+            self.fed.remove(peer_key(I, peer, d))?;
+            self.fed.insert(peer_key(I, peer, &fresh), encode(entry))?;
+            self.fed.insert(peer_key(J, peer, &entry.handle), &fresh)?;
+            self.enqueue(peer, &OutItem::Reblind { to: entry.handle, blinded: fresh })?;
+            remote += 1;
+        }
+        Ok((children, remote))
+    }
+
     pub(super) fn peer_seen(&self, peer: &str) -> TxResult<PeerSeen> {
         Ok(self.fed_get(&key(S, &[peer.as_bytes()]), "peer seen")?.unwrap_or_default())
     }
@@ -593,6 +643,22 @@ impl Tx<'_> {
 /// Keys of every stored child point (`P` entries), for a joining peer.
 pub(super) fn point_prefix() -> Vec<u8> {
     vec![P]
+}
+
+/// Every `I` entry: (peer, D, entry), for re-keying.
+pub(super) fn all_peer_entries(tree: &sled::Tree) -> Result<Vec<(String, Blinded, RemoteEntry)>, super::StoreError> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix([I]) {
+        let (k, v) = item?;
+        let rest = &k[1..];
+        let Some(split) = rest.iter().position(|b| *b == 0) else { continue };
+        let peer = String::from_utf8_lossy(&rest[..split]).into_owned();
+        let Ok(d) = <Blinded>::try_from(&rest[split + 1..]) else { continue };
+        let entry: RemoteEntry =
+            postcard::from_bytes(&v).map_err(|_| super::StoreError::Corrupt { what: "peer index" })?;
+        out.push((peer, d, entry));
+    }
+    Ok(out)
 }
 
 /// Scans `I` entries of a peer (for tests and status): count of the peer's children here.

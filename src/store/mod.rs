@@ -52,7 +52,7 @@ use crate::domain::{
     Addressee, ArchiveReason, ChildKey, Contact, Notice, NoticeKind, OrgId, Organisation, Party, RegionId, Signal,
     SignalId, SignalState, WithdrawReason, Withdrawer,
 };
-use crate::pseudonym::{Blinded, LocalKey};
+use crate::pseudonym::{BlindKey, Blinded, LocalKey};
 use federation::{child_state, ChildChange, ChildState, InItem, ItemAnswer, OutItem, PeerSeen};
 
 /// Version of the on-disk layout. Bump it with a migration when a key or value changes.
@@ -63,6 +63,7 @@ const META_AUDIT_HEAD: &[u8] = b"audit_head";
 const META_NOTICE_SEQ: &[u8] = b"notice_seq";
 const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
 const META_EPOCH: &[u8] = b"epoch";
+const META_BLIND_FP: &[u8] = b"blind_key_fingerprint";
 const META_JOINED: &str = "joined/";
 
 /// Failures of the storage layer itself.
@@ -1113,6 +1114,51 @@ impl Store {
         })
         .await?;
         Ok(queued)
+    }
+
+    /// Re-keys the blinding (see `docs/protocol.md`, and `virfed rekey`): recomputes every
+    /// stored point and index entry under `new` and queues the exchange that updates every
+    /// peer, in one transaction, and records `new`'s fingerprint. Returns (children, peer
+    /// entries) re-keyed. Federation must be enabled (the peers are needed).
+    pub async fn rekey(&self, old: &BlindKey, new: &BlindKey) -> Result<(u64, u64), OpError> {
+        let points: Vec<(ChildKey, Blinded)> = self
+            .trees
+            .fed
+            .scan_prefix(federation::point_prefix())
+            .filter_map(|item| {
+                let (k, v) = item.ok()?;
+                Some((ChildKey(k[1..].try_into().ok()?), v.as_ref().try_into().ok()?))
+            })
+            .collect();
+        let entries = federation::all_peer_entries(&self.trees.fed)?;
+        let (old, new) = (old.clone(), new.clone());
+        self.write(move |tx| {
+            let counts = tx.rekey(&old, &new, &points, &entries)?;
+            tx.meta.insert(META_BLIND_FP, &new.fingerprint())?;
+            tx.log(
+                Utc::now(),
+                "operator:rekey",
+                "federation.rekey",
+                "blinding key",
+                &format!("{} children, {} peer entries", counts.0, counts.1),
+            )?;
+            Ok(counts)
+        })
+        .await
+    }
+
+    /// The fingerprint of the blinding key the store was written with, if any.
+    pub fn blind_fingerprint(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.trees.meta.get(META_BLIND_FP)?.and_then(|v| v.as_ref().try_into().ok()))
+    }
+
+    /// Records the blinding key's fingerprint (first start with federation).
+    pub async fn set_blind_fingerprint(&self, fp: [u8; 32]) -> Result<(), OpError> {
+        self.write(move |tx| {
+            tx.meta.insert(META_BLIND_FP, &fp)?;
+            Ok(())
+        })
+        .await
     }
 
     /// The first `limit` durable outbox items for `peer`, in order.
