@@ -13,7 +13,7 @@
 //! flushed in batches of the same size.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_stream::StreamExt;
@@ -28,7 +28,7 @@ pub fn valid_bsns(start: u32, n: usize) -> Vec<String> {
     (start..999_999_999).map(|x| format!("{x:09}")).filter(|s| crate::domain::Bsn::parse(s).is_ok()).take(n).collect()
 }
 
-fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequest {
+pub(crate) fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequest {
     let c = contact(who, "professional", email);
     pb::RegisterSignalRequest {
         bsn: bsn.into(),
@@ -220,112 +220,4 @@ async fn collect_until_region(
             return Ok(next);
         }
     }
-}
-
-/// Raw floor: `total` sled inserts of `value_len` bytes, flushed every `batch` inserts.
-fn sled_floor(batch: usize, total: usize, value_len: usize) -> anyhow::Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let db = sled::Config::new().path(dir.path()).open()?;
-    let tree = db.open_tree("floor")?;
-    let value = vec![7u8; value_len];
-    let started = Instant::now();
-    let mut i = 0u64;
-    while (i as usize) < total {
-        for _ in 0..batch {
-            tree.insert(i.to_be_bytes(), value.as_slice())?;
-            i += 1;
-        }
-        db.flush()?;
-    }
-    Ok(i as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Registrations per second through the store alone (no gRPC, no TLS), `clients` tasks.
-async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
-    use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
-    let dir = tempfile::tempdir()?;
-    let store = crate::store::Store::open(dir.path(), &Default::default())?;
-    let clock = SystemClock;
-    let org = Organisation {
-        id: OrgId::parse("org-a")?,
-        name: "Org A".into(),
-        domain: OrgDomain::YouthCare,
-        coordinator: None,
-    };
-    store.put_org(&org, "bench", clock.now()).await?;
-    let key = crate::pseudonym::LocalKey::from_bytes([1; 32]);
-    let bsns = valid_bsns(300_000_000, total);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..clients {
-        let (store, key, org) = (store.clone(), key.clone(), org.id.clone());
-        let mine: Vec<String> = bsns.iter().skip(i).step_by(clients).cloned().collect();
-        tasks.push(tokio::spawn(async move {
-            for bsn in mine {
-                let new = crate::store::NewSignal {
-                    child: key.child_key(&crate::domain::Bsn::parse(&bsn)?),
-                    org: org.clone(),
-                    professional: contact("B. Ench", "professional", "bench@example.nl"),
-                    date_of_birth: chrono::NaiveDate::from_ymd_opt(2014, 5, 1).unwrap_or_default(),
-                    removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
-                    now: SystemClock.now(),
-                    point: None,
-                };
-                store.register(&new, "bench").await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
-}
-
-/// `virfed bench`.
-pub async fn bench(per_level: usize) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("virfed-bench-").tempdir()?;
-    let region = RunningRegion::start(&dir.path().join("bench"), "bench", Arc::new(SystemClock)).await?;
-    region.add_org("org-a", "Org A", "youth-care", None).await?;
-    let levels = [4usize, 16, 64];
-    let bsns = valid_bsns(100_000_000, per_level * levels.len());
-    println!("durable registrations/s (gRPC + mTLS + transaction + audit + group-commit flush) vs raw sled insert+flush floor");
-    println!(
-        "{:>8} {:>14} {:>14} {:>14} {:>8} {:>12}",
-        "clients", "registrations/s", "store-only/s", "floor/s", "ratio", "writers/flush"
-    );
-    for (level_index, &clients) in levels.iter().enumerate() {
-        let mine = &bsns[level_index * per_level..(level_index + 1) * per_level];
-        let mut conns = Vec::with_capacity(clients);
-        for _ in 0..clients {
-            conns.push(region.org_client("org-a").await?);
-        }
-        let (f0, w0, _, _) = region.handle.store().write_stats().snapshot();
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for (i, mut client) in conns.into_iter().enumerate() {
-            let mine: Vec<String> = mine.iter().skip(i).step_by(clients).cloned().collect();
-            tasks.push(tokio::spawn(async move {
-                for bsn in mine {
-                    client.register_signal(register_request(&bsn, "B. Ench", "bench@example.nl")).await?;
-                }
-                Ok::<_, tonic::Status>(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        let rate = per_level as f64 / started.elapsed().as_secs_f64();
-        let (f1, w1, _, _) = region.handle.store().write_stats().snapshot();
-        let (flushes, writers) = (f1 - f0, w1 - w0);
-        let floor = tokio::task::spawn_blocking(move || sled_floor(clients, per_level, 400)).await??;
-        let store_only = store_rate(clients, per_level).await?;
-        println!(
-            "{clients:>8} {rate:>14.0} {store_only:>14.0} {floor:>14.0} {:>8.2} {:>12.1}",
-            rate / floor,
-            writers as f64 / flushes.max(1) as f64
-        );
-    }
-    region.stop().await?;
-    Ok(())
 }

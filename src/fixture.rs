@@ -66,9 +66,19 @@ impl RegionFiles {
     }
 }
 
-/// A free loopback port (bound and released; for configs that must name their port).
+/// A free loopback port for configs that must name their port. Chosen below Linux's
+/// ephemeral range (32768-60999), so no outgoing connection (a peer dialling a node that
+/// is down) can take it between this check and a node's (re)start.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port found between 20000 and 32000")
 }
 
 /// A federation's files: one federation CA and, per region, the region's own files with
@@ -82,13 +92,37 @@ pub struct FederationFiles {
 }
 
 impl FederationFiles {
+    /// Every region a peer of every other.
     pub fn create(dir: &Path, regions: &[&str]) -> anyhow::Result<FederationFiles> {
+        Self::create_with(dir, regions, |_, _| true)
+    }
+
+    /// Every region a peer of `hub` only (and the hub of all).
+    pub fn create_star(dir: &Path, regions: &[&str], hub: &str) -> anyhow::Result<FederationFiles> {
+        Self::create_with(dir, regions, |a, b| a == hub || b == hub)
+    }
+
+    /// `peers(a, b)` says whether region `a` lists `b` as a peer.
+    pub fn create_with(
+        dir: &Path,
+        regions: &[&str],
+        peers: impl Fn(&str, &str) -> bool,
+    ) -> anyhow::Result<FederationFiles> {
         let ca_dir = dir.join("federation-ca");
         let ca = Ca::init(&ca_dir, "virfed federation root (test)", 3650)?;
         Ca::publish_crl(&ca_dir, 30)?;
+        let mut taken = std::collections::HashSet::new();
+        let mut pick = || -> anyhow::Result<u16> {
+            loop {
+                let port = free_port()?;
+                if taken.insert(port) {
+                    return Ok(port);
+                }
+            }
+        };
         let mut ports = Vec::new();
         for _ in regions {
-            ports.push((free_port()?, free_port()?));
+            ports.push((pick()?, pick()?));
         }
         let mut files = Vec::new();
         for (i, region) in regions.iter().enumerate() {
@@ -107,7 +141,7 @@ impl FederationFiles {
                 ca_dir.join(crate::pki::CRL_FILE),
             ));
             for (j, other) in regions.iter().enumerate() {
-                if i != j {
+                if i != j && peers(region, other) {
                     text.push_str(&format!(
                         "\n[[federation.peers]]\nregion = {other:?}\naddress = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\n",
                         ports[j].1

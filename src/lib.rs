@@ -24,13 +24,15 @@
 //!   tasks (expiry sweeper, webhook delivery) and drains on shutdown.
 //! - [`notify`]: webhook delivery of stored notices, HMAC-signed, retried.
 //! - [`client`]: the CLI's mTLS client of the node.
-//! - [`demo`]: a whole region on loopback with real TLS and storage (`virfed demo`).
+//! - [`demo`]: a federation of three regions on loopback with real TLS and storage (`virfed demo`).
+//! - [`bench`]: `virfed bench`: figures printed next to their floors.
 //! - [`fixture`]: a real region on loopback (CA, certificates, config, node) for the demo,
 //!   the benchmark and the tests.
 //! - [`pb`]: generated protobuf code, nothing else.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod demo;

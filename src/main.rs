@@ -63,10 +63,35 @@ enum Command {
         keep_running: bool,
     },
     /// Measure durable registrations per second against the raw sled floor.
-    Bench {
+    /// Benchmarks, each printed next to the floor it is measured against.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable registrations per second with 4, 16 and 64 clients vs sled insert+flush.
+    Register {
         /// Registrations per concurrency level.
         #[arg(long, default_value_t = 2000)]
         registrations: usize,
+    },
+    /// Peer blind operations per second per core vs raw scalar multiplications.
+    Crypto {
+        #[arg(long, default_value_t = 20_000)]
+        operations: usize,
+    },
+    /// Time for a new region to join N regions of M children vs the crypto floor.
+    Join {
+        #[arg(long, default_value_t = 4)]
+        regions: usize,
+        #[arg(long, default_value_t = 2_000)]
+        signals: usize,
+    },
+    /// Cross-region match latency p50/p99 vs one flush + one mTLS round trip.
+    Latency {
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
     },
 }
 
@@ -283,12 +308,16 @@ fn main() {
     let cli = Cli::parse();
     // The demo and the benchmark print their own story; the node logs its steps.
     let default_level = match cli.command {
-        Command::Demo { .. } | Command::Bench { .. } => "warn",
+        Command::Demo { .. } | Command::Bench(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIRFED_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -336,7 +365,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Rekey { config } => rekey(&config).await?,
         Command::Demo { keep_running } => virfed::demo::run(keep_running).await?,
-        Command::Bench { registrations } => virfed::demo::bench(registrations).await?,
+        Command::Bench(BenchCommand::Register { registrations }) => virfed::bench::register(registrations).await?,
+        Command::Bench(BenchCommand::Crypto { operations }) => virfed::bench::crypto(operations),
+        Command::Bench(BenchCommand::Join { regions, signals }) => virfed::bench::join(regions, signals).await?,
+        Command::Bench(BenchCommand::Latency { samples }) => virfed::bench::latency(samples).await?,
     }
     Ok(())
 }

@@ -350,9 +350,17 @@ impl Tx<'_> {
                 self.fed.insert(pk, encode(&p))?;
             }
             (ChildState::Archived, Some(entry)) if entry.active => {
-                // D6 across borders: the peer's new reporter learns of my archived ones.
-                let parties = self.local_parties(&record.archived)?;
-                self.enqueue(peer, &OutItem::Contacts { from: my_handle, to: entry.handle, archived: true, parties })?;
+                // D6 across borders: the peer's new reporter learns of my archived ones. Not
+                // when my child just went from matched to archived: that ends a match, and
+                // the peer's reporters did not signal a child with only archived signals.
+                let was_matched = pair.as_ref().is_some_and(|p| p.state == PairState::Matched);
+                if !was_matched {
+                    let parties = self.local_parties(&record.archived)?;
+                    self.enqueue(
+                        peer,
+                        &OutItem::Contacts { from: my_handle, to: entry.handle, archived: true, parties },
+                    )?;
+                }
                 if let Some(mut p) = pair {
                     p.state = PairState::Idle;
                     p.remote_parties.clear();
@@ -628,6 +636,27 @@ impl Tx<'_> {
             remote += 1;
         }
         Ok((children, remote))
+    }
+
+    /// The peer answered "gone" to my contacts: its side of the pair has no active signal
+    /// any more, so a match recorded here ends (its State message may still be on its way).
+    pub(super) fn contacts_gone(
+        &self,
+        peer: &str,
+        my_handle: &Handle,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> TxResult<()> {
+        let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, my_handle), "own handle")? else { return Ok(()) };
+        let child = ChildKey(child);
+        let pk = pair_key(&child, peer);
+        if let Some(mut pair) = self.fed_get::<CrossPair>(&pk, "cross pair")? {
+            if pair.state == PairState::Matched {
+                let record = self.child(&child)?;
+                self.end_pair(peer, &mut pair, &record, at)?;
+                self.fed.insert(pk, encode(&pair))?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn peer_seen(&self, peer: &str) -> TxResult<PeerSeen> {

@@ -1193,8 +1193,13 @@ impl Store {
         self.write(move |tx| {
             for (out, answer) in &delivered {
                 tx.outbox.remove(prefixed(&peer, &out.seq.to_be_bytes()))?;
-                if let (OutItem::Publish { child, .. }, Some(d)) = (&out.item, answer.blinded) {
-                    tx.apply_publish_answer(&peer, child, &d, now)?;
+                match (&out.item, answer.blinded) {
+                    (OutItem::Publish { child, .. }, Some(d)) => tx.apply_publish_answer(&peer, child, &d, now)?,
+                    // The peer's signals on the child went meanwhile: the match ends here too.
+                    (OutItem::Contacts { from, archived: false, .. }, _) if answer.gone => {
+                        tx.contacts_gone(&peer, from, now)?
+                    }
+                    _ => {}
                 }
             }
             Ok(())

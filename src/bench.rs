@@ -1,0 +1,340 @@
+//! `virfed bench`: figures next to the floors they are measured against, in one run.
+//!
+//! - `register`: durable registrations per second through the whole stack (gRPC over
+//!   mTLS, validation, one transaction with audit entry, group-commit flush) with 4, 16 and
+//!   64 concurrent clients, beside the store alone and the raw floor: sled inserts flushed
+//!   in batches of the same size.
+//! - `crypto`: peer blind operations (decode, multiply, encode: what a peer does per
+//!   published child) per second on one core, beside raw ristretto255 scalar
+//!   multiplications.
+//! - `join`: time for a new region to join N regions of M children each, beside the crypto
+//!   floor (scalar multiplications needed × their cost ÷ cores).
+//! - `latency`: cross-region match latency p50/p99 on loopback, beside one flush plus one
+//!   mTLS round trip.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::demo::{register_request, valid_bsns};
+use crate::domain::SystemClock;
+use crate::fixture::{contact, RunningRegion};
+use crate::pb::client as pb;
+
+/// Raw floor: `total` sled inserts of `value_len` bytes, flushed every `batch` inserts.
+fn sled_floor(batch: usize, total: usize, value_len: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let db = sled::Config::new().path(dir.path()).open()?;
+    let tree = db.open_tree("floor")?;
+    let value = vec![7u8; value_len];
+    let started = Instant::now();
+    let mut i = 0u64;
+    while (i as usize) < total {
+        for _ in 0..batch {
+            tree.insert(i.to_be_bytes(), value.as_slice())?;
+            i += 1;
+        }
+        db.flush()?;
+    }
+    Ok(i as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Registrations per second through the store alone (no gRPC, no TLS), `clients` tasks.
+async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
+    use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
+    let dir = tempfile::tempdir()?;
+    let store = crate::store::Store::open(dir.path(), &Default::default())?;
+    let clock = SystemClock;
+    let org = Organisation {
+        id: OrgId::parse("org-a")?,
+        name: "Org A".into(),
+        domain: OrgDomain::YouthCare,
+        coordinator: None,
+    };
+    store.put_org(&org, "bench", clock.now()).await?;
+    let key = crate::pseudonym::LocalKey::from_bytes([1; 32]);
+    let bsns = valid_bsns(300_000_000, total);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (store, key, org) = (store.clone(), key.clone(), org.id.clone());
+        let mine: Vec<String> = bsns.iter().skip(i).step_by(clients).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            for bsn in mine {
+                let new = crate::store::NewSignal {
+                    child: key.child_key(&crate::domain::Bsn::parse(&bsn)?),
+                    org: org.clone(),
+                    professional: contact("B. Ench", "professional", "bench@example.nl"),
+                    date_of_birth: chrono::NaiveDate::from_ymd_opt(2014, 5, 1).unwrap_or_default(),
+                    removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
+                    now: SystemClock.now(),
+                    point: None,
+                };
+                store.register(&new, "bench").await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `virfed bench register`.
+pub async fn register(per_level: usize) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("virfed-bench-").tempdir()?;
+    let region = RunningRegion::start(&dir.path().join("bench"), "bench", Arc::new(SystemClock)).await?;
+    region.add_org("org-a", "Org A", "youth-care", None).await?;
+    let levels = [4usize, 16, 64];
+    let bsns = valid_bsns(100_000_000, per_level * levels.len());
+    println!("durable registrations/s (gRPC + mTLS + transaction + audit + group-commit flush) vs raw sled insert+flush floor");
+    println!(
+        "{:>8} {:>14} {:>14} {:>14} {:>8} {:>12}",
+        "clients", "registrations/s", "store-only/s", "floor/s", "ratio", "writers/flush"
+    );
+    for (level_index, &clients) in levels.iter().enumerate() {
+        let mine = &bsns[level_index * per_level..(level_index + 1) * per_level];
+        let mut conns = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            conns.push(region.org_client("org-a").await?);
+        }
+        let (f0, w0, _, _) = region.handle.store().write_stats().snapshot();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (i, mut client) in conns.into_iter().enumerate() {
+            let mine: Vec<String> = mine.iter().skip(i).step_by(clients).cloned().collect();
+            tasks.push(tokio::spawn(async move {
+                for bsn in mine {
+                    client.register_signal(register_request(&bsn, "B. Ench", "bench@example.nl")).await?;
+                }
+                Ok::<_, tonic::Status>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let rate = per_level as f64 / started.elapsed().as_secs_f64();
+        let (f1, w1, _, _) = region.handle.store().write_stats().snapshot();
+        let (flushes, writers) = (f1 - f0, w1 - w0);
+        let floor = tokio::task::spawn_blocking(move || sled_floor(clients, per_level, 400)).await??;
+        let store_only = store_rate(clients, per_level).await?;
+        println!(
+            "{clients:>8} {rate:>14.0} {store_only:>14.0} {floor:>14.0} {:>8.2} {:>12.1}",
+            rate / floor,
+            writers as f64 / flushes.max(1) as f64
+        );
+    }
+    region.stop().await?;
+    Ok(())
+}
+
+/// Raw ristretto255 scalar multiplications per second on one core, and peer blind
+/// operations (decode + multiply + encode of a received point) per second on one core.
+pub fn crypto_rates(n: usize) -> (f64, f64) {
+    use crate::pseudonym::BlindKey;
+    use curve25519_dalek::ristretto::RistrettoPoint;
+    use curve25519_dalek::scalar::Scalar;
+    let key = BlindKey::random();
+    let points: Vec<[u8; 32]> = valid_bsns(200_000_000, 64)
+        .iter()
+        .filter_map(|b| crate::domain::Bsn::parse(b).ok())
+        .map(|b| BlindKey::random().blind_bsn(&b))
+        .collect();
+    let decoded: Vec<RistrettoPoint> =
+        points.iter().filter_map(|p| curve25519_dalek::ristretto::CompressedRistretto(*p).decompress()).collect();
+    let scalar = Scalar::from_bytes_mod_order([7u8; 32]);
+    let started = Instant::now();
+    let mut acc = RistrettoPoint::default();
+    for i in 0..n {
+        acc += decoded[i % decoded.len()] * scalar;
+    }
+    std::hint::black_box(acc);
+    let raw = n as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut sink = 0u8;
+    for i in 0..n {
+        if let Ok(d) = key.blind_point(&points[i % points.len()]) {
+            sink ^= d[0];
+        }
+    }
+    std::hint::black_box(sink);
+    let blind = n as f64 / started.elapsed().as_secs_f64();
+    (raw, blind)
+}
+
+/// `virfed bench crypto`.
+pub fn crypto(n: usize) {
+    let (raw, blind) = crypto_rates(n);
+    println!("peer blind operations per second per core vs raw ristretto255 scalar multiplications");
+    println!("{:>16} {:>16} {:>8}", "blind ops/s", "scalar mults/s", "ratio");
+    println!("{blind:>16.0} {raw:>16.0} {:>8.2}", blind / raw);
+}
+
+/// `virfed bench join`: a new region joins `regions` regions of `signals` children each.
+pub async fn join(regions: usize, signals: usize) -> anyhow::Result<()> {
+    use crate::fixture::FederationFiles;
+    let dir = tempfile::Builder::new().prefix("virfed-bench-join-").tempdir()?;
+    let mut names: Vec<String> = (0..regions).map(|i| format!("region-{i:02}")).collect();
+    names.push("newcomer".into());
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // A star: every region peers with the newcomer only, so the run measures the join.
+    let files = FederationFiles::create_star(dir.path(), &refs, "newcomer")?;
+    let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
+    // Fill each store before the nodes start (children published when the node first runs).
+    let bsns = valid_bsns(300_000_000, signals * 2);
+    let started = Instant::now();
+    for (i, region) in files.regions.iter().enumerate() {
+        // Half of each region's children are shared with the newcomer, so pairs form.
+        let mine: Vec<&String> = if i == regions {
+            bsns[..signals].iter().collect()
+        } else {
+            bsns[signals / 2..signals / 2 + signals].iter().collect()
+        };
+        prefill(region, &mine).await?;
+    }
+    eprintln!("prefilled {} regions x {signals} children in {:.1} s", regions + 1, started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let running = RunningRegion::start_federation(files, clock).await?;
+    let newcomer = &running[regions];
+    // Done when every region indexes all the newcomer's children and the newcomer all of
+    // every region's, and no outbox holds anything more.
+    loop {
+        let mut done = true;
+        for (r, name) in running[..regions].iter().zip(&names[..regions]) {
+            done &= r.handle.store().peer_index_len("newcomer") == signals;
+            done &= newcomer.handle.store().peer_index_len(name) == signals;
+            done &= r.handle.store().outbox_depth("newcomer") == 0 && newcomer.handle.store().outbox_depth(name) == 0;
+        }
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    // Every region blinds the newcomer's children (regions × signals) and the newcomer
+    // blinds every region's (regions × signals).
+    let mults = 2.0 * regions as f64 * signals as f64;
+    let (raw, _) = crypto_rates(20_000);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let floor = mults / raw / cores;
+    println!("join of a new region: {regions} regions x {signals} children, {mults:.0} scalar multiplications");
+    println!("{:>12} {:>12} {:>8}", "wall s", "floor s", "ratio");
+    println!("{wall:>12.2} {floor:>12.2} {:>8.2}", wall / floor);
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+/// Registers `bsns` in the region's store directly (the node is not running yet).
+async fn prefill(region: &crate::fixture::RegionFiles, bsns: &[&String]) -> anyhow::Result<()> {
+    use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
+    let config = &region.config;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = crate::store::Store::open(&config.store_path(), &Default::default())?;
+    let local = crate::pseudonym::LocalKey::load_or_create(&config.local_key_path())?;
+    let blind = crate::server::load_blind_key(config, &store).await?;
+    // Federation on, but no peers yet: points are stored, nothing is queued; the join
+    // after start publishes everything, as when a region is added to a running federation.
+    store.enable_federation(Vec::new(), local.clone());
+    let org = Organisation {
+        id: OrgId::parse("org-a")?,
+        name: "Org A".into(),
+        domain: OrgDomain::YouthCare,
+        coordinator: None,
+    };
+    store.put_org(&org, "bench", SystemClock.now()).await?;
+    let jobs = bsns.iter().map(|b| {
+        let bsn = crate::domain::Bsn::parse(b);
+        let (store, local, blind, org) = (store.clone(), local.clone(), blind.clone(), org.id.clone());
+        async move {
+            let bsn = bsn?;
+            let new = crate::store::NewSignal {
+                child: local.child_key(&bsn),
+                org,
+                professional: contact("B. Ench", "professional", "bench@example.nl"),
+                date_of_birth: chrono::NaiveDate::from_ymd_opt(2014, 5, 1).unwrap_or_default(),
+                removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
+                now: SystemClock.now(),
+                point: Some(blind.blind_bsn(&bsn)),
+            };
+            store.register(&new, "bench").await?;
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    for r in futures::future::join_all(jobs).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// `virfed bench latency`: register in one region a child the other already holds, and
+/// time until the registering professional's watch stream shows the cross-region match.
+pub async fn latency(samples: usize) -> anyhow::Result<()> {
+    use crate::fixture::FederationFiles;
+    use tokio_stream::StreamExt;
+    let dir = tempfile::Builder::new().prefix("virfed-bench-latency-").tempdir()?;
+    let files = FederationFiles::create(dir.path(), &["alpha", "beta"])?;
+    let running = RunningRegion::start_federation(files, Arc::new(SystemClock)).await?;
+    for r in &running {
+        r.add_org("org-a", "Org A", "youth-care", None).await?;
+    }
+    let (a, b) = (&running[0], &running[1]);
+    let mut a_client = a.org_client("org-a").await?;
+    let mut b_client = b.org_client("org-a").await?;
+    let mut watch = a_client.clone().watch(pb::WatchRequest { after_cursor: 0 }).await?.into_inner();
+    let bsns = valid_bsns(400_000_000, samples);
+    for bsn in &bsns {
+        b_client.register_signal(register_request(bsn, "B. Eta", "b@example.nl")).await?;
+    }
+    while b.handle.store().outbox_depth("alpha") > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut times = Vec::with_capacity(samples);
+    for bsn in &bsns {
+        let started = Instant::now();
+        a_client.register_signal(register_request(bsn, "A. Lpha", "a@example.nl")).await?;
+        loop {
+            let notice = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no match notice within 10 s"))?
+                .ok_or_else(|| anyhow::anyhow!("watch ended"))??;
+            if notice.kind == pb::NoticeKind::MatchCreated as i32 {
+                break;
+            }
+        }
+        times.push(started.elapsed());
+    }
+    // Floor: one durable write (a flush) plus one mTLS round trip, measured here too.
+    let mut floor_times = Vec::with_capacity(samples);
+    let mut peer = crate::pb::federation::peer_client::PeerClient::new(
+        a.channel(crate::pki::Identity::Region("beta".into()))
+            .await
+            .ok()
+            .ok_or_else(|| anyhow::anyhow!("peer channel"))?,
+    );
+    let _ = peer.ping(crate::pb::federation::PingRequest { from_region: "beta".into(), ..Default::default() }).await;
+    let floor_dir = tempfile::tempdir()?;
+    let db = sled::open(floor_dir.path())?;
+    for i in 0..samples {
+        let started = Instant::now();
+        db.insert((i as u64).to_be_bytes(), vec![0u8; 400])?;
+        db.flush()?;
+        let _ =
+            peer.ping(crate::pb::federation::PingRequest { from_region: "beta".into(), ..Default::default() }).await;
+        floor_times.push(started.elapsed());
+    }
+    times.sort();
+    floor_times.sort();
+    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0;
+    println!("cross-region match latency on loopback vs one flush + one mTLS round trip ({samples} samples)");
+    println!("{:>10} {:>12} {:>12} {:>8}", "", "match ms", "floor ms", "ratio");
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let (m, f) = (pct(&times, p), pct(&floor_times, p));
+        println!("{name:>10} {m:>12.2} {f:>12.2} {:>8.2}", m / f);
+    }
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
