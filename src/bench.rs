@@ -211,6 +211,15 @@ pub async fn join(regions: usize, signals: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = started.elapsed().as_secs_f64();
+    for r in &running {
+        let (flushes, jobs, flush_us, txn_us) = r.handle.store().write_stats().snapshot();
+        eprintln!(
+            "  {}: {flushes} batches, {jobs} jobs, {:.0} ms in transactions, {:.0} ms flushing",
+            r.files.config.region,
+            txn_us as f64 / 1000.0,
+            flush_us as f64 / 1000.0
+        );
+    }
     // Every region blinds the newcomer's children (regions × signals) and the newcomer
     // blinds every region's (regions × signals).
     let mults = 2.0 * regions as f64 * signals as f64;

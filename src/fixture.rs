@@ -168,11 +168,13 @@ pub struct RunningRegion {
 impl RunningRegion {
     /// Starts every region of a federation in this process.
     pub async fn start_federation(files: FederationFiles, clock: Arc<dyn Clock>) -> anyhow::Result<Vec<RunningRegion>> {
-        let mut running = Vec::new();
+        // Bind every node first, so no node dials a peer that is not listening yet.
+        let mut bound = Vec::new();
         for region in files.regions {
-            running.push(Self::start_with(region, clock.clone()).await?);
+            let node = Node::bind(region.config.clone(), clock.clone()).await?;
+            bound.push((region, node));
         }
-        Ok(running)
+        Ok(bound.into_iter().map(|(files, node)| Self::run_bound(files, node)).collect())
     }
 
     /// Creates the region's files under `dir` and starts its node on 127.0.0.1:0.
@@ -184,13 +186,17 @@ impl RunningRegion {
     /// Starts a node from existing files (e.g. again after [`RunningRegion::stop`]).
     pub async fn start_with(files: RegionFiles, clock: Arc<dyn Clock>) -> anyhow::Result<RunningRegion> {
         let node = Node::bind(files.config.clone(), clock).await?;
+        Ok(Self::run_bound(files, node))
+    }
+
+    fn run_bound(files: RegionFiles, node: Node) -> RunningRegion {
         let addr = node.addr();
         let handle = node.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async {
             let _ = stopped.await;
         }));
-        Ok(RunningRegion { files, addr, handle, stop: Some(stop), task: Some(task) })
+        RunningRegion { files, addr, handle, stop: Some(stop), task: Some(task) }
     }
 
     /// An mTLS channel to the node as `identity`.
