@@ -73,9 +73,9 @@ pub struct Federation {
     /// with RESOURCE_EXHAUSTED: a peer that probes is stopped and reported.
     #[serde(default = "default_oracle_budget")]
     pub oracle_budget_per_hour: u64,
-    /// Budget for bulk resync (a peer joining or re-keying), counted separately.
+    /// Budget for bulk resync (a peer joining or re-keying), counted separately, per day.
     #[serde(default = "default_resync_budget")]
-    pub resync_budget_per_hour: u64,
+    pub resync_budget_per_day: u64,
     /// The other regions.
     #[serde(default)]
     pub peers: Vec<Peer>,

@@ -283,7 +283,7 @@ fn start_federation(
         blind_key,
         peers,
         fed.oracle_budget_per_hour,
-        fed.resync_budget_per_hour,
+        fed.resync_budget_per_day,
         counters.clone(),
     );
     let mut tasks = Vec::new();

@@ -47,6 +47,8 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
     };
     let mut wake = store.subscribe_outbox();
     let mut backoff = MIN_BACKOFF;
+    // Halved after a budget refusal, so a peer with a small budget still takes what fits.
+    let mut batch_limit = MAX_ITEMS;
     let mut was_failing = false;
     loop {
         wake.borrow_and_update();
@@ -65,7 +67,8 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
             continue;
         }
         let resync = is_resync(&batch[0].item);
-        let batch: Vec<Outgoing> = batch.into_iter().take_while(|o| is_resync(&o.item) == resync).collect();
+        let batch: Vec<Outgoing> =
+            batch.into_iter().take_while(|o| is_resync(&o.item) == resync).take(batch_limit).collect();
         let request = pb::ExchangeRequest {
             protocol_version: PROTOCOL_VERSION,
             from_region: link.own_region.clone(),
@@ -91,6 +94,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
                                 }
                                 was_failing = false;
                                 backoff = MIN_BACKOFF;
+                                batch_limit = (batch_limit * 2).min(MAX_ITEMS);
                                 debug!(peer = %link.region, items = n, "delivered");
                                 None
                             }
@@ -100,7 +104,12 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
                     Err(e) => Some(e),
                 }
             }
-            Err(status) => Some(format!("{:?}: {}", status.code(), status.message())),
+            Err(status) => {
+                if status.code() == tonic::Code::ResourceExhausted {
+                    batch_limit = (batch_limit / 2).max(1);
+                }
+                Some(format!("{:?}: {}", status.code(), status.message()))
+            }
         };
         if let Some(reason) = failure {
             link.counters.delivery_failures.fetch_add(1, Ordering::Relaxed);

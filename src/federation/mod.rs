@@ -3,7 +3,8 @@
 //! - [`PeerService`] (`virfed.federation.v1.Peer`) answers other regions. The caller's
 //!   region comes from its node certificate ([`crate::pki::require_region`]); a region
 //!   named in the body must equal it, and only configured peers are served. Publishes are
-//!   counted against the peer's hourly oracle budget ([`Budget`]).
+//!   counted against the peer's hourly oracle budget ([`Budget`]); bulk resync (join,
+//!   re-key) against a separate daily budget, and audited.
 //! - [`delivery`] drains each peer's durable outbox in order, retrying with jittered,
 //!   bounded exponential backoff, so a peer that was down for days is caught up.
 //!
@@ -50,27 +51,28 @@ pub struct PeerCounters {
 /// Counters of every peer.
 pub type Counters = Arc<HashMap<String, Arc<PeerCounters>>>;
 
-/// A fixed-window hourly budget of blind operations per peer.
+/// A fixed-window budget of blind operations per peer.
 #[derive(Debug)]
 pub struct Budget {
-    per_hour: u64,
+    limit: u64,
+    window: Duration,
     windows: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl Budget {
-    pub fn new(per_hour: u64) -> Budget {
-        Budget { per_hour, windows: Mutex::new(HashMap::new()) }
+    pub fn new(limit: u64, window: Duration) -> Budget {
+        Budget { limit, window, windows: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes `n` from the peer's budget for this hour; false when that would exceed it.
+    /// Takes `n` from the peer's budget for this window; false when that would exceed it.
     pub fn take(&self, peer: &str, n: u64) -> bool {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let window = windows.entry(peer.to_owned()).or_insert((now, 0));
-        if now.duration_since(window.0) >= Duration::from_secs(3600) {
+        if now.duration_since(window.0) >= self.window {
             *window = (now, 0);
         }
-        if window.1 + n > self.per_hour {
+        if window.1 + n > self.limit {
             return false;
         }
         window.1 += n;
@@ -101,7 +103,7 @@ impl PeerService {
         blind_key: BlindKey,
         peers: HashSet<String>,
         oracle_per_hour: u64,
-        resync_per_hour: u64,
+        resync_per_day: u64,
         counters: Counters,
     ) -> PeerService {
         PeerService {
@@ -110,8 +112,10 @@ impl PeerService {
                 region,
                 blind_key,
                 peers,
-                oracle: Budget::new(oracle_per_hour),
-                resync: Budget::new(resync_per_hour),
+                oracle: Budget::new(oracle_per_hour, Duration::from_secs(3600)),
+                // The flag is the peer's claim, so the bulk budget is per day: a join or a
+                // re-key a day, not a standing allowance for a peer that probes.
+                resync: Budget::new(resync_per_day, Duration::from_secs(24 * 3600)),
                 counters,
             }),
         }
@@ -121,6 +125,17 @@ impl PeerService {
     async fn caller<T>(&self, req: &Request<T>, claimed: &str) -> Result<RegionId, Status> {
         let region = require_region(req)?;
         if !self.inner.peers.contains(&region) {
+            let _ = self
+                .inner
+                .store
+                .audit_event(
+                    &format!("region:{region}"),
+                    "federation.refused",
+                    &format!("region {region}"),
+                    "not a configured peer",
+                )
+                .await;
+            warn!(peer = %region, "a node certificate of an unconfigured region was refused");
             return Err(Status::permission_denied(format!(
                 "region {region} is not a configured peer of region {}; ask its operator to add it to [federation.peers]",
                 self.inner.region
@@ -299,6 +314,18 @@ impl pb::peer_server::Peer for PeerService {
             return Err(Status::resource_exhausted(format!(
                 "region {region} is over its hourly {kind} budget of blind requests; this is reported to the coordinators"
             )));
+        }
+        if r.resync && publishes > 0 {
+            let _ = self
+                .inner
+                .store
+                .audit_event(
+                    &format!("region:{region}"),
+                    "federation.resync",
+                    &format!("region {region}"),
+                    &format!("{publishes} children blinded for a join or re-key"),
+                )
+                .await;
         }
         counters.items_received.fetch_add(items.len() as u64, Ordering::Relaxed);
         let answers = self.inner.store.apply_exchange(&region, r.epoch, items).await.map_err(|e| {

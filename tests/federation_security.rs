@@ -1,0 +1,921 @@
+//! Security of the peer protocol (invariants 1, 2, 5 and 6 of DESIGN.md), tested from the
+//! outside: a fake peer speaks the real protocol over real mutual TLS, with certificates
+//! from the real federation CA (or deliberately wrong ones), against a node started from
+//! the same fixture an operator's config would come from.
+//!
+//! Where the node must deliver to a peer that the test plays, a fake peer *server* is bound
+//! on that peer's configured address (with a node certificate of that region), so the node's
+//! own delivery path runs unchanged and every message it sends is captured as it arrived.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use virfed::config::Config;
+use virfed::domain::{Addressee, Bsn, NoticeKind, OrgId, SystemClock};
+use virfed::federation::PROTOCOL_VERSION;
+use virfed::fixture::{contact, FederationFiles, RegionFiles, RunningRegion};
+use virfed::pb::client as cpb;
+use virfed::pb::federation as fpb;
+use virfed::pb::federation::item::Body;
+use virfed::pb::federation::peer_client::PeerClient;
+use virfed::pki::{client_config, connect, server_config, tls_incoming, Ca, CertSpec, Identity, TlsMaterial};
+use virfed::pseudonym::{bsn_point, BlindKey};
+use virfed::store::federation::OutItem;
+
+// ---- fixture -------------------------------------------------------------------------------
+
+const CHILD: &str = "111222333";
+
+fn federation_files(regions: &[&str]) -> (tempfile::TempDir, FederationFiles) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = FederationFiles::create(dir.path(), regions).unwrap();
+    (dir, files)
+}
+
+async fn start(files: RegionFiles) -> RunningRegion {
+    let region = RunningRegion::start_with(files, Arc::new(SystemClock)).await.unwrap();
+    region.add_org("jeugdzorg", "Jeugdzorg", "youth-care", None).await.unwrap();
+    region.add_org("school", "School", "education", None).await.unwrap();
+    region
+}
+
+/// The address of a region's peer API, from its config.
+fn peer_listen(files: &RegionFiles) -> SocketAddr {
+    files.config.federation.as_ref().unwrap().listen
+}
+
+/// TLS material of a node certificate of `region`, issued by the federation CA in `ca_dir`.
+fn node_material(ca_dir: &Path, region: &str) -> TlsMaterial {
+    let ca = Ca::load(ca_dir).unwrap();
+    let issued = ca.issue(&CertSpec::node(region, vec!["localhost".into()], 30)).unwrap();
+    TlsMaterial::from_issued(&ca.cert_pem(), &issued)
+}
+
+/// Why a call did not succeed: refused before any RPC ran, or answered with a status.
+#[derive(Debug)]
+enum Refusal {
+    /// Shown by `Debug` in assertion messages.
+    Connect(#[allow(dead_code)] String),
+    Status(Status),
+}
+
+impl Refusal {
+    fn code(&self) -> Option<Code> {
+        match self {
+            Refusal::Connect(_) => None,
+            Refusal::Status(s) => Some(s.code()),
+        }
+    }
+
+    /// Refused at the transport (TLS) level: no application status from the node.
+    fn is_transport(&self) -> bool {
+        match self {
+            Refusal::Connect(_) => true,
+            Refusal::Status(s) => {
+                matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal)
+                    && !s.message().contains("node-to-node")
+            }
+        }
+    }
+}
+
+/// A fresh connection (new TLS handshake) to the peer API.
+async fn peer_client(addr: SocketAddr, material: &TlsMaterial) -> Result<PeerClient<Channel>, Refusal> {
+    let config = client_config(material).map_err(|e| Refusal::Connect(e.to_string()))?;
+    let channel = tokio::time::timeout(Duration::from_secs(10), connect(&addr.to_string(), "localhost", config))
+        .await
+        .map_err(|_| Refusal::Connect("connect timed out".into()))?
+        .map_err(|e| Refusal::Connect(e.to_string()))?;
+    Ok(PeerClient::new(channel))
+}
+
+/// Ping over a fresh connection, claiming `from_region`.
+async fn ping_as(addr: SocketAddr, material: &TlsMaterial, from_region: &str) -> Result<fpb::PingResponse, Refusal> {
+    let mut client = peer_client(addr, material).await?;
+    let ping = fpb::PingRequest {
+        from_region: from_region.into(),
+        protocol_version: PROTOCOL_VERSION,
+        software_version: "fake".into(),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), client.ping(ping)).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(Refusal::Status(s)),
+        Err(_) => Err(Refusal::Connect("ping timed out".into())),
+    }
+}
+
+fn request(from: &str, epoch: u64, resync: bool, items: Vec<fpb::Item>) -> fpb::ExchangeRequest {
+    fpb::ExchangeRequest { protocol_version: PROTOCOL_VERSION, from_region: from.into(), epoch, resync, items }
+}
+
+fn publish_item(seq: u64, handle: &[u8], point: &[u8], active: bool) -> fpb::Item {
+    fpb::Item {
+        seq,
+        body: Some(Body::Publish(fpb::Publish { handle: handle.to_vec(), point: point.to_vec(), active })),
+    }
+}
+
+fn remove_item(seq: u64, handle: &[u8]) -> fpb::Item {
+    fpb::Item { seq, body: Some(Body::Remove(fpb::Remove { handle: handle.to_vec() })) }
+}
+
+fn contacts_item(seq: u64, from: &[u8], to: &[u8], org: &str) -> fpb::Item {
+    let c = contact("U Bakker", "mentor", "u.bakker@school-utrecht.example.nl");
+    fpb::Item {
+        seq,
+        body: Some(Body::Contacts(fpb::Contacts {
+            from_handle: from.to_vec(),
+            to_handle: to.to_vec(),
+            archived: false,
+            parties: vec![fpb::Party {
+                organisation_id: org.into(),
+                organisation_name: "School Utrecht".into(),
+                organisation_domain: "education".into(),
+                professional: Some(fpb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
+                coordinator: None,
+            }],
+        })),
+    }
+}
+
+fn point_of(bsn: &str) -> (BlindKey, Vec<u8>) {
+    let key = BlindKey::random();
+    let point = key.blind_bsn(&Bsn::parse(bsn).unwrap()).to_vec();
+    (key, point)
+}
+
+fn register_req(bsn: &str, who: &str) -> cpb::RegisterSignalRequest {
+    let c = contact(who, "professional", &format!("{}@example.nl", who.to_lowercase().replace([' ', '.'], "")));
+    cpb::RegisterSignalRequest {
+        bsn: bsn.into(),
+        date_of_birth: "2014-05-01".into(),
+        professional: Some(cpb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
+        removal_date: String::new(),
+    }
+}
+
+async fn register(region: &RunningRegion, org: &str, bsn: &str) {
+    region.org_client(org).await.unwrap().register_signal(register_req(bsn, &format!("{org} pro"))).await.unwrap();
+}
+
+fn audit_count(region: &RunningRegion, action: &str) -> usize {
+    region.handle.store().audit_entries().unwrap().iter().filter(|e| e.action == action).count()
+}
+
+fn notices(region: &RunningRegion, org: &str, kind: NoticeKind, addressee: Addressee) -> usize {
+    let org = OrgId::parse(org).unwrap();
+    let all = region.handle.store().notices_after(&org, 0, 10_000).unwrap();
+    all.iter().filter(|(_, n)| n.kind == kind && n.addressee == addressee).count()
+}
+
+/// Polls `check` every 50 ms for up to `secs` seconds.
+async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---- a fake peer server ----------------------------------------------------------------------
+
+/// Plays a peer region's server side: answers publishes with `point·key` like a node, and
+/// keeps every request exactly as it arrived on the wire.
+#[derive(Clone)]
+struct FakePeer {
+    region: String,
+    key: BlindKey,
+    received: Arc<Mutex<Vec<fpb::ExchangeRequest>>>,
+}
+
+impl FakePeer {
+    fn received(&self) -> Vec<fpb::ExchangeRequest> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Every item received from `from`, in arrival order.
+    fn items_from(&self, from: &str) -> Vec<fpb::Item> {
+        self.received().into_iter().filter(|r| r.from_region == from).flat_map(|r| r.items).collect()
+    }
+}
+
+#[tonic::async_trait]
+impl fpb::peer_server::Peer for FakePeer {
+    async fn exchange(&self, req: Request<fpb::ExchangeRequest>) -> Result<Response<fpb::ExchangeResponse>, Status> {
+        let r = req.into_inner();
+        let results = r
+            .items
+            .iter()
+            .map(|item| fpb::ItemResult {
+                seq: item.seq,
+                blinded: match &item.body {
+                    Some(Body::Publish(p)) => self.key.blind_point(&p.point).map(|b| b.to_vec()).unwrap_or_default(),
+                    _ => Vec::new(),
+                },
+                gone: false,
+            })
+            .collect();
+        self.received.lock().unwrap().push(r);
+        Ok(Response::new(fpb::ExchangeResponse { results }))
+    }
+
+    async fn ping(&self, _: Request<fpb::PingRequest>) -> Result<Response<fpb::PingResponse>, Status> {
+        Ok(Response::new(fpb::PingResponse {
+            region: self.region.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            software_version: "fake".into(),
+        }))
+    }
+}
+
+/// Binds a fake `region` on `listen` with a node certificate from the federation CA.
+async fn serve_fake(ca_dir: &Path, region: &str, listen: SocketAddr) -> (FakePeer, oneshot::Sender<()>) {
+    let fake = FakePeer { region: region.into(), key: BlindKey::random(), received: Arc::default() };
+    let tls = server_config(&node_material(ca_dir, region)).unwrap();
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service = fpb::peer_server::PeerServer::new(fake.clone());
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(tls_incoming(listener, tls), async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (fake, stop)
+}
+
+// ---- invariant 6: a peer is who its certificate says -----------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_region_certificate_claiming_another_region_is_refused() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht", "zwolle"]);
+    let ca_dir = files.ca_dir.clone();
+    let rdam = start(files.regions.remove(0)).await;
+    let addr = peer_listen(&rdam.files);
+    let utrecht = node_material(&ca_dir, "utrecht");
+
+    // Control: the same certificate, honest about its region, is served.
+    assert_eq!(ping_as(addr, &utrecht, "utrecht").await.unwrap().region, "rotterdam");
+
+    let mut client = peer_client(addr, &utrecht).await.unwrap();
+    let (_, point) = point_of(CHILD);
+    let lie = request("zwolle", 7, false, vec![publish_item(1, &[1; 16], &point, true)]);
+    let status = client.exchange(lie).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("zwolle") && status.message().contains("utrecht"), "{}", status.message());
+    let status = ping_as(addr, &utrecht, "zwolle").await.unwrap_err();
+    assert_eq!(status.code(), Some(Code::PermissionDenied), "{status:?}");
+
+    let store = rdam.handle.store();
+    let refused: Vec<_> =
+        store.audit_entries().unwrap().into_iter().filter(|e| e.action == "federation.refused").collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().all(|e| e.actor == "region:utrecht"), "the actor comes from the certificate: {refused:?}");
+    assert_eq!(store.peer_index_len("utrecht"), 0);
+    assert_eq!(store.peer_index_len("zwolle"), 0);
+    assert_eq!(audit_count(&rdam, "federation.exchange"), 0);
+    assert_eq!(rdam.handle.peer_counters()["utrecht"].items_received.load(std::sync::atomic::Ordering::Relaxed), 0);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_certificate_from_another_ca_is_refused() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let addr = peer_listen(&rdam.files);
+    // A look-alike CA issues a perfectly formed utrecht node certificate; the fake trusts
+    // the real federation CA, so only the server can be the one refusing.
+    let foreign = Ca::generate("virfed federation root (test)", 3650).unwrap();
+    let issued = foreign.issue(&CertSpec::node("utrecht", vec!["localhost".into()], 30)).unwrap();
+    let material = TlsMaterial {
+        ca_pem: files.ca.cert_pem().into_bytes(),
+        cert_pem: issued.cert_pem.into_bytes(),
+        key_pem: issued.key_pem.into_bytes(),
+        crl_pems: vec![],
+    };
+    let refusal = ping_as(addr, &material, "utrecht").await.unwrap_err();
+    assert!(refusal.is_transport(), "expected a TLS refusal, got {refusal:?}");
+    // The client side of the same connection is fine: a genuine certificate gets through.
+    ping_as(addr, &node_material(&files.ca_dir, "utrecht"), "utrecht").await.unwrap();
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 0);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_revoked_node_certificate_is_refused_after_crl_update_while_running() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let rdam = start(files.regions.remove(0)).await;
+    let addr = peer_listen(&rdam.files);
+    let ca = Ca::load(&ca_dir).unwrap();
+    let kept = TlsMaterial::from_issued(
+        &ca.cert_pem(),
+        &ca.issue(&CertSpec::node("utrecht", vec!["localhost".into()], 30)).unwrap(),
+    );
+    let doomed_cert = ca.issue(&CertSpec::node("utrecht", vec!["localhost".into()], 30)).unwrap();
+    let doomed = TlsMaterial::from_issued(&ca.cert_pem(), &doomed_cert);
+    ping_as(addr, &doomed, "utrecht").await.unwrap();
+    ping_as(addr, &kept, "utrecht").await.unwrap();
+
+    Ca::revoke(&ca_dir, &doomed_cert.cert_pem, 30).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let refusal = loop {
+        match ping_as(addr, &doomed, "utrecht").await {
+            Err(r) => break r,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "revoked certificate still accepted 8 s after the CRL update");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(refusal.is_transport(), "expected a TLS refusal, got {refusal:?}");
+    // Stays refused, and only that certificate is: the other utrecht certificate still works.
+    assert!(ping_as(addr, &doomed, "utrecht").await.unwrap_err().is_transport());
+    ping_as(addr, &kept, "utrecht").await.unwrap();
+    rdam.stop().await.unwrap();
+}
+
+/// The other direction: a node delivers only to a server whose certificate names the
+/// peer region it dials, even at that region's configured address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_node_delivers_only_to_the_region_named_in_the_server_certificate() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let (impostor, _stop) = serve_fake(&files.ca_dir, "zwolle", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    register(&rdam, "jeugdzorg", CHILD).await;
+    let counters = rdam.handle.peer_counters()["utrecht"].clone();
+    eventually(20, "a failed delivery attempt", || {
+        counters.delivery_failures.load(std::sync::atomic::Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert!(impostor.received().is_empty(), "rotterdam delivered to a zwolle certificate: {:?}", impostor.received());
+    assert_eq!(rdam.handle.store().outbox_depth("utrecht"), 1, "the publish stays queued for the real utrecht");
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_coordinator_certificate_cannot_call_the_peer_api() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let addr = peer_listen(&rdam.files);
+    let ca = Ca::load(&files.ca_dir).unwrap();
+    let coordinator =
+        TlsMaterial::from_issued(&ca.cert_pem(), &ca.issue(&CertSpec::coordinator("landelijk", 30)).unwrap());
+    let refusal = ping_as(addr, &coordinator, "utrecht").await.unwrap_err();
+    assert_eq!(refusal.code(), Some(Code::PermissionDenied), "{refusal:?}");
+    let mut client = peer_client(addr, &coordinator).await.unwrap();
+    let (_, point) = point_of(CHILD);
+    let status = client.exchange(request("utrecht", 1, false, vec![publish_item(1, &[1; 16], &point, true)])).await;
+    assert_eq!(status.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 0);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_organisation_certificate_from_region_ca_cannot_call_the_peer_api() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let addr = peer_listen(&rdam.files);
+    // A client certificate of rotterdam's own region CA: good on the client API, not here.
+    let issued = rdam.files.ca.issue(&CertSpec::client(Identity::Organisation("jeugdzorg".into()), 30)).unwrap();
+    let material = TlsMaterial {
+        ca_pem: files.ca.cert_pem().into_bytes(),
+        cert_pem: issued.cert_pem.into_bytes(),
+        key_pem: issued.key_pem.into_bytes(),
+        crl_pems: vec![],
+    };
+    let refusal = ping_as(addr, &material, "utrecht").await.unwrap_err();
+    assert!(refusal.is_transport(), "expected a TLS refusal, got {refusal:?}");
+    // Even a region CA certificate naming a region identity is refused: wrong CA.
+    let issued = rdam.files.ca.issue(&CertSpec::node("utrecht", vec!["localhost".into()], 30)).unwrap();
+    let material =
+        TlsMaterial { cert_pem: issued.cert_pem.into_bytes(), key_pem: issued.key_pem.into_bytes(), ..material };
+    assert!(ping_as(addr, &material, "utrecht").await.unwrap_err().is_transport());
+    // And the client API still works for that organisation (the refusal is the peer port's).
+    rdam.org_client("jeugdzorg").await.unwrap().list_matches(cpb::ListMatchesRequest::default()).await.unwrap();
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_plain_tcp_to_the_peer_port_is_refused() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let addr = peer_listen(&rdam.files);
+
+    // gRPC over plaintext HTTP/2.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let ping =
+        fpb::PingRequest { from_region: "utrecht".into(), protocol_version: PROTOCOL_VERSION, ..Default::default() };
+    let status = PeerClient::new(channel).ping(ping).await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    assert!(!status.message().contains("rotterdam"), "{status:?}");
+
+    // Raw bytes: an HTTP/2 preface gets nothing but (at most) a TLS alert and a close.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the node kept a plaintext connection open");
+    assert!(answer.is_empty() || answer[0] == 0x15, "plaintext got an answer that is not a TLS alert: {answer:02x?}");
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 0);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant6_unconfigured_region_is_refused() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let addr = peer_listen(&rdam.files);
+    let amsterdam = node_material(&files.ca_dir, "amsterdam");
+    let refusal = ping_as(addr, &amsterdam, "amsterdam").await.unwrap_err();
+    assert_eq!(refusal.code(), Some(Code::PermissionDenied), "{refusal:?}");
+    let mut client = peer_client(addr, &amsterdam).await.unwrap();
+    let (_, point) = point_of(CHILD);
+    let status = client
+        .exchange(request("amsterdam", 1, false, vec![publish_item(1, &[1; 16], &point, true)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("amsterdam") && status.message().contains("not a configured peer"), "{status:?}");
+    // Claiming a configured region does not help: identity is the certificate's.
+    let status =
+        client.exchange(request("utrecht", 1, false, vec![publish_item(1, &[1; 16], &point, true)])).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let store = rdam.handle.store();
+    assert_eq!(store.peer_index_len("amsterdam"), 0);
+    assert_eq!(store.peer_index_len("utrecht"), 0);
+    assert_eq!(audit_count(&rdam, "federation.exchange"), 0);
+    rdam.stop().await.unwrap();
+}
+
+// ---- invariant 5: every peer message is idempotent -------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant5_duplicated_and_replayed_exchange_changes_nothing() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    // utrecht is played by the test: a fake server on its address answers rotterdam's
+    // deliveries, and a fake client sends utrecht's messages.
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    let addr = peer_listen(&rdam.files);
+    let mut utrecht = peer_client(addr, &node_material(&ca_dir, "utrecht")).await.unwrap();
+
+    register(&rdam, "jeugdzorg", CHILD).await;
+    // rotterdam's publish reaches "utrecht" and its answer D is applied.
+    eventually(20, "rotterdam's publish delivered to utrecht", || {
+        store.outbox_depth("utrecht") == 0 && fake.items_from("rotterdam").len() == 1
+    })
+    .await;
+    let rdam_handle = match &fake.items_from("rotterdam")[0].body {
+        Some(Body::Publish(p)) => p.handle.clone(),
+        other => panic!("expected a publish, got {other:?}"),
+    };
+
+    let child = Bsn::parse(CHILD).unwrap();
+    let h1 = [7u8; 16];
+    let point = fake.key.blind_bsn(&child).to_vec();
+    let epoch = 0x5eed;
+    let first = request("utrecht", epoch, false, vec![publish_item(1, &h1, &point, true)]);
+    let answer = utrecht.exchange(first.clone()).await.unwrap().into_inner();
+    let replay = utrecht.exchange(first.clone()).await.unwrap().into_inner();
+    assert_eq!(answer, replay, "a replay gets the same answer");
+    assert_eq!(answer.results.len(), 1);
+    assert_eq!(answer.results[0].blinded.len(), 32);
+    assert_eq!(store.peer_index_len("utrecht"), 1);
+    assert_eq!(audit_count(&rdam, "federation.exchange"), 1, "the replay applied nothing");
+    assert_eq!(audit_count(&rdam, "federation.match"), 1);
+    // rotterdam saw the match and sends its contacts to utrecht, once.
+    eventually(20, "rotterdam's contacts delivered", || store.outbox_depth("utrecht") == 0).await;
+    let contacts_sent =
+        || fake.items_from("rotterdam").into_iter().filter(|i| matches!(i.body, Some(Body::Contacts(_)))).count();
+    eventually(20, "rotterdam's contacts delivered", || contacts_sent() == 1).await;
+    // Professionals learn of a match only with the counterpart's contacts.
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional), 0);
+
+    // utrecht's contacts: once, replayed with the same seq, and again under a new seq.
+    let contacts = request("utrecht", epoch, false, vec![contacts_item(2, &h1, &rdam_handle, "school")]);
+    utrecht.exchange(contacts.clone()).await.unwrap();
+    utrecht.exchange(contacts).await.unwrap();
+    utrecht
+        .exchange(request("utrecht", epoch, false, vec![contacts_item(3, &h1, &rdam_handle, "school")]))
+        .await
+        .unwrap();
+    // The whole first request again, after later ones.
+    utrecht.exchange(first.clone()).await.unwrap();
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional), 1);
+    assert_eq!(notices(&rdam, "gemeente", NoticeKind::MatchCreated, Addressee::MatchOfficer), 1);
+    assert_eq!(audit_count(&rdam, "federation.match"), 1);
+    assert_eq!(audit_count(&rdam, "federation.exchange"), 3, "seq 1, 2 and 3 applied once each");
+
+    // Withdrawal by the peer, then the old publish arrives late (reordered): stays removed.
+    utrecht.exchange(request("utrecht", epoch, false, vec![remove_item(4, &h1)])).await.unwrap();
+    assert_eq!(store.peer_index_len("utrecht"), 0);
+    assert_eq!(utrecht.exchange(first.clone()).await.unwrap().into_inner(), answer);
+    let late = request("utrecht", epoch, false, vec![publish_item(3, &h1, &point, true)]);
+    utrecht.exchange(late).await.unwrap();
+    utrecht.exchange(request("utrecht", epoch, false, vec![remove_item(4, &h1)])).await.unwrap();
+    assert_eq!(store.peer_index_len("utrecht"), 0, "a replayed publish resurrected a removed entry");
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchEnded, Addressee::Professional), 1);
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional), 1);
+    assert_eq!(audit_count(&rdam, "federation.match-ended"), 1);
+
+    // Expected behaviour: a new epoch is a new store at the peer (restored, re-created),
+    // whose sequence numbers start again; its items are applied.
+    utrecht.exchange(request("utrecht", epoch + 1, false, vec![publish_item(1, &h1, &point, true)])).await.unwrap();
+    assert_eq!(store.peer_index_len("utrecht"), 1);
+    assert_eq!(audit_count(&rdam, "federation.match"), 2);
+    rdam.stop().await.unwrap();
+}
+
+// ---- invariant 2: no peer can test a guessed BSN offline -------------------------------------
+
+fn with_oracle_budget(files: &mut RegionFiles, budget: u64) {
+    let text = std::fs::read_to_string(&files.config_path).unwrap();
+    assert!(text.contains("\n[federation]\n"));
+    let text = text.replacen("\n[federation]\n", &format!("\n[federation]\noracle_budget_per_hour = {budget}\n"), 1);
+    std::fs::write(&files.config_path, text).unwrap();
+    files.config = Config::load(&files.config_path).unwrap();
+    assert_eq!(files.config.federation.as_ref().unwrap().oracle_budget_per_hour, budget);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant2_oracle_budget_is_enforced_counted_and_audited() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    with_oracle_budget(&mut files.regions[0], 3);
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&files.ca_dir, "utrecht")).await.unwrap();
+    let guesses = ["123456782", "047812618", "065444942", "095607481", "132650460"];
+    let key = BlindKey::random();
+    let probe = |seq: u64, resync: bool| {
+        let point = key.blind_bsn(&Bsn::parse(guesses[seq as usize - 1]).unwrap());
+        request("utrecht", 42, resync, vec![publish_item(seq, &[seq as u8; 16], &point, true)])
+    };
+    for seq in 1..=3 {
+        utrecht.exchange(probe(seq, false)).await.unwrap();
+    }
+    let status = utrecht.exchange(probe(4, false)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("budget"), "{}", status.message());
+    let counters = &rdam.handle.peer_counters()["utrecht"];
+    assert_eq!(counters.budget_rejections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let exceeded: Vec<_> =
+        store.audit_entries().unwrap().into_iter().filter(|e| e.action == "federation.budget-exceeded").collect();
+    assert_eq!(exceeded.len(), 1, "{exceeded:?}");
+    assert_eq!(exceeded[0].actor, "region:utrecht");
+    assert_eq!(store.peer_index_len("utrecht"), 3, "the refused publish was not applied");
+
+    // Items that blind nothing are not oracle queries and still pass.
+    utrecht.exchange(request("utrecht", 42, false, vec![remove_item(4, &[3; 16])])).await.unwrap();
+    assert_eq!(store.peer_index_len("utrecht"), 2);
+    // Resync is a separate (bulk) budget.
+    utrecht.exchange(probe(5, true)).await.unwrap();
+    assert_eq!(store.peer_index_len("utrecht"), 3);
+    assert_eq!(counters.budget_rejections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant2_peer_cannot_test_a_guess_offline() {
+    // utrecht is down: rotterdam's publish stays in its outbox, exactly as it will be sent.
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    register(&rdam, "jeugdzorg", CHILD).await;
+    let bsn = Bsn::parse(CHILD).unwrap();
+    let queued = rdam.handle.store().outbox_batch("utrecht", 10).unwrap();
+    let [out] = queued.as_slice() else { panic!("expected one publish, got {queued:?}") };
+    let OutItem::Publish { point, .. } = &out.item else { panic!("expected a publish, got {out:?}") };
+
+    let peer_key = BlindKey::random(); // everything the peer has: its own secret
+    let d = peer_key.blind_point(point).unwrap();
+    // The point is neither the BSN's hash nor anything the peer can make from a guess.
+    assert_ne!(*point, bsn_point(&bsn).compress().to_bytes());
+    assert_ne!(*point, peer_key.blind_bsn(&bsn));
+    assert_ne!(d, peer_key.blind_bsn(&bsn));
+    assert_ne!(d, bsn_point(&bsn).compress().to_bytes());
+    // D takes both secrets: with rotterdam's key (never sent anywhere) it is reproduced.
+    let rdam_key = BlindKey::load_or_create(&rdam.files.config.blind_key_path()).unwrap();
+    assert_eq!(*point, rdam_key.blind_bsn(&bsn));
+    assert_eq!(d, rdam_key.blind_point(&peer_key.blind_bsn(&bsn)).unwrap());
+    rdam.stop().await.unwrap();
+}
+
+// ---- invariant 1: the BSN never leaves its node ----------------------------------------------
+
+/// Every event and span field, at every level and target (including `log` records), as
+/// text in a shared buffer. A plain layer without thread-locals of its own: the fmt layer's
+/// thread-local buffer panics when a thread logs while its thread-locals are torn down,
+/// which aborts the whole test binary.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let _ = write!(self.0, " {}={value}", field.name());
+    }
+    fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
+        let _ = write!(self.0, " {}={value} ({value:?})", field.name());
+    }
+}
+
+impl Capture {
+    fn push(&self, line: String) {
+        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut line = format!("span {} {}", attrs.metadata().target(), attrs.metadata().name());
+        attrs.record(&mut Fields(&mut line));
+        self.push(line);
+    }
+    fn on_record(
+        &self,
+        _: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut line = String::from("record");
+        values.record(&mut Fields(&mut line));
+        self.push(line);
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut line = format!("{} {}", event.metadata().level(), event.metadata().target());
+        event.record(&mut Fields(&mut line));
+        self.push(line);
+    }
+}
+
+/// Valid BSNs of the test vectors, as written there (9 digits, or 8 without the leading 0).
+fn canaries() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bsn-vectors.txt")).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let input = f.next()?;
+            (f.next() == Some("valid")).then(|| input.to_owned())
+        })
+        .collect()
+}
+
+/// The canaries found in `hay` as numbers of their own: maximal runs of hex digits that
+/// equal a canary, so random hex ids in logs cannot fake a hit. One pass, however many canaries.
+fn numbers_in(hay: &[u8], canaries: &HashSet<&[u8]>) -> BTreeSet<String> {
+    hay.split(|c| !c.is_ascii_hexdigit())
+        .filter(|run| canaries.contains(run))
+        .map(|run| String::from_utf8_lossy(run).into_owned())
+        .collect()
+}
+
+/// The canaries found anywhere in `hay`, as raw bytes (binary files, encodings).
+fn substrings_in(hay: &[u8], canaries: &HashSet<&[u8]>) -> BTreeSet<String> {
+    let lens: BTreeSet<usize> = canaries.iter().map(|c| c.len()).collect();
+    let mut found = BTreeSet::new();
+    for i in 0..hay.len() {
+        if !hay[i].is_ascii_digit() {
+            continue;
+        }
+        for &n in &lens {
+            if let Some(w) = hay.get(i..i + n) {
+                if canaries.contains(w) {
+                    found.insert(String::from_utf8_lossy(w).into_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Real rotterdam and utrecht nodes federate with each other and with a fake zwolle, whose
+/// server keeps every message they send it as it arrived on the wire. Canary BSNs are
+/// registered in both regions (some matching, some not); zwolle publishes some of them, so
+/// both real nodes also send it contact exchanges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant1_no_bsn_in_peer_messages_logs_or_peer_data() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = Capture::default();
+    tracing_subscriber::registry()
+        .with(logs.clone())
+        .try_init()
+        .expect("only this test installs the global subscriber (which also takes `log` records)");
+
+    let (dir, mut files) = federation_files(&["rotterdam", "utrecht", "zwolle"]);
+    let ca_dir = files.ca_dir.clone();
+    let (zwolle, _stop) = serve_fake(&ca_dir, "zwolle", peer_listen(&files.regions[2])).await;
+    files.regions.truncate(2);
+    let utr = start(files.regions.pop().unwrap()).await;
+    let rdam = start(files.regions.pop().unwrap()).await;
+
+    let canaries = canaries();
+    assert!(canaries.len() >= 40 && canaries.iter().any(|c| c.len() == 8));
+    let both: Vec<&String> = canaries.iter().step_by(3).collect();
+    for (i, bsn) in canaries.iter().enumerate() {
+        if i % 3 != 2 {
+            register(&rdam, "jeugdzorg", bsn).await;
+        }
+        if i % 3 != 1 {
+            register(&utr, "school", bsn).await;
+        }
+    }
+    let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
+    for (name, region) in [("rotterdam", &rdam), ("utrecht", &utr)] {
+        for peer in ["rotterdam", "utrecht", "zwolle"] {
+            for out in region.handle.store().outbox_batch(peer, 10_000).unwrap() {
+                seen.push((format!("{name} outbox for {peer} (debug)"), format!("{out:?}").into_bytes()));
+                seen.push((format!("{name} outbox for {peer} (postcard)"), postcard::to_stdvec(&out.item).unwrap()));
+            }
+        }
+    }
+
+    // zwolle publishes the children signalled in both regions to both (and some others).
+    let zwolle_material = node_material(&ca_dir, "zwolle");
+    for region in [&rdam, &utr] {
+        let items = canaries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| match i % 3 {
+                0 => true,
+                1 => region.files.config.region == "utrecht",
+                _ => region.files.config.region == "rotterdam",
+            })
+            .map(|(i, bsn)| {
+                let point = zwolle.key.blind_bsn(&Bsn::parse(bsn).unwrap());
+                publish_item(i as u64 + 1, &[i as u8; 16], &point, true)
+            })
+            .collect();
+        let mut client = peer_client(peer_listen(&region.files), &zwolle_material).await.unwrap();
+        client.exchange(request("zwolle", 99, false, items)).await.unwrap();
+    }
+
+    let contacts_from =
+        |from: &str| zwolle.items_from(from).into_iter().filter(|i| matches!(i.body, Some(Body::Contacts(_)))).count();
+    eventually(40, "matches and contact exchanges settle", || {
+        notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional) == both.len()
+            && notices(&utr, "school", NoticeKind::MatchCreated, Addressee::Professional) == both.len()
+            && contacts_from("rotterdam") == both.len()
+            && contacts_from("utrecht") == both.len()
+            && ["utrecht", "zwolle"].iter().all(|p| rdam.handle.store().outbox_depth(p) == 0)
+            && ["rotterdam", "zwolle"].iter().all(|p| utr.handle.store().outbox_depth(p) == 0)
+    })
+    .await;
+    let in_utrecht = (0..canaries.len()).filter(|i| i % 3 != 1).count();
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), in_utrecht);
+
+    for (i, req) in zwolle.received().iter().enumerate() {
+        seen.push((format!("wire message {i} from {} (protobuf)", req.from_region), req.encode_to_vec()));
+        seen.push((format!("wire message {i} from {} (debug)", req.from_region), format!("{req:?}").into_bytes()));
+    }
+    for (name, region) in [("rotterdam", &rdam), ("utrecht", &utr)] {
+        let store = region.handle.store();
+        for (k, v) in store.federation_raw().unwrap() {
+            seen.push((format!("{name} federation data"), [k, v].concat()));
+        }
+        seen.push((format!("{name} audit"), format!("{:?}", store.audit_entries().unwrap()).into_bytes()));
+        for org in ["jeugdzorg", "school", "gemeente"] {
+            let n = store.notices_after(&OrgId::parse(org).unwrap(), 0, 10_000).unwrap();
+            seen.push((format!("{name} notices of {org}"), format!("{n:?}").into_bytes()));
+        }
+    }
+    rdam.stop().await.unwrap();
+    utr.stop().await.unwrap();
+    let mut paths = Vec::new();
+    files_under(dir.path(), &mut paths);
+    assert!(paths.iter().any(|p| p.to_string_lossy().contains("utrecht/data")));
+    for path in paths {
+        seen.push((format!("file {}", path.display()), std::fs::read(&path).unwrap()));
+    }
+
+    let logs = logs.0.lock().unwrap().clone();
+    assert!(!logs.is_empty(), "no logs captured");
+    let text = String::from_utf8_lossy(&logs);
+    assert!(text.contains("rotterdam"), "node logs not captured");
+    assert!(text.contains("peer"), "peer traffic logs not captured");
+    assert!(text.contains("DEBUG virfed::federation::delivery") && text.contains("TRACE "), "not captured at TRACE");
+
+    let forms: Vec<String> = canaries.iter().flat_map(|b| [b.clone(), format!("{b:0>9}")]).collect();
+    let forms: HashSet<&[u8]> = forms.iter().map(|f| f.as_bytes()).collect();
+    // The scanners themselves find a canary where one is.
+    let probe = format!("x bsn={} 0{}\0", canaries[0], canaries.iter().find(|c| c.len() == 8).unwrap());
+    assert_eq!(numbers_in(probe.as_bytes(), &forms).len(), 2);
+    assert_eq!(substrings_in(&[b"\xff".as_slice(), probe.as_bytes()].concat(), &forms).len(), 3);
+    let mut leaks = BTreeSet::new();
+    for bsn in numbers_in(&logs, &forms) {
+        leaks.insert(format!("{bsn} in the logs"));
+    }
+    for (what, bytes) in &seen {
+        for bsn in substrings_in(bytes, &forms) {
+            leaks.insert(format!("{bsn} in {what}"));
+        }
+    }
+    assert!(leaks.is_empty(), "BSNs left their node: {leaks:#?}");
+}
+
+// ---- invariant 7 on the peer API -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_point_and_malformed_items_are_refused_and_change_nothing() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&files.ca_dir, "utrecht")).await.unwrap();
+    let (_, good) = point_of(CHILD);
+    let (_, other) = point_of("123456782");
+    let h = [5u8; 16];
+    let ok = |seq| publish_item(seq, &[9; 16], &other, true);
+    let mut non_canonical = [0xffu8; 32];
+    non_canonical[31] = 0x7f;
+
+    let cases: Vec<(&str, Vec<fpb::Item>)> = vec![
+        ("31-byte point", vec![ok(1), publish_item(2, &h, &good[..31], true)]),
+        ("33-byte point", vec![ok(1), publish_item(2, &h, &[good.clone(), vec![0]].concat(), true)]),
+        ("identity point", vec![ok(1), publish_item(2, &h, &[0; 32], true)]),
+        ("invalid encoding", vec![ok(1), publish_item(2, &h, &non_canonical, true)]),
+        ("empty point", vec![ok(1), publish_item(2, &h, &[], true)]),
+        ("15-byte handle", vec![ok(1), publish_item(2, &h[..15], &good, true)]),
+        ("17-byte handle", vec![ok(1), publish_item(2, &[5; 17], &good, true)]),
+        ("remove with bad handle", vec![ok(1), remove_item(2, &[])]),
+        ("contacts with bad handle", vec![ok(1), contacts_item(2, &h, &h[..8], "school")]),
+        ("contacts with bad organisation id", vec![ok(1), contacts_item(2, &h, &h, "")]),
+        ("decreasing seq", vec![ok(2), publish_item(1, &h, &good, true)]),
+        ("repeated seq", vec![ok(1), publish_item(1, &h, &good, true)]),
+        ("seq 0", vec![publish_item(0, &h, &good, true)]),
+        ("item without body", vec![ok(1), fpb::Item { seq: 2, body: None }]),
+        ("257 items", (1..=257).map(|s| publish_item(s, &h, &good, true)).collect()),
+    ];
+    for (what, items) in cases {
+        let status = utrecht.exchange(request("utrecht", 1, false, items)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(!status.message().is_empty(), "{what}");
+        assert_eq!(store.peer_index_len("utrecht"), 0, "{what} stored something");
+    }
+    assert_eq!(audit_count(&rdam, "federation.exchange"), 0);
+    let counters = &rdam.handle.peer_counters()["utrecht"];
+    assert_eq!(counters.items_received.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Nothing advanced the idempotency state either: seq 1 of the same epoch is applied now,
+    // and exactly 256 items is the limit, not over it.
+    let max: Vec<_> = (1..=256).map(|s| remove_item(s, &h)).collect();
+    utrecht.exchange(request("utrecht", 1, false, max)).await.unwrap();
+    utrecht.exchange(request("utrecht", 2, false, vec![ok(1)])).await.unwrap();
+    assert_eq!(store.peer_index_len("utrecht"), 1);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_version_mismatch_is_reported_clearly() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&files.ca_dir, "utrecht")).await.unwrap();
+    let (_, point) = point_of(CHILD);
+    let mut req = request("utrecht", 1, false, vec![publish_item(1, &[1; 16], &point, true)]);
+    req.protocol_version = 99;
+    let status = utrecht.exchange(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let msg = status.message();
+    assert!(msg.contains("99") && msg.contains(&PROTOCOL_VERSION.to_string()), "{msg}");
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 0);
+    assert_eq!(audit_count(&rdam, "federation.exchange"), 0);
+    rdam.stop().await.unwrap();
+}
