@@ -262,12 +262,8 @@ impl pb::peer_server::Peer for PeerService {
                         .as_slice()
                         .try_into()
                         .map_err(|_| Status::invalid_argument("publish.point must be 32 bytes"))?;
-                    let blinded = self
-                        .inner
-                        .blind_key
-                        .blind_point(&point)
-                        .map_err(|_| Status::invalid_argument("publish.point is not a valid ristretto255 point"))?;
-                    InItem::Publish { handle, point, active: p.active, blinded }
+                    // Blinded below, the whole batch at once.
+                    InItem::Publish { handle, point, active: p.active, blinded: [0; 32] }
                 }
                 Some(Body::State(s)) => {
                     InItem::State { handle: handle_in(&s.handle, "state.handle")?, active: s.active }
@@ -295,6 +291,24 @@ impl pb::peer_server::Peer for PeerService {
                 None => return Err(Status::invalid_argument("item without a body")),
             };
             items.push((item.seq, parsed));
+        }
+        let points: Vec<Blinded> = items
+            .iter()
+            .filter_map(|(_, i)| match i {
+                InItem::Publish { point, .. } => Some(*point),
+                _ => None,
+            })
+            .collect();
+        let mut blinded = self
+            .inner
+            .blind_key
+            .blind_points(&points)
+            .map_err(|_| Status::invalid_argument("publish.point is not a valid ristretto255 point"))?
+            .into_iter();
+        for (_, item) in items.iter_mut() {
+            if let InItem::Publish { blinded: slot, .. } = item {
+                *slot = blinded.next().ok_or_else(|| Status::internal("blinding lost an item"))?;
+            }
         }
         let budget = if r.resync { &self.inner.resync } else { &self.inner.oracle };
         if publishes > 0 && !budget.take(region.as_str(), publishes) {
