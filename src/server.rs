@@ -280,6 +280,7 @@ fn start_federation(
     let service = PeerService::new(
         state.store.clone(),
         config.region.clone(),
+        fed.cert.clone(),
         blind_key,
         peers,
         fed.oracle_budget_per_hour,

@@ -45,6 +45,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
             return;
         }
     };
+    ping(&mut link).await;
     let mut wake = store.subscribe_outbox();
     let mut backoff = MIN_BACKOFF;
     // Halved after a budget refusal, so a peer with a small budget still takes what fits.
@@ -62,6 +63,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
         if batch.is_empty() {
             tokio::select! {
                 changed = wake.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(PING_INTERVAL) => ping(&mut link).await,
                 _ = crate::server::shutting_down(&mut shutdown) => return,
             }
             continue;
@@ -89,6 +91,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
                         match store.apply_delivery(&link.region, delivered).await {
                             Ok(()) => {
                                 link.counters.items_delivered.fetch_add(n, Ordering::Relaxed);
+                                link.counters.succeeded();
                                 if was_failing {
                                     info!(peer = %link.region, "peer reachable again; catching up");
                                 }
@@ -112,7 +115,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
             }
         };
         if let Some(reason) = failure {
-            link.counters.delivery_failures.fetch_add(1, Ordering::Relaxed);
+            link.counters.failed(reason.clone());
             if !was_failing {
                 warn!(peer = %link.region, %reason, "delivery to peer failed; retrying with backoff");
             }
@@ -124,6 +127,35 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
                 _ = crate::server::shutting_down(&mut shutdown) => return,
             }
         }
+    }
+}
+
+/// How often an idle link pings its peer (liveness, round trip, versions, expiry).
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Pings the peer and records what it said, or why it did not answer.
+pub async fn ping(link: &mut PeerLink) {
+    let started = std::time::Instant::now();
+    let request = pb::PingRequest {
+        from_region: link.own_region.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        software_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), link.client.ping(request)).await {
+        Ok(Ok(resp)) => {
+            let resp = resp.into_inner();
+            link.counters.rtt_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            link.counters.succeeded();
+            let mut info = link.counters.info.lock().unwrap_or_else(|p| p.into_inner());
+            info.protocol_version = Some(resp.protocol_version);
+            info.software_version = Some(resp.software_version);
+            info.cert_not_after = (resp.cert_not_after > 0).then_some(resp.cert_not_after);
+            if resp.protocol_version != PROTOCOL_VERSION {
+                warn!(peer = %link.region, theirs = resp.protocol_version, ours = PROTOCOL_VERSION, "peer speaks another protocol version");
+            }
+        }
+        Ok(Err(status)) => link.counters.failed(format!("ping: {:?}: {}", status.code(), status.message())),
+        Err(_) => link.counters.failed("ping: no answer within 10 s".into()),
     }
 }
 

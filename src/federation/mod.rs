@@ -46,6 +46,45 @@ pub struct PeerCounters {
     pub items_delivered: AtomicU64,
     /// Failed delivery attempts.
     pub delivery_failures: AtomicU64,
+    /// Unix milliseconds of the last successful exchange or ping (0: never).
+    pub last_ok_ms: AtomicU64,
+    /// Round trip of the last ping, microseconds.
+    pub rtt_micros: AtomicU64,
+    /// Whether the last attempt to reach the peer succeeded.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// What went wrong last, and the peer's versions and certificate expiry from its ping.
+    pub info: Mutex<PeerInfoSnapshot>,
+}
+
+/// What the last ping and the last failure told about a peer.
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfoSnapshot {
+    pub last_error: Option<String>,
+    pub protocol_version: Option<u32>,
+    pub software_version: Option<String>,
+    /// Unix seconds when the peer's node certificate expires, as the peer reports it.
+    pub cert_not_after: Option<i64>,
+}
+
+impl PeerCounters {
+    pub(crate) fn succeeded(&self) {
+        self.last_ok_ms.store(chrono::Utc::now().timestamp_millis().max(0) as u64, Ordering::Relaxed);
+        self.connected.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self, reason: String) {
+        self.delivery_failures.fetch_add(1, Ordering::Relaxed);
+        self.connected.store(false, Ordering::Relaxed);
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(reason);
+    }
+}
+
+/// When a PEM certificate file's certificate expires (Unix seconds); None if unreadable.
+pub fn cert_not_after(path: &std::path::Path) -> Option<i64> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Counters of every peer.
@@ -89,6 +128,8 @@ pub struct PeerService {
 struct Inner {
     store: Store,
     region: String,
+    /// This node's certificate file, for the expiry it reports in pings.
+    cert_file: std::path::PathBuf,
     blind_key: BlindKey,
     peers: HashSet<String>,
     oracle: Budget,
@@ -97,9 +138,11 @@ struct Inner {
 }
 
 impl PeerService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         region: String,
+        cert_file: std::path::PathBuf,
         blind_key: BlindKey,
         peers: HashSet<String>,
         oracle_per_hour: u64,
@@ -110,6 +153,7 @@ impl PeerService {
             inner: Arc::new(Inner {
                 store,
                 region,
+                cert_file,
                 blind_key,
                 peers,
                 oracle: Budget::new(oracle_per_hour, Duration::from_secs(3600)),
@@ -365,6 +409,7 @@ impl pb::peer_server::Peer for PeerService {
             region: self.inner.region.clone(),
             protocol_version: PROTOCOL_VERSION,
             software_version: env!("CARGO_PKG_VERSION").into(),
+            cert_not_after: cert_not_after(&self.inner.cert_file).unwrap_or(0),
         }))
     }
 }

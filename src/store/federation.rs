@@ -115,6 +115,13 @@ pub enum OutItem {
     },
 }
 
+/// An outbox value: the item and when it was queued (for the outbox-age health figure).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Queued {
+    pub at_ms: i64,
+    pub item: OutItem,
+}
+
 /// An incoming item, with the receiver's answer for publishes already computed.
 #[derive(Clone, Debug)]
 pub enum InItem {
@@ -202,7 +209,8 @@ impl Tx<'_> {
             None => super::read_u64(&self.meta.get(super::META_OUTBOX_SEQ)?),
         } + 1;
         *counter = Some(seq);
-        self.outbox.insert(prefixed(peer, &seq.to_be_bytes()), encode(item))?;
+        let queued = Queued { at_ms: chrono::Utc::now().timestamp_millis(), item: item.clone() };
+        self.outbox.insert(prefixed(peer, &seq.to_be_bytes()), encode(&queued))?;
         Ok(())
     }
 

@@ -1170,12 +1170,21 @@ impl Store {
             .map(|item| {
                 let (k, v) = item?;
                 let seq = read_u64(&Some(k.subslice(k.len() - 8, 8)));
-                Ok(Outgoing { seq, item: decode(&v, "outbox item")? })
+                let queued: federation::Queued = decode(&v, "outbox item")?;
+                Ok(Outgoing { seq, item: queued.item })
             })
             .collect()
     }
 
-    /// Number of queued items and the oldest one's age is not tracked here; depth only.
+    /// When the oldest item still queued for `peer` was queued (None: the outbox is empty).
+    pub fn outbox_oldest(&self, peer: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let Some(first) = self.trees.outbox.scan_prefix(prefixed(peer, &[])).next() else { return Ok(None) };
+        let (_, v) = first?;
+        let queued: federation::Queued = decode(&v, "outbox item")?;
+        Ok(DateTime::from_timestamp_millis(queued.at_ms))
+    }
+
+    /// Number of items queued for `peer`.
     pub fn outbox_depth(&self, peer: &str) -> usize {
         self.trees.outbox.scan_prefix(prefixed(peer, &[])).count()
     }
