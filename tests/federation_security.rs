@@ -233,6 +233,7 @@ impl fpb::peer_server::Peer for FakePeer {
             region: self.region.clone(),
             protocol_version: PROTOCOL_VERSION,
             software_version: "fake".into(),
+            cert_not_after: 0,
         }))
     }
 }
