@@ -707,6 +707,17 @@ pub(super) fn pair_prefix(child: &ChildKey) -> Vec<u8> {
     key(X, &[&child.0, &[0]])
 }
 
+/// Prefix of every pair entry.
+pub(super) fn all_pairs_prefix() -> Vec<u8> {
+    vec![X]
+}
+
+/// Number of matched pairs among pair entries.
+pub(super) fn count_matched(values: impl Iterator<Item = Vec<u8>>) -> u64 {
+    values.filter_map(|v| postcard::from_bytes::<CrossPair>(&v).ok()).filter(|p| p.state == PairState::Matched).count()
+        as u64
+}
+
 /// Remote parties of every matched pair under a `pair_prefix` scan.
 pub(super) fn matched_parties(values: impl Iterator<Item = Vec<u8>>) -> Vec<Party> {
     values

@@ -594,6 +594,22 @@ impl Store {
         Ok(party_of(signal, org.as_ref()))
     }
 
+    /// Children with a match inside this region (two or more active signals), and matched
+    /// pairs with other regions (a child matched in two other regions counts twice).
+    pub fn match_counts(&self) -> Result<(u64, u64), StoreError> {
+        let mut local = 0;
+        for v in self.trees.children.iter().values() {
+            let record: ChildRecord = decode(&v?, "child record")?;
+            if record.active.len() >= 2 {
+                local += 1;
+            }
+        }
+        let pairs = self.trees.fed.scan_prefix(federation::all_pairs_prefix()).values();
+        let values = pairs.map(|v| v.map(|v| v.to_vec())).collect::<Result<Vec<_>, _>>()?;
+        let cross = federation::count_matched(values.into_iter());
+        Ok((local, cross))
+    }
+
     /// Active and archived signal counts.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let mut counts = Counts::default();
