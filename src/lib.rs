@@ -40,6 +40,7 @@ pub mod domain;
 pub mod federation;
 pub mod fixture;
 pub mod notify;
+pub mod participation;
 pub mod pki;
 pub mod pseudonym;
 pub mod server;
