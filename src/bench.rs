@@ -77,6 +77,15 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
     for t in tasks {
         t.await??;
     }
+    let (flushes, jobs, flush_us, txn_us) = store.write_stats().snapshot();
+    if std::env::var_os("VIRFED_BENCH_DETAIL").is_some() {
+        eprintln!(
+            "  store-only, {clients} clients: {flushes} batches of {:.1} jobs; per batch {:.0} us in the transaction, {:.0} us flushing",
+            jobs as f64 / flushes.max(1) as f64,
+            txn_us as f64 / flushes.max(1) as f64,
+            flush_us as f64 / flushes.max(1) as f64
+        );
+    }
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 

@@ -85,7 +85,10 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
         let failure = match sent {
             Ok(resp) => {
                 let results = resp.into_inner().results;
-                match pair_answers(batch, results) {
+                match crate::domain::RegionId::parse(&link.region)
+                    .map_err(|e| e.to_string())
+                    .and_then(|region| pair_answers(batch, results, &region))
+                {
                     Ok(delivered) => {
                         let n = delivered.len() as u64;
                         match store.apply_delivery(&link.region, delivered).await {
@@ -160,7 +163,11 @@ pub async fn ping(link: &mut PeerLink) {
 }
 
 /// Matches the peer's answers to the items sent, refusing an answer that does not fit.
-fn pair_answers(batch: Vec<Outgoing>, results: Vec<pb::ItemResult>) -> Result<Vec<(Outgoing, ItemAnswer)>, String> {
+fn pair_answers(
+    batch: Vec<Outgoing>,
+    results: Vec<pb::ItemResult>,
+    region: &crate::domain::RegionId,
+) -> Result<Vec<(Outgoing, ItemAnswer)>, String> {
     if results.len() != batch.len() {
         return Err(format!("peer answered {} of {} items", results.len(), batch.len()));
     }
@@ -178,7 +185,15 @@ fn pair_answers(batch: Vec<Outgoing>, results: Vec<pb::ItemResult>) -> Result<Ve
                 ),
                 _ => None,
             };
-            Ok((out, ItemAnswer { seq: r.seq, blinded, gone: r.gone }))
+            let contacts = match &out.item {
+                OutItem::Publish { .. } => r
+                    .contacts
+                    .into_iter()
+                    .map(|p| super::party_in(p, region).map_err(|e| format!("peer sent bad contacts: {}", e.message())))
+                    .collect::<Result<Vec<_>, _>>()?,
+                _ => Vec::new(),
+            };
+            Ok((out, ItemAnswer { seq: r.seq, blinded, gone: r.gone, contacts }))
         })
         .collect()
 }

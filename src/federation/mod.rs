@@ -216,7 +216,7 @@ fn contact_in(c: Option<pb::Contact>, who: &str) -> Result<Option<Contact>, Stat
     Ok(Some(contact))
 }
 
-fn party_in(p: pb::Party, region: &RegionId) -> Result<Party, Status> {
+pub(crate) fn party_in(p: pb::Party, region: &RegionId) -> Result<Party, Status> {
     let bad = |e: crate::domain::FieldError| Status::invalid_argument(format!("party: {e}"));
     crate::domain::check_text("organisation_name", &p.organisation_name, crate::domain::MAX_NAME).map_err(bad)?;
     Ok(Party {
@@ -397,6 +397,7 @@ impl pb::peer_server::Peer for PeerService {
                     seq: a.seq,
                     blinded: a.blinded.map(|b| b.to_vec()).unwrap_or_default(),
                     gone: a.gone,
+                    contacts: a.contacts.iter().map(party_out).collect(),
                 })
                 .collect(),
         }))

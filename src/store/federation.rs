@@ -139,6 +139,15 @@ pub struct ItemAnswer {
     pub seq: u64,
     pub blinded: Option<Blinded>,
     pub gone: bool,
+    /// For a publish that completed a pair at the receiver: its contacts (D5).
+    pub contacts: Vec<Party>,
+}
+
+/// What applying one incoming item produced.
+#[derive(Clone, Debug, Default)]
+pub struct Incoming {
+    pub gone: bool,
+    pub contacts: Vec<Party>,
 }
 
 /// Whether a child has active signals, only archived ones, or none.
@@ -326,12 +335,13 @@ impl Tx<'_> {
         d: &Blinded,
         record: &ChildRecord,
         at: chrono::DateTime<chrono::Utc>,
-    ) -> TxResult<()> {
+    ) -> TxResult<Option<Vec<Party>>> {
+        let mut sent = None;
         let remote: Option<RemoteEntry> = self.fed_get(&peer_key(I, peer, d), "peer index")?;
         let pk = pair_key(child, peer);
         let mut pair: Option<CrossPair> = self.fed_get(&pk, "cross pair")?;
         let own = child_state(record);
-        let Some(my_handle) = self.my_handle(peer, child) else { return Ok(()) };
+        let Some(my_handle) = self.my_handle(peer, child) else { return Ok(None) };
         match (own, remote) {
             (ChildState::Active, Some(entry)) if entry.active => {
                 let mut p = pair.take().unwrap_or(CrossPair {
@@ -347,8 +357,14 @@ impl Tx<'_> {
                     let parties = self.local_parties(&record.active)?;
                     self.enqueue(
                         peer,
-                        &OutItem::Contacts { from: my_handle, to: entry.handle, archived: false, parties },
+                        &OutItem::Contacts {
+                            from: my_handle,
+                            to: entry.handle,
+                            archived: false,
+                            parties: parties.clone(),
+                        },
                     )?;
+                    sent = Some(parties);
                     self.log(at, "system:matcher", "federation.match", &format!("region {peer}"), "pair matched")?;
                     let pending = std::mem::take(&mut p.pending);
                     if !pending.is_empty() {
@@ -384,7 +400,7 @@ impl Tx<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// A matched pair ends: my active reporters learn it (D7).
@@ -447,9 +463,9 @@ impl Tx<'_> {
         peer: &RegionId,
         item: &InItem,
         at: chrono::DateTime<chrono::Utc>,
-    ) -> TxResult<bool> {
+    ) -> TxResult<Incoming> {
         let peer = peer.as_str();
-        let mut gone = false;
+        let mut done = Incoming::default();
         match item {
             InItem::Publish { handle, point, active, blinded } => {
                 if let Some(old) = self.fed_get::<Blinded>(&peer_key(J, peer, handle), "peer handle")? {
@@ -460,7 +476,9 @@ impl Tx<'_> {
                 let entry = RemoteEntry { handle: *handle, active: *active, point: *point };
                 self.fed.insert(peer_key(I, peer, blinded), encode(&entry))?;
                 self.fed.insert(peer_key(J, peer, handle), blinded)?;
-                self.reconcile_remote(peer, blinded, at)?;
+                // When this publish completes a pair, my contacts go back with the answer
+                // (and, for reliability, through the outbox as well; duplicates are no-ops).
+                done.contacts = self.reconcile_remote(peer, blinded, at)?.unwrap_or_default();
             }
             InItem::State { handle, active } => {
                 if let Some(d) = self.fed_get::<Blinded>(&peer_key(J, peer, handle), "peer handle")? {
@@ -479,43 +497,7 @@ impl Tx<'_> {
                 }
             }
             InItem::Contacts { to, archived, parties, .. } => {
-                let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, to), "own handle")? else {
-                    return Ok(true);
-                };
-                let child = ChildKey(child);
-                let record = self.child(&child)?;
-                if child_state(&record) != ChildState::Active {
-                    return Ok(true);
-                }
-                let region = RegionId::parse(peer).ok();
-                let parties: Vec<Party> = parties
-                    .iter()
-                    .cloned()
-                    .map(|mut p| {
-                        p.region = region.clone();
-                        p
-                    })
-                    .collect();
-                let pk = pair_key(&child, peer);
-                let mut pair: CrossPair = self.fed_get(&pk, "cross pair")?.unwrap_or(CrossPair {
-                    state: PairState::Idle,
-                    peer_handle: [0; 16],
-                    remote_parties: vec![],
-                    pending: vec![],
-                    history_notified: vec![],
-                });
-                if *archived {
-                    self.history_notices(&mut pair, &record, &parties, at)?;
-                } else if pair.state == PairState::Matched {
-                    self.add_remote_parties(&mut pair, &record, parties, at)?;
-                } else {
-                    // The peer saw the match first; hold its contacts until this side does.
-                    for party in parties {
-                        pair.pending.retain(|p| p.org_id != party.org_id);
-                        pair.pending.push(party);
-                    }
-                }
-                self.fed.insert(pk, encode(&pair))?;
+                done.gone = self.receive_contacts(peer, to, *archived, parties, at)?;
             }
             InItem::Reblind { to, blinded } => {
                 // The sender re-keyed: my child now has a new D towards it. Only ever forms
@@ -526,7 +508,7 @@ impl Tx<'_> {
             }
             InItem::PartyGone { to, org, .. } => {
                 let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, to), "own handle")? else {
-                    return Ok(false);
+                    return Ok(done);
                 };
                 let child = ChildKey(child);
                 let pk = pair_key(&child, peer);
@@ -541,20 +523,87 @@ impl Tx<'_> {
                     }
                     self.fed.insert(pk, encode(&pair))?;
                 }
-                gone = false;
             }
         }
-        Ok(gone)
+        Ok(done)
+    }
+
+    /// My active parties for the pair under `d`, if it is matched (for a replayed publish).
+    pub(super) fn matched_contacts(&self, peer: &str, d: &Blinded) -> TxResult<Vec<Party>> {
+        let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(B, peer, d), "own blinded")? else { return Ok(vec![]) };
+        let child = ChildKey(child);
+        match self.fed_get::<CrossPair>(&pair_key(&child, peer), "cross pair")? {
+            Some(pair) if pair.state == PairState::Matched => {
+                let record = self.child(&child)?;
+                self.local_parties(&record.active)
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// Contact details from the peer for my child under handle `to` (D5, or D6 when
+    /// `archived`). Returns true ("gone") when I have no active signal on the child.
+    pub(super) fn receive_contacts(
+        &self,
+        peer: &str,
+        to: &Handle,
+        archived: bool,
+        parties: &[Party],
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> TxResult<bool> {
+        let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, to), "own handle")? else {
+            return Ok(true);
+        };
+        let child = ChildKey(child);
+        let record = self.child(&child)?;
+        if child_state(&record) != ChildState::Active {
+            return Ok(true);
+        }
+        let region = RegionId::parse(peer).ok();
+        let parties: Vec<Party> = parties
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.region = region.clone();
+                p
+            })
+            .collect();
+        let pk = pair_key(&child, peer);
+        let mut pair: CrossPair = self.fed_get(&pk, "cross pair")?.unwrap_or(CrossPair {
+            state: PairState::Idle,
+            peer_handle: [0; 16],
+            remote_parties: vec![],
+            pending: vec![],
+            history_notified: vec![],
+        });
+        if archived {
+            self.history_notices(&mut pair, &record, &parties, at)?;
+        } else if pair.state == PairState::Matched {
+            self.add_remote_parties(&mut pair, &record, parties, at)?;
+        } else {
+            // The peer saw the match first; hold its contacts until this side does.
+            for party in parties {
+                pair.pending.retain(|p| p.org_id != party.org_id);
+                pair.pending.push(party);
+            }
+        }
+        self.fed.insert(pk, encode(&pair))?;
+        Ok(false)
     }
 
     /// After a change to the peer's entry `d`: re-evaluate my child under `d`, if any.
-    fn reconcile_remote(&self, peer: &str, d: &Blinded, at: chrono::DateTime<chrono::Utc>) -> TxResult<()> {
+    fn reconcile_remote(
+        &self,
+        peer: &str,
+        d: &Blinded,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> TxResult<Option<Vec<Party>>> {
         if let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(B, peer, d), "own blinded")? {
             let child = ChildKey(child);
             let record = self.child(&child)?;
-            self.reconcile(peer, &child, d, &record, at)?;
+            return self.reconcile(peer, &child, d, &record, at);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// D6 across borders: each local active reporter's organisation gets one history notice.
@@ -606,7 +655,8 @@ impl Tx<'_> {
         }
         self.fed.insert(peer_key(B, peer, d), &child.0)?;
         self.fed.insert(link, d)?;
-        self.reconcile(peer, child, d, &record, at)
+        self.reconcile(peer, child, d, &record, at)?;
+        Ok(())
     }
 
     /// Re-keys everything that depends on this node's blinding key (see `docs/protocol.md`):

@@ -1219,7 +1219,12 @@ impl Store {
             for (out, answer) in &delivered {
                 tx.outbox.remove(prefixed(&peer, &out.seq.to_be_bytes()))?;
                 match (&out.item, answer.blinded) {
-                    (OutItem::Publish { child, .. }, Some(d)) => tx.apply_publish_answer(&peer, child, &d, now)?,
+                    (OutItem::Publish { child, handle, .. }, Some(d)) => {
+                        tx.apply_publish_answer(&peer, child, &d, now)?;
+                        if !answer.contacts.is_empty() {
+                            tx.receive_contacts(&peer, handle, false, &answer.contacts, now)?;
+                        }
+                    }
                     // The peer's signals on the child went meanwhile: the match ends here too.
                     (OutItem::Contacts { from, archived: false, .. }, _) if answer.gone => {
                         tx.contacts_gone(&peer, from, now)?
@@ -1254,11 +1259,17 @@ impl Store {
                     InItem::Publish { blinded, .. } => Some(*blinded),
                     _ => None,
                 };
-                let mut answer = ItemAnswer { seq: *seq, blinded, gone: false };
+                let mut answer = ItemAnswer { seq: *seq, blinded, gone: false, contacts: Vec::new() };
                 if *seq > seen.last_seq {
-                    answer.gone = tx.apply_incoming(&peer, item, now)?;
+                    let done = tx.apply_incoming(&peer, item, now)?;
+                    answer.gone = done.gone;
+                    answer.contacts = done.contacts;
                     seen.last_seq = *seq;
                     applied += 1;
+                } else if let Some(d) = blinded {
+                    // A replayed publish: answer as the first time, contacts included when
+                    // the pair is matched (the first answer may be what got lost).
+                    answer.contacts = tx.matched_contacts(peer.as_str(), &d)?;
                 }
                 answers.push(answer);
             }
