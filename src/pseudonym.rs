@@ -85,24 +85,8 @@ impl BlindKey {
 
     /// Loads the key file (hex scalar), creating it (0600) on first start.
     pub fn load_or_create(path: &Path) -> Result<BlindKey, KeyError> {
-        let shown = path.display().to_string();
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                check_mode(path, &meta)?;
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
-                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
-                let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: shown.clone() })?;
-                BlindKey::from_bytes(bytes).ok_or(KeyError::Malformed { path: shown })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = BlindKey::random();
-                write_new_secret(path, format!("{}\n", hex::encode(key.to_bytes())).as_bytes())
-                    .map_err(|source| KeyError::Create { path: shown, source })?;
-                Ok(key)
-            }
-            Err(source) => Err(KeyError::Read { path: shown, source }),
-        }
+        let bytes = load_or_create_secret(path, || BlindKey::random().to_bytes())?;
+        BlindKey::from_bytes(bytes).ok_or(KeyError::Malformed { path: path.display().to_string() })
     }
 
     /// `P·k` for a BSN: what this node publishes to a peer.
@@ -180,25 +164,12 @@ impl LocalKey {
     /// Loads the key file, creating it (mode 0600) on first start. Refuses a key file that
     /// group or others can read.
     pub fn load_or_create(path: &Path) -> Result<LocalKey, KeyError> {
-        let shown = path.display().to_string();
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                check_mode(path, &meta)?;
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
-                let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
-                let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: shown })?;
-                Ok(LocalKey(key))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut key);
-                write_new_secret(path, format!("{}\n", hex::encode(key)).as_bytes())
-                    .map_err(|source| KeyError::Create { path: shown, source })?;
-                Ok(LocalKey(key))
-            }
-            Err(source) => Err(KeyError::Read { path: shown, source }),
-        }
+        let bytes = load_or_create_secret(path, || {
+            let mut key = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            key
+        })?;
+        Ok(LocalKey(bytes))
     }
 
     /// The child's handle towards `peer`: `HMAC(local key, "virfed/handle/v1" ‖ peer ‖ 0 ‖
@@ -222,6 +193,29 @@ impl LocalKey {
         mac.update(LOCAL_CHILD_DOMAIN);
         mac.update(bsn.normalised_digits());
         ChildKey(mac.finalize().into_bytes().into())
+    }
+}
+
+/// Reads a 32-byte secret kept as hex in its own file, or creates the file (mode 0600)
+/// with `fresh()` when it does not exist yet. A file that group or others can read, or
+/// that does not hold 64 hex digits, is refused and left as it is.
+fn load_or_create_secret(path: &Path, fresh: impl FnOnce() -> [u8; 32]) -> Result<[u8; 32], KeyError> {
+    let shown = path.display().to_string();
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            check_mode(path, &meta)?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
+            let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
+            bytes.try_into().map_err(|_| KeyError::Malformed { path: shown })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = fresh();
+            write_new_secret(path, format!("{}\n", hex::encode(key)).as_bytes())
+                .map_err(|source| KeyError::Create { path: shown, source })?;
+            Ok(key)
+        }
+        Err(source) => Err(KeyError::Read { path: shown, source }),
     }
 }
 

@@ -28,7 +28,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{encode, prefixed, ChildRecord, Tx, TxResult};
-use crate::domain::{Addressee, ChildKey, Notice, NoticeKind, OrgId, Party, RegionId, Signal};
+use crate::domain::{ChildKey, NoticeKind, OrgId, Party, RegionId, Signal};
 use crate::pseudonym::{BlindKey, Blinded, Handle};
 
 /// Tags of the `fed` tree.
@@ -621,15 +621,7 @@ impl Tx<'_> {
             if pair.history_notified.contains(&signal.org) {
                 continue;
             }
-            let notice = Notice {
-                kind: NoticeKind::History,
-                addressee: Addressee::Professional,
-                recipient: signal.org.clone(),
-                own_signal: Some(signal.id),
-                signals: vec![],
-                counterparts: parties.to_vec(),
-            };
-            self.push_notice(notice, at)?;
+            self.history_notice(&signal, parties.to_vec(), at)?;
             pair.history_notified.push(signal.org.clone());
         }
         Ok(())

@@ -432,16 +432,7 @@ impl Store {
                 let earlier: Vec<_> =
                     tx.signals_of(&child.archived)?.into_iter().filter(|s| s.org != signal.org).collect();
                 if !earlier.is_empty() {
-                    let parties = tx.parties(&earlier)?;
-                    let notice = Notice {
-                        kind: NoticeKind::History,
-                        addressee: Addressee::Professional,
-                        recipient: signal.org.clone(),
-                        own_signal: Some(signal.id),
-                        signals: vec![],
-                        counterparts: parties,
-                    };
-                    tx.push_notice(notice, new.now)?;
+                    tx.history_notice(&signal, tx.parties(&earlier)?, new.now)?;
                     child.history_sent.push(signal.org.clone());
                 }
             }
@@ -882,6 +873,19 @@ impl Tx<'_> {
         let detail = format!("to {addressee} of org:{} (cursor {seq})", notice.recipient);
         self.notices.insert(notice_key(&notice.recipient, seq), encode(&notice))?;
         self.log(at, "system:matcher", action, &subject, &detail)
+    }
+
+    /// D6: the one history notice for the reporter of `signal`, naming earlier reporters.
+    fn history_notice(&self, signal: &Signal, earlier: Vec<Party>, at: DateTime<Utc>) -> TxResult<()> {
+        let notice = Notice {
+            kind: NoticeKind::History,
+            addressee: Addressee::Professional,
+            recipient: signal.org.clone(),
+            own_signal: Some(signal.id),
+            signals: vec![],
+            counterparts: earlier,
+        };
+        self.push_notice(notice, at)
     }
 
     /// Notices to the professional and the coordinator (if any) of `signal`'s organisation.
