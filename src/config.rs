@@ -31,6 +31,10 @@ pub struct Config {
     /// Address of the client and admin API (mutual TLS).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the plain-HTTP health port: `/healthz`, `/readyz`, `/metrics` (no personal
+    /// data; loopback by default, expose it to your Prometheus only).
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
     /// Certificates: the region CA and the node's server certificate.
     pub tls: TlsConfig,
     /// The municipal match officer (D5).
@@ -184,6 +188,9 @@ fn default_data_dir() -> PathBuf {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7443))
 }
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
 fn default_sweep_secs() -> u64 {
     3600
 }
@@ -239,7 +246,7 @@ impl Config {
     }
 
     /// Environment overrides: `VIRFED_REGION`, `VIRFED_DATA_DIR`, `VIRFED_LISTEN`,
-    /// `VIRFED_TLS_CA`, `VIRFED_TLS_CERT`, `VIRFED_TLS_KEY`, `VIRFED_MATCH_OFFICER_ORG`.
+    /// `VIRFED_HTTP_LISTEN`, `VIRFED_TLS_CA`, `VIRFED_TLS_CERT`, `VIRFED_TLS_KEY`, `VIRFED_MATCH_OFFICER_ORG`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("VIRFED_REGION") {
             self.region = v;
@@ -251,6 +258,12 @@ impl Config {
             self.listen = v.parse().map_err(|_| ConfigError::Env {
                 var: "VIRFED_LISTEN",
                 message: format!("{v:?} is not an address like 0.0.0.0:7443"),
+            })?;
+        }
+        if let Some(v) = get("VIRFED_HTTP_LISTEN") {
+            self.http_listen = v.parse().map_err(|_| ConfigError::Env {
+                var: "VIRFED_HTTP_LISTEN",
+                message: format!("{v:?} is not an address like 127.0.0.1:9464"),
             })?;
         }
         if let Some(v) = get("VIRFED_TLS_CA") {
@@ -291,6 +304,7 @@ mod tests {
         let config = Config::parse(text).unwrap();
         assert_eq!(config.region, "rotterdam");
         assert_eq!(config.sweeper.interval_secs, 3600);
+        assert_eq!(config.http_listen, SocketAddr::from(([127, 0, 0, 1], 9464)));
     }
 
     #[test]

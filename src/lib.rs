@@ -19,6 +19,9 @@
 //!   conversions between protobuf and domain types, the one error → status mapping.
 //! - [`federation`]: the peer API (identity from node certificates, oracle budget) and
 //!   per-peer outbox delivery with backoff; the protocol is in `docs/protocol.md`.
+//! - [`health`]: federation health without personal data: the coordinators' status API,
+//!   gRPC health and reflection, the HTTP port (`/healthz`, `/readyz`, `/metrics`), and
+//!   `virfed status` (sweep of many nodes, link matrix, warnings).
 //! - [`config`]: the node's TOML configuration with environment overrides.
 //! - [`server`]: `Node::bind` then `run(shutdown)`: composes services and background
 //!   tasks (expiry sweeper, webhook delivery) and drains on shutdown.
@@ -39,6 +42,7 @@ pub mod demo;
 pub mod domain;
 pub mod federation;
 pub mod fixture;
+pub mod health;
 pub mod notify;
 pub mod participation;
 pub mod pki;

@@ -62,7 +62,23 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
-    /// Measure durable registrations per second against the raw sled floor.
+    /// Federation health: query every node's status API in parallel and print a node
+    /// table, the link matrix and warnings. Exit code 0 healthy, 1 warnings, 2 a node
+    /// unreachable, 3 the sweep could not run (certificate files).
+    Status {
+        /// Peer API addresses of the nodes, host:port, comma-separated.
+        #[arg(long, env = "VIRFED_NODES", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// The federation CA certificate (PEM).
+        #[arg(long, env = "VIRFED_CA")]
+        ca: PathBuf,
+        /// A coordinator certificate from the federation CA (`virfed ca issue coordinator`).
+        #[arg(long, env = "VIRFED_CERT")]
+        cert: PathBuf,
+        /// Its private key (PEM, mode 0600).
+        #[arg(long, env = "VIRFED_KEY")]
+        key: PathBuf,
+    },
     /// Benchmarks, each printed next to the floor it is measured against.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -92,6 +108,13 @@ enum BenchCommand {
     Latency {
         #[arg(long, default_value_t = 200)]
         samples: usize,
+    },
+    /// A status sweep over N nodes vs N parallel health round trips; /metrics scrape cost.
+    Status {
+        #[arg(long, default_value_t = 25)]
+        nodes: usize,
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
     },
 }
 
@@ -308,7 +331,7 @@ fn main() {
     let cli = Cli::parse();
     // The demo and the benchmark print their own story; the node logs its steps.
     let default_level = match cli.command {
-        Command::Demo { .. } | Command::Bench(_) => "warn",
+        Command::Demo { .. } | Command::Bench(_) | Command::Status { .. } => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIRFED_LOG")
@@ -369,8 +392,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Crypto { operations }) => virfed::bench::crypto(operations),
         Command::Bench(BenchCommand::Join { regions, signals }) => virfed::bench::join(regions, signals).await?,
         Command::Bench(BenchCommand::Latency { samples }) => virfed::bench::latency(samples).await?,
+        Command::Bench(BenchCommand::Status { nodes, scrapes }) => {
+            virfed::health::bench::status(nodes, scrapes).await?
+        }
+        // Its own exit codes (0 healthy, 1 warnings, 2 unreachable, 3 cannot run), for cron.
+        Command::Status { nodes, ca, cert, key } => std::process::exit(status(&nodes, &ca, &cert, &key).await),
     }
     Ok(())
+}
+
+/// `virfed status`: the sweep, printed; returns the exit code.
+async fn status(nodes: &[String], ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> i32 {
+    let tls =
+        match virfed::pki::TlsMaterial::from_files(ca, cert, key, &[]).and_then(|m| virfed::pki::client_config(&m)) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 3;
+            }
+        };
+    let sweep = virfed::health::sweep::sweep(nodes, tls).await;
+    print!("{}", virfed::health::sweep::render(&sweep));
+    virfed::health::sweep::exit_code(&sweep)
 }
 
 /// `virfed rekey`: new blinding key, everything re-keyed in one transaction, new key file

@@ -1,6 +1,8 @@
 //! `Node::bind` then `Node::run(shutdown)`: opens the store, loads keys and certificates,
-//! binds the API port, and serves until `shutdown` resolves, with the background tasks
-//! (expiry sweeper, webhook delivery) beside it. Start-up reads like a script, one log
+//! binds the API ports and the HTTP health port, and serves until `shutdown` resolves,
+//! with the background tasks (expiry sweeper, webhook delivery, health probe) beside it.
+//! Both gRPC ports also serve `grpc.health.v1` and reflection, and count and time every
+//! request for `/metrics`; the peer port serves the coordinators' status API. Start-up reads like a script, one log
 //! line a step.
 
 use std::future::Future;
@@ -19,7 +21,12 @@ use crate::config::Config;
 use crate::domain::{Clock, OrgId};
 use crate::federation::delivery::{self, PeerLink};
 use crate::federation::{Counters, PeerCounters, PeerService};
+use crate::health::metrics::RpcMetricsLayer;
+use crate::health::probe::Reporters;
+use crate::health::status::StatusService;
+use crate::health::{NodeHealth, PeerAddr};
 use crate::pb::admin::organisations_server::OrganisationsServer;
+use crate::pb::admin::status_server::StatusServer;
 use crate::pb::client::signals_server::SignalsServer;
 use crate::pb::federation::peer_client::PeerClient;
 use crate::pb::federation::peer_server::PeerServer;
@@ -58,6 +65,7 @@ pub struct Node {
     config: Config,
     listener: TcpListener,
     addr: SocketAddr,
+    http_listener: TcpListener,
     peer: Option<PeerSide>,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<ApiState>,
@@ -82,6 +90,9 @@ pub struct NodeHandle {
     sweep_tx: mpsc::Sender<SweepRequest>,
     store: Store,
     counters: Counters,
+    health: Arc<NodeHealth>,
+    http_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
 }
 
 impl NodeHandle {
@@ -99,6 +110,21 @@ impl NodeHandle {
     /// Per-peer federation counters (empty for a stand-alone node).
     pub fn peer_counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The node's health: status, probes, metrics.
+    pub fn health(&self) -> &Arc<NodeHealth> {
+        &self.health
+    }
+
+    /// The address of the HTTP health port (`/healthz`, `/readyz`, `/metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The address of the peer API (and the status API), when the node federates.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 }
 
@@ -149,6 +175,12 @@ impl Node {
             TcpListener::bind(config.listen).await.map_err(|source| NodeError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen, source })?;
         info!(%addr, "client and admin API bound");
+        let http_listener = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| NodeError::Bind { addr: config.http_listen, source })?;
+        let http_addr =
+            http_listener.local_addr().map_err(|source| NodeError::Bind { addr: config.http_listen, source })?;
+        info!(addr = %http_addr, "HTTP health port bound: /healthz, /readyz, /metrics");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sweep_tx, sweep_rx) = mpsc::channel(4);
         let state = Arc::new(ApiState {
@@ -160,16 +192,31 @@ impl Node {
             shutdown: shutdown_rx,
         });
         let counters = peer.as_ref().map(|p| p.counters.clone()).unwrap_or_default();
+        let health = Arc::new(NodeHealth::new(
+            config.region.clone(),
+            store.clone(),
+            counters.clone(),
+            config
+                .federation
+                .iter()
+                .flat_map(|f| f.peers.iter())
+                .map(|p| PeerAddr { region: p.region.clone(), address: p.address.clone() })
+                .collect(),
+            config.tls.cert.clone(),
+            config.federation.as_ref().map(|f| f.cert.clone()),
+        ));
+        let peer_addr = peer.as_ref().map(|p| p.addr);
         Ok(Node {
             config,
             listener,
             addr,
+            http_listener,
             tls,
             state,
             shutdown_tx,
             sweep_rx,
             peer,
-            handle: NodeHandle { sweep_tx, store, counters },
+            handle: NodeHandle { sweep_tx, store, counters, health, http_addr, peer_addr },
         })
     }
 
@@ -187,10 +234,16 @@ impl Node {
         self.handle.clone()
     }
 
+    /// The address of the HTTP health port.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.handle.http_addr
+    }
+
     /// Serves until `shutdown` resolves, then drains: open watch streams end with
     /// UNAVAILABLE, in-flight requests finish, the store is flushed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
-        let Node { config, listener, tls, state, shutdown_tx, sweep_rx, peer, .. } = self;
+        let Node { config, listener, http_listener, tls, state, shutdown_tx, sweep_rx, peer, handle, .. } = self;
+        let health = handle.health.clone();
         let sweeper = tokio::spawn(sweeper(
             state.store.clone(),
             state.clock.clone(),
@@ -204,10 +257,20 @@ impl Node {
             SignalsServer::new(SignalsService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
         let orgs = OrganisationsServer::new(OrganisationsService::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let client_services = vec![SIGNALS_SERVICE, ORGANISATIONS_SERVICE];
+        let mut reporters = Reporters::default();
+        let client_health = reporters.add_port(client_services.clone());
+        let (client_reflection, client_reflection_alpha) = reflection(&client_services)?;
         let mut federation_tasks = Vec::new();
         if let (Some(side), Some(fed)) = (peer, &config.federation) {
-            federation_tasks = start_federation(&config, fed, side, &state)?;
+            federation_tasks = start_federation(&config, fed, side, &state, &health, &mut reporters)?;
         }
+        // The first probe before serving, so the ports never report a store that is not there.
+        let writable = crate::health::probe::probe_once(&health).await;
+        crate::health::probe::apply(&health, &reporters, writable).await;
+        let probe = tokio::spawn(crate::health::probe::run(health.clone(), reporters, state.shutdown.clone()));
+        let http = tokio::spawn(crate::health::http::serve(http_listener, health.clone(), state.shutdown.clone()));
+        health.set_api_bound(true);
         info!(region = %config.region, "node running");
         let incoming = tls_incoming(listener, tls);
         let stop = async {
@@ -217,12 +280,19 @@ impl Node {
         };
         let served = Server::builder()
             .timeout(Duration::from_secs(30))
+            .layer(RpcMetricsLayer::new(health.rpc.clone(), "client"))
             .add_service(signals)
             .add_service(orgs)
+            .add_service(client_health)
+            .add_service(client_reflection)
+            .add_service(client_reflection_alpha)
             .serve_with_incoming_shutdown(incoming, stop)
             .await;
+        health.set_api_bound(false);
         let _ = shutdown_tx.send(true);
         let _ = sweeper.await;
+        let _ = probe.await;
+        let _ = http.await;
         for task in webhooks.into_iter().chain(federation_tasks) {
             let _ = task.await;
         }
@@ -274,6 +344,8 @@ fn start_federation(
     fed: &crate::config::Federation,
     side: PeerSide,
     state: &Arc<ApiState>,
+    health: &Arc<NodeHealth>,
+    reporters: &mut Reporters,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, NodeError> {
     let PeerSide { listener, tls, files, blind_key, counters, .. } = side;
     let peers = fed.peers.iter().map(|p| p.region.clone()).collect();
@@ -287,13 +359,21 @@ fn start_federation(
         fed.resync_budget_per_day,
         counters.clone(),
     );
+    let peer_services = vec![PEER_SERVICE, STATUS_SERVICE];
+    let peer_health = reporters.add_port(peer_services.clone());
+    let (peer_reflection, peer_reflection_alpha) = reflection(&peer_services)?;
     let mut tasks = Vec::new();
     let mut stop = state.shutdown.clone();
     let server = Server::builder()
         .timeout(Duration::from_secs(60))
         // A revoked peer keeps no long-lived connection: it must handshake again.
         .max_connection_age(Duration::from_secs(600))
+        .layer(RpcMetricsLayer::new(health.rpc.clone(), "peer"))
         .add_service(PeerServer::new(service).max_decoding_message_size(4 * 1024 * 1024))
+        .add_service(StatusServer::new(StatusService::new(health.clone())))
+        .add_service(peer_health)
+        .add_service(peer_reflection)
+        .add_service(peer_reflection_alpha)
         .serve_with_incoming_shutdown(tls_incoming(listener, tls), async move { shutting_down(&mut stop).await });
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -320,6 +400,27 @@ fn start_federation(
         }));
     }
     Ok(tasks)
+}
+
+const SIGNALS_SERVICE: &str = "virfed.client.v1.Signals";
+const ORGANISATIONS_SERVICE: &str = "virfed.admin.v1.Organisations";
+const PEER_SERVICE: &str = "virfed.federation.v1.Peer";
+const STATUS_SERVICE: &str = "virfed.admin.v1.Status";
+
+/// Reflection services for a port, with an error a person can act on.
+fn reflection(
+    services: &[&'static str],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    NodeError,
+> {
+    crate::health::probe::reflection(services)
+        .map_err(|e| NodeError::Config(format!("gRPC reflection: the built-in descriptor set is unusable: {e}")))
 }
 
 /// The expiry sweeper (D3, D4): runs at start, every `interval`, and on request.
