@@ -38,6 +38,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod domain;
 pub mod federation;
