@@ -262,6 +262,21 @@ impl OrganisationsService {
         OrganisationsService { state }
     }
 
+    /// Operators, and the region's municipal (match officer) organisation, may read the
+    /// participation report.
+    fn participation_reader<T>(&self, req: &Request<T>) -> Result<String, ApiError> {
+        let peer = peer_of(req).map_err(|s| ApiError::Unauthenticated(s.message().to_string()))?;
+        match &peer.identity {
+            Identity::Operator(name) => Ok(format!("operator:{name}")),
+            Identity::Organisation(org) if self.state.match_officer.as_ref().map(|o| o.as_str()) == Some(org.as_str()) => {
+                Ok(format!("org:{org}"))
+            }
+            other => Err(ApiError::PermissionDenied(format!(
+                "the participation report is for the region's operators and its municipality (the match officer organisation); this certificate names {other}"
+            ))),
+        }
+    }
+
     fn operator<T>(&self, req: &Request<T>) -> Result<String, ApiError> {
         let peer = peer_of(req).map_err(|s| ApiError::Unauthenticated(s.message().to_string()))?;
         match &peer.identity {
@@ -316,6 +331,45 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
             .map_err(ApiError::from)?;
         info!(org = %org.id, domain = %org.domain, operator, "organisation registered");
         Ok(Response::new(admin_org_out(&org)))
+    }
+
+    async fn get_participation(
+        &self,
+        req: Request<admin_pb::ParticipationRequest>,
+    ) -> Result<Response<admin_pb::ParticipationReport>, Status> {
+        let reader = self.participation_reader(&req)?;
+        let days = match req.get_ref().quiet_after_days {
+            0 => crate::participation::ParticipationConfig::DEFAULT_QUIET_AFTER_DAYS,
+            d => d,
+        };
+        let store = &self.state.store;
+        let orgs = store.orgs().map_err(ApiError::from)?;
+        let audit = store.audit_entries().map_err(ApiError::from)?;
+        let config = crate::participation::ParticipationConfig { quiet_after_days: days };
+        let report = crate::participation::report(&orgs, &audit, self.state.clock.today(), &config);
+        info!(reader, quiet = report.quiet_orgs().count(), "participation report read");
+        Ok(Response::new(admin_pb::ParticipationReport {
+            generated_on: report.generated_on.to_string(),
+            quiet_after_days: report.quiet_after_days,
+            organisations: report
+                .orgs
+                .iter()
+                .map(|o| admin_pb::OrgParticipation {
+                    organisation_id: o.org.to_string(),
+                    name: o.name.clone(),
+                    domain: o.domain.to_string(),
+                    signals_30d: o.signals_30d,
+                    signals_90d: o.signals_90d,
+                    signals_365d: o.signals_365d,
+                    last_signal: o.last_signal.map(|d| d.to_string()).unwrap_or_default(),
+                    matches: o.matches,
+                    quiet: o.quiet,
+                })
+                .collect(),
+            csv: report.to_csv(),
+            html: report.to_html(),
+            text: report.render_text(),
+        }))
     }
 
     async fn list_organisations(

@@ -1,0 +1,71 @@
+//! The participation report through the admin API (issue 4, item 6): operators and the
+//! municipality read it; other organisations may not; quiet organisations are flagged on
+//! the injected clock; nothing about children is in it.
+
+use std::sync::Arc;
+
+use chrono::TimeZone;
+use tonic::Code;
+use virfed::domain::ManualClock;
+use virfed::fixture::{contact, RunningRegion, MATCH_OFFICER_ORG};
+use virfed::pb::admin::organisations_client::OrganisationsClient;
+use virfed::pb::admin::ParticipationRequest;
+use virfed::pb::client as pb;
+use virfed::pki::Identity;
+
+fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
+    let c = contact(who, "professional", "secret.person@example.nl");
+    pb::RegisterSignalRequest {
+        bsn: bsn.into(),
+        date_of_birth: "2014-05-01".into(),
+        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
+        removal_date: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participation_flags_the_quiet_organisation_and_is_only_for_operators_and_the_municipality() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap());
+    let region = RunningRegion::start(dir.path(), "rotterdam", Arc::new(clock.clone())).await.unwrap();
+    for (id, domain) in [("school-a", "education"), ("school-b", "education"), (MATCH_OFFICER_ORG, "other")] {
+        region.add_org(id, id, domain, None).await.unwrap();
+    }
+    let bsns = virfed::demo::valid_bsns(123_000_000, 3);
+    region.org_client("school-a").await.unwrap().register_signal(req(&bsns[0], "Anna Canary")).await.unwrap();
+    region.org_client("school-b").await.unwrap().register_signal(req(&bsns[1], "Bert Canary")).await.unwrap();
+    clock.advance(chrono::Duration::days(200));
+    region.org_client("school-a").await.unwrap().register_signal(req(&bsns[2], "Anna Canary")).await.unwrap();
+
+    let report = region
+        .operator()
+        .await
+        .unwrap()
+        .get_participation(ParticipationRequest { quiet_after_days: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.quiet_after_days, 182);
+    let row = |id: &str| report.organisations.iter().find(|o| o.organisation_id == id).unwrap().clone();
+    assert!(row("school-b").quiet, "school-b has been quiet for 200 days while school-a signals");
+    assert!(!row("school-a").quiet);
+    assert_eq!(row("school-a").signals_30d, 1);
+    assert_eq!(row("school-a").signals_365d, 2);
+    assert!(report.csv.lines().count() >= 4 && report.html.contains("<svg"));
+    for text in [&report.csv, &report.html, &report.text] {
+        for bsn in &bsns {
+            assert!(!text.contains(bsn.as_str()), "a BSN in the participation report");
+        }
+        assert!(!text.contains("Canary") && !text.contains("secret.person"), "contact details in the report");
+    }
+
+    // The municipality may read it; another organisation may not.
+    let officer =
+        OrganisationsClient::new(region.channel(Identity::Organisation(MATCH_OFFICER_ORG.into())).await.unwrap());
+    assert!(officer.clone().get_participation(ParticipationRequest { quiet_after_days: 90 }).await.is_ok());
+    let school = OrganisationsClient::new(region.channel(Identity::Organisation("school-a".into())).await.unwrap());
+    let err = school.clone().get_participation(ParticipationRequest { quiet_after_days: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("municipality"), "{}", err.message());
+    region.stop().await.unwrap();
+}
