@@ -65,8 +65,8 @@ pub async fn status(nodes: usize, scrapes: usize) -> anyhow::Result<()> {
         }
     }
     let (sweep, floor) = (median(sweeps), median(floors));
-    println!("  sweep (median of {rounds}):            {:>8.1} ms", sweep.as_secs_f64() * 1e3);
-    println!("  floor: {nodes} health checks in parallel: {:>8.1} ms", floor.as_secs_f64() * 1e3);
+    println!("  sweep, median of {rounds}:                  {:>8.1} ms", sweep.as_secs_f64() * 1e3);
+    println!("  floor, {nodes:>3} health checks in parallel: {:>8.1} ms", floor.as_secs_f64() * 1e3);
     println!("  ratio: {:.2}x (target <= 2x)", sweep.as_secs_f64() / floor.as_secs_f64());
 
     let node = &regions[0].handle;
