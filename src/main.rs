@@ -79,6 +79,27 @@ enum Command {
         #[arg(long, env = "VIRFED_KEY")]
         key: PathBuf,
     },
+    /// Serve the national coordinator's dashboard: node table, link grid, warnings and
+    /// history, refreshed live (see deploy/coordinator.example.toml).
+    Coordinator {
+        #[arg(long, short, env = "VIRFED_COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// The region's participation report: which organisations signal, which went quiet
+    /// (operator or municipality certificate).
+    Participation {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Days without a signal after which an organisation counts as quiet.
+        #[arg(long, default_value_t = 182)]
+        quiet_after_days: u32,
+        /// Also write the report as CSV to this file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Also write the report as a self-contained HTML page (table and chart).
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// Benchmarks, each printed next to the floor it is measured against.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -392,6 +413,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Crypto { operations }) => virfed::bench::crypto(operations),
         Command::Bench(BenchCommand::Join { regions, signals }) => virfed::bench::join(regions, signals).await?,
         Command::Bench(BenchCommand::Latency { samples }) => virfed::bench::latency(samples).await?,
+        Command::Coordinator { config } => {
+            let config = virfed::dashboard::CoordinatorConfig::load(&config)?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            eprintln!("coordinator dashboard on http://{} ({} nodes)", listener.local_addr()?, config.nodes.len());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            virfed::dashboard::run(config, listener, stopped).await?;
+        }
+        Command::Participation { conn, quiet_after_days, csv, html } => {
+            let mut client = admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
+            let report = client
+                .get_participation(admin_pb::ParticipationRequest { quiet_after_days })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            print!("{}", report.text);
+            if let Some(path) = csv {
+                std::fs::write(&path, &report.csv).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("CSV written to {}", path.display());
+            }
+            if let Some(path) = html {
+                std::fs::write(&path, &report.html).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("HTML written to {}", path.display());
+            }
+        }
         Command::Bench(BenchCommand::Status { nodes, scrapes }) => {
             virfed::health::bench::status(nodes, scrapes).await?
         }

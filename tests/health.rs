@@ -416,6 +416,8 @@ async fn grpc_health_serving_reflection_lists_services_and_http_probes() {
     let (code, ready) = virfed::health::http::get_text(http, "/readyz").await.unwrap();
     assert_eq!(code, 200, "{ready}");
     wait_for("amsterdam to reach rotterdam", || connected(region, "rotterdam")).await;
+    // An organisation, so the per-organisation participation gauge has a series.
+    region.add_org("jeugdzorg", "Jeugdzorg", "youth-care", None).await.unwrap();
     let (code, metrics) = virfed::health::http::get_text(http, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for (name, _) in METRICS {

@@ -78,6 +78,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
             resync,
             items: batch.iter().map(|o| item_out(o.seq, &o.item)).collect(),
         };
+        link.counters.delivery_attempts.fetch_add(1, Ordering::Relaxed);
         let sent = tokio::select! {
             r = link.client.exchange(request) => r,
             _ = crate::server::shutting_down(&mut shutdown) => return,

@@ -44,6 +44,8 @@ pub struct PeerCounters {
     pub items_received: AtomicU64,
     /// Items delivered to the peer.
     pub items_delivered: AtomicU64,
+    /// Exchanges sent to the peer.
+    pub delivery_attempts: AtomicU64,
     /// Failed delivery attempts.
     pub delivery_failures: AtomicU64,
     /// Unix milliseconds of the last successful exchange or ping (0: never).

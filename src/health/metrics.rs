@@ -52,13 +52,12 @@ pub const METRICS: &[(&str, &str)] = &[
     ("virfed_peer_protocol_version", "the peer's protocol version from its last ping (0 unknown)"),
     ("virfed_grpc_requests_total", "gRPC requests by port=client|peer, method and code"),
     ("virfed_grpc_request_duration_seconds", "gRPC request latency until response headers, by port and method"),
+    ("virfed_peer_delivery_attempts_total", "outbox exchanges sent to the peer (successful or not)"),
+    ("virfed_org_quiet", "1 for an organisation the participation report flags as quiet (default period), label org"),
 ];
 
 /// Metrics other parts of virfed will export; alert rules may already use them.
-pub const PLANNED_METRICS: &[(&str, &str)] = &[(
-    "virfed_org_quiet",
-    "1 for an organisation flagged quiet by the participation report (issue 4 item 6), label org",
-)];
+pub const PLANNED_METRICS: &[(&str, &str)] = &[];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -287,6 +286,16 @@ pub fn render(health: &NodeHealth, status: &pb::NodeStatus) -> String {
     r.register("peer_budget_rejections", help("peer_budget_rejections"), budget);
     r.register("peer_cert_expiry_days", help("peer_cert_expiry_days"), peer_cert);
     r.register("peer_protocol_version", help("peer_protocol_version"), peer_proto);
+    let attempts: Family<Labels, Counter> = Family::default();
+    for p in &status.peers {
+        attempts.get_or_create(&vec![("peer", p.region.clone())]).inc_by(p.delivery_attempts);
+    }
+    r.register("peer_delivery_attempts", help("peer_delivery_attempts"), attempts);
+    let quiet: Family<Labels, Gauge> = Family::default();
+    for (org, flagged) in health.quiet_orgs() {
+        quiet.get_or_create(&vec![("org", org)]).set(flagged as i64);
+    }
+    r.register("org_quiet", help("org_quiet"), quiet);
     r.register("grpc_requests", help("grpc_requests"), health.rpc.requests.clone());
     r.register("grpc_request_duration_seconds", help("grpc_request_duration_seconds"), health.rpc.latency.clone());
     let mut out = String::new();

@@ -83,6 +83,9 @@ struct Figures {
     outbox: Vec<(usize, Option<u64>)>,
 }
 
+/// Organisation ids and whether each is flagged quiet.
+type QuietFlags = Vec<(String, bool)>;
+
 /// One node's health, shared by the status service, the probes and the exporter.
 pub struct NodeHealth {
     region: String,
@@ -95,6 +98,8 @@ pub struct NodeHealth {
     store_writable: AtomicBool,
     api_bound: AtomicBool,
     figures: tokio::sync::Mutex<Option<(Instant, Figures)>>,
+    /// Participation flags per organisation, recomputed at most every 5 minutes.
+    quiet: std::sync::Mutex<Option<(Instant, QuietFlags)>>,
     /// Request counts and latencies of both gRPC ports.
     pub rpc: Arc<metrics::RpcMetrics>,
 }
@@ -119,6 +124,7 @@ impl NodeHealth {
             store_writable: AtomicBool::new(true),
             api_bound: AtomicBool::new(false),
             figures: tokio::sync::Mutex::new(None),
+            quiet: std::sync::Mutex::new(None),
             rpc: Arc::new(metrics::RpcMetrics::default()),
         }
     }
@@ -184,6 +190,28 @@ impl NodeHealth {
         figures
     }
 
+    /// Each organisation and whether the participation report flags it quiet (default
+    /// period), recomputed from the audit log at most every 5 minutes.
+    pub fn quiet_orgs(&self) -> Vec<(String, bool)> {
+        use crate::domain::Clock;
+        let mut cached = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, flags)) = cached.as_ref() {
+            if at.elapsed() < Duration::from_secs(300) {
+                return flags.clone();
+            }
+        }
+        let flags = match (self.store.orgs(), self.store.audit_entries()) {
+            (Ok(orgs), Ok(audit)) => {
+                let config = crate::participation::ParticipationConfig::default();
+                let report = crate::participation::report(&orgs, &audit, crate::domain::SystemClock.today(), &config);
+                report.orgs.iter().map(|o| (o.org.to_string(), o.quiet)).collect()
+            }
+            _ => return cached.as_ref().map(|(_, f)| f.clone()).unwrap_or_default(),
+        };
+        *cached = Some((Instant::now(), flags));
+        cached.as_ref().map(|(_, f)| f.clone()).unwrap_or_default()
+    }
+
     /// This node's status, as served by `GetStatus` and exported as metrics.
     pub async fn status(&self) -> pb::NodeStatus {
         let f = self.figures().await;
@@ -208,6 +236,7 @@ impl NodeHealth {
                     items_delivered: load(&c.items_delivered),
                     items_received: load(&c.items_received),
                     delivery_failures: load(&c.delivery_failures),
+                    delivery_attempts: load(&c.delivery_attempts),
                     budget_rejections: load(&c.budget_rejections),
                     peer_protocol_version: info.protocol_version.unwrap_or(0),
                     peer_software_version: info.software_version.unwrap_or_default(),
