@@ -281,6 +281,7 @@ impl Node {
         let served = Server::builder()
             .timeout(Duration::from_secs(30))
             .layer(RpcMetricsLayer::new(health.rpc.clone(), "client"))
+            .add_routes(tonic::service::Routes::from(crate::api::pages::routes(state.clone())))
             .add_service(signals)
             .add_service(orgs)
             .add_service(client_health)

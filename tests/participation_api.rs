@@ -69,3 +69,42 @@ async fn participation_flags_the_quiet_organisation_and_is_only_for_operators_an
     assert!(err.message().contains("municipality"), "{}", err.message());
     region.stop().await.unwrap();
 }
+
+/// `curl` with a client certificate over the node's mutual TLS; returns (HTTP code, body).
+fn curl(url: &str, ca: &std::path::Path, cert: Option<(&std::path::Path, &std::path::Path)>) -> (String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "--http2", "-w", "\n%{http_code}", "--cacert"]).arg(ca);
+    if let Some((c, k)) = cert {
+        cmd.arg("--cert").arg(c).arg("--key").arg(k);
+    }
+    let out = cmd.arg(url).output().expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participation_page_on_the_client_port_needs_an_operator_or_municipality_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let region = RunningRegion::start(dir.path(), "rotterdam", Arc::new(virfed::domain::SystemClock)).await.unwrap();
+    region.add_org("school-a", "School <A>", "education", None).await.unwrap();
+    region.add_org(MATCH_OFFICER_ORG, "Gemeente", "other", None).await.unwrap();
+    let files = &region.files;
+    let ca = files.dir.join("ca").join("ca.pem");
+    let url = format!("https://localhost:{}/participation", region.addr.port());
+    let (op_cert, op_key) = files.write_client("ops", Identity::Operator("ops".into())).unwrap();
+    let (code, body) = curl(&url, &ca, Some((&op_cert, &op_key)));
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("<svg") && body.contains("School &lt;A&gt;"), "{body}");
+    let (code, body) = curl(&format!("{url}.csv"), &ca, Some((&op_cert, &op_key)));
+    assert_eq!(code, "200");
+    assert!(body.starts_with("organisation_id") || body.lines().next().unwrap_or("").contains("domain"), "{body}");
+    let (mo_cert, mo_key) = files.write_client("officer", Identity::Organisation(MATCH_OFFICER_ORG.into())).unwrap();
+    assert_eq!(curl(&url, &ca, Some((&mo_cert, &mo_key))).0, "200");
+    let (school_cert, school_key) = files.write_client("school", Identity::Organisation("school-a".into())).unwrap();
+    let (code, body) = curl(&url, &ca, Some((&school_cert, &school_key)));
+    assert_eq!(code, "403", "{body}");
+    // Without a client certificate the TLS handshake itself fails: no HTTP status at all.
+    assert_eq!(curl(&url, &ca, None).0, "000");
+    region.stop().await.unwrap();
+}

@@ -11,6 +11,7 @@
 
 mod convert;
 mod error;
+pub mod pages;
 
 use std::pin::Pin;
 use std::sync::Arc;
