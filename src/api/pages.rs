@@ -21,9 +21,9 @@ pub fn routes(state: Arc<ApiState>) -> Router {
 }
 
 /// The report, if the certificate may read it; otherwise the response to send.
-fn allowed(state: &ApiState, peer: Option<Extension<PeerInfo>>) -> Result<ParticipationReport, Response> {
+fn allowed(state: &ApiState, peer: Option<Extension<PeerInfo>>) -> Result<ParticipationReport, (StatusCode, String)> {
     let Some(Extension(peer)) = peer else {
-        return Err((StatusCode::UNAUTHORIZED, "no verified client certificate on this connection\n").into_response());
+        return Err((StatusCode::UNAUTHORIZED, "no verified client certificate on this connection\n".into()));
     };
     let ok = match &peer.identity {
         Identity::Operator(_) => true,
@@ -35,9 +35,9 @@ fn allowed(state: &ApiState, peer: Option<Extension<PeerInfo>>) -> Result<Partic
             "the participation report is for the region's operators and its municipality; this certificate names {}\n",
             peer.identity
         );
-        return Err((StatusCode::FORBIDDEN, message).into_response());
+        return Err((StatusCode::FORBIDDEN, message));
     }
-    let failed = |e: crate::store::StoreError| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+    let failed = |e: crate::store::StoreError| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
     let orgs = state.store.orgs().map_err(failed)?;
     let audit = state.store.audit_entries().map_err(failed)?;
     Ok(report(&orgs, &audit, state.clock.today(), &ParticipationConfig::default()))
@@ -46,13 +46,13 @@ fn allowed(state: &ApiState, peer: Option<Extension<PeerInfo>>) -> Result<Partic
 async fn html(State(state): State<Arc<ApiState>>, peer: Option<Extension<PeerInfo>>) -> Response {
     match allowed(&state, peer) {
         Ok(r) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], r.to_html()).into_response(),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
 async fn csv(State(state): State<Arc<ApiState>>, peer: Option<Extension<PeerInfo>>) -> Response {
     match allowed(&state, peer) {
         Ok(r) => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], r.to_csv()).into_response(),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
