@@ -100,6 +100,27 @@ enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Take a consistent backup of a running node's store over the admin API (operator
+    /// certificate). The key files are not in it: back them up separately.
+    Backup {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// File to write (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a stopped node's data directory. Checks the file and its audit
+    /// chain first; the node asks its peers for a resync when it next starts.
+    Restore {
+        #[arg(long, short, env = "VIRFED_CONFIG")]
+        config: PathBuf,
+        /// The backup file (from `virfed backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Move an existing store aside instead of refusing.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Benchmarks, each printed next to the floor it is measured against.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -413,6 +434,46 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Crypto { operations }) => virfed::bench::crypto(operations),
         Command::Bench(BenchCommand::Join { regions, signals }) => virfed::bench::join(regions, signals).await?,
         Command::Bench(BenchCommand::Latency { samples }) => virfed::bench::latency(samples).await?,
+        Command::Backup { conn, out } => {
+            use tokio::io::AsyncWriteExt;
+            let mut client = admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);
+            let mut stream = client.backup(admin_pb::BackupRequest {}).await.map_err(refused)?.into_inner();
+            let partial = out.with_extension("partial");
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .await
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let mut bytes = 0usize;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(refused)?;
+                bytes += chunk.data.len();
+                file.write_all(&chunk.data).await?;
+            }
+            file.sync_all().await?;
+            if out.exists() {
+                bail!(
+                    "{} exists; choose another file name (the backup is kept in {})",
+                    out.display(),
+                    partial.display()
+                );
+            }
+            std::fs::rename(&partial, &out)?;
+            println!("backup written to {} ({bytes} bytes); back up the node's key files separately", out.display());
+        }
+        Command::Restore { config, from, replace } => {
+            let config = Config::load(&config)?;
+            let (summary, moved) = virfed::store::backup::restore(&config.store_path(), &from, replace)?;
+            if let Some(aside) = moved {
+                println!("the previous store was moved to {}", aside.display());
+            }
+            println!(
+                "restored {} entries ({} audit entries, chain verified) from a backup taken {}; on its next start the node asks its peers for a resync",
+                summary.entries, summary.audit_entries, summary.created_at
+            );
+        }
         Command::Coordinator { config } => {
             let config = virfed::dashboard::CoordinatorConfig::load(&config)?;
             let listener = tokio::net::TcpListener::bind(config.listen)

@@ -391,15 +391,24 @@ fn start_federation(
             counters: counters.get(&peer.region).cloned().unwrap_or_default(),
         };
         tasks.push(tokio::spawn(delivery::run(state.store.clone(), link, state.shutdown.clone())));
-        let (store, region) = (state.store.clone(), peer.region.clone());
-        tasks.push(tokio::spawn(async move {
+    }
+    // New peers get every child; after a restore every peer is asked to resync both ways.
+    let (store, regions): (Store, Vec<String>) =
+        (state.store.clone(), fed.peers.iter().map(|p| p.region.clone()).collect());
+    tasks.push(tokio::spawn(async move {
+        match store.resync_after_restore(regions.clone()).await {
+            Ok(true) => info!("restored from a backup: every peer is asked to resync"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "asking the peers for a resync after a restore failed"),
+        }
+        for region in regions {
             match store.join_peer(&region).await {
                 Ok(0) => {}
                 Ok(n) => info!(peer = %region, children = n, "joined peer: every child queued for it"),
                 Err(e) => warn!(peer = %region, error = %e, "queueing the resync for a new peer failed"),
             }
-        }));
-    }
+        }
+    }));
     Ok(tasks)
 }
 

@@ -373,6 +373,39 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
         }))
     }
 
+    type BackupStream = Pin<Box<dyn Stream<Item = Result<admin_pb::BackupChunk, Status>> + Send + 'static>>;
+
+    async fn backup(&self, req: Request<admin_pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let operator = self.operator(&req)?;
+        let store = self.state.store.clone();
+        let path = store.path().with_extension(format!("backup-{}", uuid::Uuid::new_v4()));
+        let summary = store.backup_to(&path).await.map_err(ApiError::from)?;
+        info!(operator, entries = summary.entries, "online backup taken");
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let sent = async {
+                let mut file = tokio::fs::File::open(&path).await?;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = file.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    if tx.send(Ok(admin_pb::BackupChunk { data: buf[..n].to_vec() })).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            .await;
+            if let Err(e) = sent {
+                let _ = tx.send(Err(Status::internal(format!("reading the backup file failed: {e}")))).await;
+            }
+            let _ = tokio::fs::remove_file(&path).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn list_organisations(
         &self,
         req: Request<admin_pb::ListOrganisationsRequest>,

@@ -194,7 +194,7 @@ fn pair_answers(
                     .collect::<Result<Vec<_>, _>>()?,
                 _ => Vec::new(),
             };
-            Ok((out, ItemAnswer { seq: r.seq, blinded, gone: r.gone, contacts }))
+            Ok((out, ItemAnswer { seq: r.seq, blinded, gone: r.gone, contacts, resync_requested: false }))
         })
         .collect()
 }

@@ -269,6 +269,7 @@ pub(crate) fn item_out(seq: u64, item: &OutItem) -> pb::Item {
         OutItem::Reblind { to, blinded } => {
             Body::Reblind(pb::Reblind { to_handle: to.to_vec(), blinded: blinded.to_vec() })
         }
+        OutItem::ResyncRequest => Body::ResyncRequest(pb::ResyncRequest {}),
     };
     pb::Item { seq, body: Some(body) }
 }
@@ -334,6 +335,7 @@ impl pb::peer_server::Peer for PeerService {
                         .try_into()
                         .map_err(|_| Status::invalid_argument("reblind.blinded must be 32 bytes"))?,
                 },
+                Some(Body::ResyncRequest(_)) => InItem::ResyncRequest,
                 None => return Err(Status::invalid_argument("item without a body")),
             };
             items.push((item.seq, parsed));
@@ -392,6 +394,17 @@ impl pb::peer_server::Peer for PeerService {
             warn!(peer = %region, error = %e, "applying a peer exchange failed");
             Status::internal(format!("the node could not apply the exchange: {e}"))
         })?;
+        if answers.iter().any(|a| a.resync_requested) {
+            let (store, peer) = (self.inner.store.clone(), region.to_string());
+            tokio::spawn(async move {
+                match store.join_peer(&peer).await {
+                    Ok(n) => {
+                        tracing::info!(%peer, children = n, "peer asked for a resync after a restore: children queued")
+                    }
+                    Err(e) => warn!(%peer, error = %e, "queueing the resync a peer asked for failed"),
+                }
+            });
+        }
         Ok(Response::new(pb::ExchangeResponse {
             results: answers
                 .into_iter()

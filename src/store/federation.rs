@@ -113,6 +113,8 @@ pub enum OutItem {
         to: Handle,
         blinded: Blinded,
     },
+    /// After a restore from backup: the peer should publish every child to me again.
+    ResyncRequest,
 }
 
 /// An outbox value: the item and when it was queued (for the outbox-age health figure).
@@ -131,6 +133,7 @@ pub enum InItem {
     Contacts { from: Handle, to: Handle, archived: bool, parties: Vec<Party> },
     PartyGone { from: Handle, to: Handle, org: OrgId },
     Reblind { to: Handle, blinded: Blinded },
+    ResyncRequest,
 }
 
 /// The receiver's answer to one item.
@@ -141,6 +144,8 @@ pub struct ItemAnswer {
     pub gone: bool,
     /// For a publish that completed a pair at the receiver: its contacts (D5).
     pub contacts: Vec<Party>,
+    /// The sender asked for a resync (local only: the receiver then re-joins it).
+    pub resync_requested: bool,
 }
 
 /// What applying one incoming item produced.
@@ -148,6 +153,7 @@ pub struct ItemAnswer {
 pub struct Incoming {
     pub gone: bool,
     pub contacts: Vec<Party>,
+    pub resync_requested: bool,
 }
 
 /// Whether a child has active signals, only archived ones, or none.
@@ -505,6 +511,11 @@ impl Tx<'_> {
                 if let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, to), "own handle")? {
                     self.apply_publish_answer(peer, &ChildKey(child), blinded, at)?;
                 }
+            }
+            InItem::ResyncRequest => {
+                // Forget that this peer has everything; the join runs after this commit.
+                self.meta.remove(format!("{}{peer}", super::META_JOINED).as_bytes())?;
+                done.resync_requested = true;
             }
             InItem::PartyGone { to, org, .. } => {
                 let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, to), "own handle")? else {

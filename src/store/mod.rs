@@ -30,6 +30,7 @@
 //! a watcher never sees a notice that a crash could take back.
 
 mod audit;
+pub mod backup;
 pub mod federation;
 mod writer;
 
@@ -1181,6 +1182,36 @@ impl Store {
         .await
     }
 
+    /// Writes a consistent backup of the whole store to `path` while the node keeps
+    /// serving (writes wait for the seconds it takes). See [`backup`].
+    pub async fn backup_to(&self, path: &Path) -> Result<backup::BackupSummary, OpError> {
+        let (db, path) = (self.db.clone(), path.to_owned());
+        let out =
+            self.writer.exclusive(Box::new(move || Ok(Box::new(backup::write(&db, &path)?) as writer::Output))).await?;
+        out.downcast::<backup::BackupSummary>()
+            .map(|v| *v)
+            .map_err(|_| OpError::Store(StoreError::Failed("internal: backup returned another type".into())))
+    }
+
+    /// After a restore: asks every peer for a resync and forgets which peers have all of
+    /// this node's children, so both directions are published again. Returns whether it
+    /// was needed.
+    pub async fn resync_after_restore(&self, peers: Vec<String>) -> Result<bool, OpError> {
+        if self.trees.meta.get(backup::META_RESYNC_AFTER_RESTORE).map_err(StoreError::from)?.is_none() {
+            return Ok(false);
+        }
+        self.write(move |tx| {
+            for peer in &peers {
+                tx.meta.remove(format!("{META_JOINED}{peer}").as_bytes())?;
+                tx.enqueue(peer, &OutItem::ResyncRequest)?;
+            }
+            tx.meta.remove(backup::META_RESYNC_AFTER_RESTORE)?;
+            tx.log(Utc::now(), "system:restore", "federation.resync-after-restore", "all peers", "")?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// The first `limit` durable outbox items for `peer`, in order.
     pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
         self.trees
@@ -1263,11 +1294,13 @@ impl Store {
                     InItem::Publish { blinded, .. } => Some(*blinded),
                     _ => None,
                 };
-                let mut answer = ItemAnswer { seq: *seq, blinded, gone: false, contacts: Vec::new() };
+                let mut answer =
+                    ItemAnswer { seq: *seq, blinded, gone: false, contacts: Vec::new(), resync_requested: false };
                 if *seq > seen.last_seq {
                     let done = tx.apply_incoming(&peer, item, now)?;
                     answer.gone = done.gone;
                     answer.contacts = done.contacts;
+                    answer.resync_requested = done.resync_requested;
                     seen.last_seq = *seq;
                     applied += 1;
                 } else if let Some(d) = blinded {

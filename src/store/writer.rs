@@ -32,6 +32,20 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Result<Output, OpError>>,
 }
 
+/// Work that needs the store to itself between batches (a consistent backup): no write
+/// runs while it does, because every write goes through this thread.
+pub(super) type ExclusiveFn = Box<dyn FnOnce() -> Result<Output, OpError> + Send>;
+
+pub(super) struct Exclusive {
+    pub run: ExclusiveFn,
+    pub reply: oneshot::Sender<Result<Output, OpError>>,
+}
+
+pub(super) enum Request {
+    Write(Job),
+    Exclusive(Exclusive),
+}
+
 /// Highest notice and outbox sequence numbers a batch wrote.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Marks {
@@ -74,7 +88,7 @@ pub(super) struct Writer {
 }
 
 struct Inner {
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -95,7 +109,7 @@ impl Writer {
         durable_outbox: watch::Sender<u64>,
         run_batch: impl Fn(&[Job]) -> BatchResult + Send + 'static,
     ) -> Writer {
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Request>();
         let stats = Arc::new(WriteStats::default());
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
@@ -110,21 +124,57 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         let stopped = || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
         let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
-        jobs.send(Job { run, reply }).map_err(|_| stopped())?;
+        jobs.send(Request::Write(Job { run, reply })).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Runs `run` on the writer thread with no write in progress or started meanwhile.
+    pub async fn exclusive(&self, run: ExclusiveFn) -> Result<Output, OpError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
+        let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(Request::Exclusive(Exclusive { run, reply })).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 }
 
 fn writer_loop(
     db: sled::Db,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Request>,
     durable: [watch::Sender<u64>; 2],
     stats: Arc<WriteStats>,
     run_batch: impl Fn(&[Job]) -> BatchResult,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut next: Option<Request> = None;
+    loop {
+        let first = match next.take() {
+            Some(r) => r,
+            None => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        let first = match first {
+            Request::Exclusive(job) => {
+                let _ = job.reply.send((job.run)());
+                continue;
+            }
+            Request::Write(job) => job,
+        };
         let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        for request in rx.try_iter() {
+            match request {
+                Request::Write(job) => batch.push(job),
+                exclusive @ Request::Exclusive(_) => {
+                    // Runs right after this batch, before any later write.
+                    next = Some(exclusive);
+                    break;
+                }
+            }
+            if batch.len() == MAX_BATCH {
+                break;
+            }
+        }
         let started = Instant::now();
         let outcome = run_batch(&batch);
         let flush_started = Instant::now();
