@@ -176,6 +176,17 @@ enum CaCommand {
     /// Issue a certificate signed by the CA.
     #[command(subcommand)]
     Issue(IssueCommand),
+    /// Renew a certificate this CA issued: same identity, names and usages, a new key and
+    /// a new validity. Replace the files on the node; it re-reads them without a restart.
+    Renew {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        /// The certificate to renew (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        #[command(flatten)]
+        out: IssueOut,
+    },
     /// Revoke a certificate this CA issued: adds it to revoked.txt and rewrites crl.pem.
     /// Nodes re-read crl.pem when it changes; no restart is needed.
     Revoke {
@@ -582,6 +593,22 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             Ca::init(&dir, &name, days)?;
             let crl = Ca::publish_crl(&dir, 30)?;
             println!("CA created in {} (ca.pem, ca.key mode 0600; empty CRL {})", dir.display(), crl.display());
+        }
+        CaCommand::Renew { dir, cert, out } => {
+            let pem = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            let ca = Ca::load(&dir)?;
+            let issued = ca.renew(&pem, out.days)?;
+            let stem = match out.stem {
+                Some(s) => s,
+                None => cert
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(|s| format!("{s}-renewed"))
+                    .context("certificate file name")?,
+            };
+            let out_dir = out.out.unwrap_or_else(|| cert.parent().map(|p| p.to_path_buf()).unwrap_or_default());
+            let (c, k) = write_cert_pair(&out_dir, &stem, &issued, out.force)?;
+            println!("renewed: wrote {} and {} (mode 0600); move them over the old files", c.display(), k.display());
         }
         CaCommand::Revoke { dir, cert, days } => {
             let pem = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;

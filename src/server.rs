@@ -31,8 +31,8 @@ use crate::pb::client::signals_server::SignalsServer;
 use crate::pb::federation::peer_client::PeerClient;
 use crate::pb::federation::peer_server::PeerServer;
 use crate::pki::{
-    connect_lazy, reloading_client_config_expecting, reloading_server_config, server_config, tls_incoming, Identity,
-    PkiError, TlsFiles, TlsMaterial,
+    connect_lazy, reloading_client_config_expecting, reloading_server_config, tls_incoming, Identity, PkiError,
+    TlsFiles,
 };
 use crate::pseudonym::{BlindKey, KeyError, LocalKey};
 use crate::store::{OpError, Store, StoreError, StoreOptions, SweepReport};
@@ -168,9 +168,17 @@ impl Node {
                 Some(PeerSide { listener, addr, tls, files, blind_key, counters })
             }
         };
-        let material = TlsMaterial::from_files(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.tls.crls)?;
-        let tls = server_config(&material)?;
-        info!(cert = %config.tls.cert.display(), ca = %config.tls.ca.display(), "TLS configured; client certificates required");
+        let tls = reloading_server_config(&TlsFiles {
+            ca: config.tls.ca.clone(),
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+            crls: config.tls.crls.clone(),
+        })?;
+        info!(
+            cert = %config.tls.cert.display(),
+            ca = %config.tls.ca.display(),
+            "TLS configured; client certificates required; certificate, key, CA and CRLs re-read when they change"
+        );
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| NodeError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen, source })?;
@@ -244,6 +252,9 @@ impl Node {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
         let Node { config, listener, http_listener, tls, state, shutdown_tx, sweep_rx, peer, handle, .. } = self;
         let health = handle.health.clone();
+        let mut cert_files = vec![config.tls.cert.clone()];
+        cert_files.extend(config.federation.as_ref().map(|f| f.cert.clone()));
+        let expiry = tokio::spawn(watch_cert_expiry(cert_files, state.shutdown.clone()));
         let sweeper = tokio::spawn(sweeper(
             state.store.clone(),
             state.clock.clone(),
@@ -294,6 +305,7 @@ impl Node {
         let _ = sweeper.await;
         let _ = probe.await;
         let _ = http.await;
+        let _ = expiry.await;
         for task in webhooks.into_iter().chain(federation_tasks) {
             let _ = task.await;
         }
@@ -431,6 +443,26 @@ fn reflection(
 > {
     crate::health::probe::reflection(services)
         .map_err(|e| NodeError::Config(format!("gRPC reflection: the built-in descriptor set is unusable: {e}")))
+}
+
+/// Warns in the log (and the `virfed_cert_expiry_days` metric shows it) when this node's
+/// certificates near their end: a warning from 30 days, an error from 7.
+async fn watch_cert_expiry(files: Vec<PathBuf>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        for file in &files {
+            let Some(not_after) = crate::federation::cert_not_after(file) else { continue };
+            let days = (not_after - chrono::Utc::now().timestamp()).div_euclid(86_400);
+            if days < 7 {
+                tracing::error!(cert = %file.display(), days, "certificate expires within 7 days: renew it now (virfed ca renew)");
+            } else if days < 30 {
+                warn!(cert = %file.display(), days, "certificate expires within 30 days: renew it (virfed ca renew)");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
+            _ = shutting_down(&mut shutdown) => return,
+        }
+    }
 }
 
 /// The expiry sweeper (D3, D4): runs at start, every `interval`, and on request.

@@ -270,6 +270,52 @@ impl Ca {
     }
 
     /// Issues a certificate with a fresh ECDSA P-256 key and a random serial number.
+    /// A fresh certificate (new key) with the same identity, names and key usages as
+    /// `cert_pem`, valid for `validity_days` from now: certificate renewal. Refuses a
+    /// certificate this CA did not issue.
+    pub fn renew(&self, cert_pem: &str, validity_days: u32) -> Result<IssuedCert, PkiError> {
+        use x509_parser::extensions::GeneralName;
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| PkiError::Pem { what: "certificate".into(), reason: format!("no certificate found ({e})") })?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| PkiError::BadCertificate(format!("cannot parse certificate: {e}")))?;
+        let ca_der = CertificateDer::from_pem_slice(self.cert_pem().as_bytes())
+            .map_err(|e| PkiError::Pem { what: "CA certificate".into(), reason: e.to_string() })?;
+        let ca = x509_parser::parse_x509_certificate(ca_der.as_ref())
+            .map(|(_, c)| c.subject().to_string())
+            .map_err(|e| PkiError::BadCertificate(format!("cannot parse the CA certificate: {e}")))?;
+        if cert.issuer().to_string() != ca {
+            return Err(PkiError::InvalidSpec(format!(
+                "this certificate was issued by {}, not by this CA ({ca}); renew it with its own CA",
+                cert.issuer()
+            )));
+        }
+        let mut dns_names = Vec::new();
+        let mut ip_addresses = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                    GeneralName::IPAddress(bytes) => match bytes.len() {
+                        4 => ip_addresses.push(std::net::IpAddr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default())),
+                        16 => {
+                            ip_addresses.push(std::net::IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default()))
+                        }
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+        let (server, client) = match cert.extended_key_usage() {
+            Ok(Some(eku)) => (eku.value.server_auth, eku.value.client_auth),
+            _ => (false, false),
+        };
+        let identity = crate::pki::identity_from_cert(&der).ok();
+        let (not_before, not_after) = validity(validity_days);
+        self.issue(&CertSpec { identity, dns_names, ip_addresses, server, client, not_before, not_after })
+    }
+
     pub fn issue(&self, spec: &CertSpec) -> Result<IssuedCert, PkiError> {
         spec.check()?;
         if spec.not_after > self.not_after {
@@ -565,6 +611,30 @@ fn sync_parent(path: &Path) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renew_keeps_identity_names_and_usages_with_a_new_key() {
+        let ca = Ca::generate("renew test CA", 3650).unwrap();
+        let spec = CertSpec::node("rotterdam", vec!["vir.rotterdam.example".into(), "127.0.0.1".into()], 10);
+        let old = ca.issue(&spec).unwrap();
+        let new = ca.renew(&old.cert_pem, 365).unwrap();
+        assert_ne!(new.key_pem, old.key_pem, "renewal makes a new key");
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (new_der, old_der) = (der(&new.cert_pem), der(&old.cert_pem));
+        let (_, n) = x509_parser::parse_x509_certificate(new_der.as_ref()).unwrap();
+        let (_, o) = x509_parser::parse_x509_certificate(old_der.as_ref()).unwrap();
+        assert_eq!(crate::pki::identity_from_cert(&new_der).unwrap(), Identity::Region("rotterdam".into()));
+        assert_eq!(
+            n.subject_alternative_name().unwrap().unwrap().value,
+            o.subject_alternative_name().unwrap().unwrap().value
+        );
+        let eku = n.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert!(n.validity().not_after > o.validity().not_after);
+        // Another CA's certificate is refused.
+        let other = Ca::generate("other CA", 3650).unwrap().issue(&spec).unwrap();
+        assert!(ca.renew(&other.cert_pem, 30).is_err());
+    }
     use crate::pki::identity::identity_from_cert;
 
     fn org(name: &str) -> Identity {
