@@ -35,6 +35,10 @@ pub struct Config {
     /// data; loopback by default, expose it to your Prometheus only).
     #[serde(default = "default_http_listen")]
     pub http_listen: SocketAddr,
+    /// Seconds a stopping node (SIGTERM) lets in-flight requests finish before it closes
+    /// the remaining connections, flushes and exits.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
     /// Certificates: the region CA and the node's server certificate.
     pub tls: TlsConfig,
     /// The municipal match officer (D5).
@@ -190,6 +194,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_grace() -> u64 {
+    20
 }
 fn default_sweep_secs() -> u64 {
     3600

@@ -289,7 +289,13 @@ impl Node {
             info!("shutting down: draining requests");
             let _ = shutdown_tx.send(true);
         };
-        let served = Server::builder()
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let mut draining = state.shutdown.clone();
+        let deadline = async move {
+            shutting_down(&mut draining).await;
+            tokio::time::sleep(grace).await;
+        };
+        let server = Server::builder()
             .timeout(Duration::from_secs(30))
             .layer(RpcMetricsLayer::new(health.rpc.clone(), "client"))
             .add_routes(tonic::service::Routes::from(crate::api::pages::routes(state.clone())))
@@ -298,8 +304,15 @@ impl Node {
             .add_service(client_health)
             .add_service(client_reflection)
             .add_service(client_reflection_alpha)
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await;
+            .serve_with_incoming_shutdown(incoming, stop);
+        // In-flight requests get the grace period; then the remaining connections are cut.
+        let served = tokio::select! {
+            served = server => served,
+            _ = deadline => {
+                warn!(grace_secs = grace.as_secs(), "grace period over: closing the connections still open");
+                Ok(())
+            }
+        };
         health.set_api_bound(false);
         let _ = shutdown_tx.send(true);
         let _ = sweeper.await;
