@@ -105,6 +105,7 @@ async fn ping_as(addr: SocketAddr, material: &TlsMaterial, from_region: &str) ->
         from_region: from_region.into(),
         protocol_version: PROTOCOL_VERSION,
         software_version: "fake".into(),
+        protocol_minor: virfed::federation::PROTOCOL_MINOR,
     };
     match tokio::time::timeout(Duration::from_secs(10), client.ping(ping)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
@@ -114,7 +115,14 @@ async fn ping_as(addr: SocketAddr, material: &TlsMaterial, from_region: &str) ->
 }
 
 fn request(from: &str, epoch: u64, resync: bool, items: Vec<fpb::Item>) -> fpb::ExchangeRequest {
-    fpb::ExchangeRequest { protocol_version: PROTOCOL_VERSION, from_region: from.into(), epoch, resync, items }
+    fpb::ExchangeRequest {
+        protocol_version: PROTOCOL_VERSION,
+        protocol_minor: virfed::federation::PROTOCOL_MINOR,
+        from_region: from.into(),
+        epoch,
+        resync,
+        items,
+    }
 }
 
 fn publish_item(seq: u64, handle: &[u8], point: &[u8], active: bool) -> fpb::Item {
@@ -235,6 +243,7 @@ impl fpb::peer_server::Peer for FakePeer {
             protocol_version: PROTOCOL_VERSION,
             software_version: "fake".into(),
             cert_not_after: 0,
+            protocol_minor: virfed::federation::PROTOCOL_MINOR,
         }))
     }
 }
@@ -921,5 +930,25 @@ async fn protocol_version_mismatch_is_reported_clearly() {
     assert!(msg.contains("99") && msg.contains(&PROTOCOL_VERSION.to_string()), "{msg}");
     assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 0);
     assert_eq!(audit_count(&rdam, "federation.exchange"), 0);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_one_minor_version_apart_interoperate() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let rdam = start(files.regions.remove(0)).await;
+    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&files.ca_dir, "utrecht")).await.unwrap();
+    let (_, point) = point_of(CHILD);
+    // A newer minor version may carry item kinds this node does not know (a body it
+    // cannot decode): acknowledged, not applied; the known items around it apply.
+    let unknown = fpb::Item { seq: 2, body: None };
+    let mut newer = request("utrecht", 1, false, vec![publish_item(1, &[1; 16], &point, true), unknown.clone()]);
+    newer.protocol_minor = virfed::federation::PROTOCOL_MINOR + 1;
+    let answer = utrecht.exchange(newer).await.unwrap().into_inner();
+    assert_eq!(answer.results.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 1);
+    // From a node of the same minor version, an item without a body is malformed.
+    let same = request("utrecht", 1, false, vec![fpb::Item { seq: 3, body: None }]);
+    assert_eq!(utrecht.exchange(same).await.unwrap_err().code(), Code::InvalidArgument);
     rdam.stop().await.unwrap();
 }

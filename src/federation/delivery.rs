@@ -15,7 +15,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{item_out, PeerCounters, MAX_ITEMS, PROTOCOL_VERSION};
+use super::{item_out, PeerCounters, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
 use crate::pb::federation as pb;
 use crate::pb::federation::peer_client::PeerClient;
 use crate::store::federation::{ItemAnswer, OutItem};
@@ -73,6 +73,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
             batch.into_iter().take_while(|o| is_resync(&o.item) == resync).take(batch_limit).collect();
         let request = pb::ExchangeRequest {
             protocol_version: PROTOCOL_VERSION,
+            protocol_minor: PROTOCOL_MINOR,
             from_region: link.own_region.clone(),
             epoch,
             resync,
@@ -144,6 +145,7 @@ pub async fn ping(link: &mut PeerLink) {
         from_region: link.own_region.clone(),
         protocol_version: PROTOCOL_VERSION,
         software_version: env!("CARGO_PKG_VERSION").into(),
+        protocol_minor: PROTOCOL_MINOR,
     };
     match tokio::time::timeout(Duration::from_secs(10), link.client.ping(request)).await {
         Ok(Ok(resp)) => {
@@ -155,7 +157,14 @@ pub async fn ping(link: &mut PeerLink) {
             info.software_version = Some(resp.software_version);
             info.cert_not_after = (resp.cert_not_after > 0).then_some(resp.cert_not_after);
             if resp.protocol_version != PROTOCOL_VERSION {
-                warn!(peer = %link.region, theirs = resp.protocol_version, ours = PROTOCOL_VERSION, "peer speaks another protocol version");
+                info.last_error = Some(format!(
+                    "incompatible peer: it speaks protocol {}.{}, this node {PROTOCOL_VERSION}.{PROTOCOL_MINOR}; upgrade the older node",
+                    resp.protocol_version, resp.protocol_minor
+                ));
+                link.counters.connected.store(false, Ordering::Relaxed);
+                warn!(peer = %link.region, theirs = resp.protocol_version, ours = PROTOCOL_VERSION, "peer speaks an incompatible protocol major version; exchanges will be refused until one side is upgraded");
+            } else if resp.protocol_minor != PROTOCOL_MINOR {
+                tracing::info!(peer = %link.region, theirs = resp.protocol_minor, ours = PROTOCOL_MINOR, "peer is one protocol minor version apart; compatible");
             }
         }
         Ok(Err(status)) => link.counters.failed(format!("ping: {:?}: {}", status.code(), status.message())),

@@ -29,8 +29,11 @@ use crate::pseudonym::{BlindKey, Blinded, Handle};
 use crate::store::federation::{InItem, OutItem};
 use crate::store::Store;
 
-/// Version of the peer protocol. Peers must agree on the major version.
+/// Major version of the peer protocol: nodes interoperate only within one major version.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Minor version: a minor step only adds item kinds, which older nodes acknowledge without
+/// applying, so nodes one minor version apart interoperate.
+pub const PROTOCOL_MINOR: u32 = 0;
 
 /// Most items in one exchange.
 pub const MAX_ITEMS: usize = 256;
@@ -282,7 +285,7 @@ impl pb::peer_server::Peer for PeerService {
         let r = req.into_inner();
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
-                "protocol version {} is not supported here (this node speaks {PROTOCOL_VERSION}); upgrade the older node",
+                "protocol major version {} is not supported here (this node speaks {PROTOCOL_VERSION}.{PROTOCOL_MINOR}); upgrade the older node",
                 r.protocol_version
             )));
         }
@@ -336,6 +339,8 @@ impl pb::peer_server::Peer for PeerService {
                         .map_err(|_| Status::invalid_argument("reblind.blinded must be 32 bytes"))?,
                 },
                 Some(Body::ResyncRequest(_)) => InItem::ResyncRequest,
+                // A kind from a newer minor version: acknowledged, not applied.
+                None if r.protocol_minor > PROTOCOL_MINOR => InItem::Unknown,
                 None => return Err(Status::invalid_argument("item without a body")),
             };
             items.push((item.seq, parsed));
@@ -426,6 +431,7 @@ impl pb::peer_server::Peer for PeerService {
             protocol_version: PROTOCOL_VERSION,
             software_version: env!("CARGO_PKG_VERSION").into(),
             cert_not_after: cert_not_after(&self.inner.cert_file).unwrap_or(0),
+            protocol_minor: PROTOCOL_MINOR,
         }))
     }
 }

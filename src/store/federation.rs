@@ -127,13 +127,37 @@ pub struct Queued {
 /// An incoming item, with the receiver's answer for publishes already computed.
 #[derive(Clone, Debug)]
 pub enum InItem {
-    Publish { handle: Handle, point: Blinded, active: bool, blinded: Blinded },
-    State { handle: Handle, active: bool },
-    Remove { handle: Handle },
-    Contacts { from: Handle, to: Handle, archived: bool, parties: Vec<Party> },
-    PartyGone { from: Handle, to: Handle, org: OrgId },
-    Reblind { to: Handle, blinded: Blinded },
+    Publish {
+        handle: Handle,
+        point: Blinded,
+        active: bool,
+        blinded: Blinded,
+    },
+    State {
+        handle: Handle,
+        active: bool,
+    },
+    Remove {
+        handle: Handle,
+    },
+    Contacts {
+        from: Handle,
+        to: Handle,
+        archived: bool,
+        parties: Vec<Party>,
+    },
+    PartyGone {
+        from: Handle,
+        to: Handle,
+        org: OrgId,
+    },
+    Reblind {
+        to: Handle,
+        blinded: Blinded,
+    },
     ResyncRequest,
+    /// An item kind from a newer protocol minor version: acknowledged, not applied.
+    Unknown,
 }
 
 /// The receiver's answer to one item.
@@ -512,6 +536,7 @@ impl Tx<'_> {
                     self.apply_publish_answer(peer, &ChildKey(child), blinded, at)?;
                 }
             }
+            InItem::Unknown => {}
             InItem::ResyncRequest => {
                 // Forget that this peer has everything; the join runs after this commit.
                 self.meta.remove(format!("{}{peer}", super::META_JOINED).as_bytes())?;
