@@ -144,11 +144,17 @@ impl Node {
             None => None,
         };
         store.set_match_officer(match_officer.as_ref()).await?;
+        // The blinding key exists even on a stand-alone node, so every child has its point
+        // from the start and a later federation publishes all of them.
+        let blind_key = load_blind_key(&config, &store).await?;
+        info!(path = %config.blind_key_path().display(), "blinding key loaded");
+        if config.federation.is_none() {
+            store.enable_federation(Vec::new(), local_key.clone());
+        }
         let peer = match &config.federation {
             None => None,
             Some(fed) => {
-                let blind_key = load_blind_key(&config, &store).await?;
-                info!(path = %config.blind_key_path().display(), "blinding key loaded");
+                let blind_key = blind_key.clone();
                 let files = TlsFiles {
                     ca: fed.ca.clone(),
                     cert: fed.cert.clone(),
@@ -194,7 +200,7 @@ impl Node {
         let state = Arc::new(ApiState {
             store: store.clone(),
             local_key,
-            blind_key: peer.as_ref().map(|p| p.blind_key.clone()),
+            blind_key: Some(blind_key),
             clock,
             match_officer,
             shutdown: shutdown_rx,
@@ -417,12 +423,12 @@ fn start_federation(
         };
         tasks.push(tokio::spawn(delivery::run(state.store.clone(), link, state.shutdown.clone())));
     }
-    // New peers get every child; after a restore every peer is asked to resync both ways.
+    // New peers get every child; a new or restored store asks every peer to resync to it.
     let (store, regions): (Store, Vec<String>) =
         (state.store.clone(), fed.peers.iter().map(|p| p.region.clone()).collect());
     tasks.push(tokio::spawn(async move {
         match store.resync_after_restore(regions.clone()).await {
-            Ok(true) => info!("restored from a backup: every peer is asked to resync"),
+            Ok(true) => info!("new or restored store: every peer is asked to publish its children here again"),
             Ok(false) => {}
             Err(e) => warn!(error = %e, "asking the peers for a resync after a restore failed"),
         }

@@ -61,7 +61,7 @@ impl From<OpError> for ApiError {
             OpError::UnknownOrg(_) => ApiError::PermissionDenied(e.to_string()),
             OpError::NotFound(_) => ApiError::NotFound(e.to_string()),
             OpError::NotOwner(_) => ApiError::PermissionDenied(e.to_string()),
-            OpError::NotActive(_) => ApiError::FailedPrecondition(e.to_string()),
+            OpError::NotActive(_) | OpError::Superseded(_) => ApiError::FailedPrecondition(e.to_string()),
             OpError::Store(s) => s.into(),
         }
     }

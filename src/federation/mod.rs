@@ -396,6 +396,9 @@ impl pb::peer_server::Peer for PeerService {
         }
         counters.items_received.fetch_add(items.len() as u64, Ordering::Relaxed);
         let answers = self.inner.store.apply_exchange(&region, r.epoch, items).await.map_err(|e| {
+            if let crate::store::OpError::Superseded(_) = e {
+                return Status::failed_precondition(e.to_string());
+            }
             warn!(peer = %region, error = %e, "applying a peer exchange failed");
             Status::internal(format!("the node could not apply the exchange: {e}"))
         })?;

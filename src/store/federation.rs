@@ -73,10 +73,12 @@ pub struct CrossPair {
 }
 
 /// Idempotency state per peer: items up to `last_seq` of `epoch` are applied.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PeerSeen {
     pub epoch: u64,
     pub last_seq: u64,
+    /// Earlier epochs of the peer's store: requests from them are refused.
+    pub retired: Vec<u64>,
 }
 
 /// An outgoing item, as queued in the outbox.
@@ -272,6 +274,22 @@ impl Tx<'_> {
         Ok(out)
     }
 
+    /// For a join or resync: publishes the child to `peer` unless it is gone, deciding on its
+    /// state inside this transaction. Returns whether it did.
+    pub(super) fn join_publish(&self, peer: &str, child: &ChildKey, point: Blinded) -> TxResult<bool> {
+        let record = self.child(child)?;
+        if self.fed_ctx.is_none() {
+            return Ok(false);
+        }
+        if child_state(&record) == ChildState::None {
+            return Ok(false);
+        }
+        // Published before (a resync request after the peer's restore) or not: publishing
+        // again is idempotent at the peer and brings its index up to date.
+        self.publish(peer, child, point, !record.active.is_empty(), true)?;
+        Ok(true)
+    }
+
     /// Publishes one child to one peer.
     pub(super) fn publish(
         &self,
@@ -293,8 +311,18 @@ impl Tx<'_> {
         }
         let child = change.child;
         let record = self.child(child)?;
+        // A child known before this node had a blinding point (registered before the
+        // federation was configured) is published on its first registration with one.
+        let unpublished =
+            change.after != ChildState::None && change.point.is_some() && self.fed.get(key(P, &[&child.0]))?.is_none();
         for peer in self.peers() {
             let Some(handle) = self.my_handle(&peer, child) else { continue };
+            if unpublished {
+                if let Some(point) = change.point {
+                    self.publish(&peer, child, point, change.after == ChildState::Active, false)?;
+                }
+                continue;
+            }
             match (change.before, change.after) {
                 (ChildState::None, ChildState::Active | ChildState::Archived) => {
                     if let Some(point) = change.point {
@@ -303,7 +331,7 @@ impl Tx<'_> {
                 }
                 (_, ChildState::None) => {
                     self.enqueue(&peer, &OutItem::Remove { handle })?;
-                    self.forget_child_for_peer(&peer, child, &handle)?;
+                    self.forget_child_for_peer(&peer, child, &handle, at)?;
                 }
                 (ChildState::Archived, ChildState::Active) | (ChildState::Active, ChildState::Archived) => {
                     let active = change.after == ChildState::Active;
@@ -340,13 +368,24 @@ impl Tx<'_> {
         }
         if change.after == ChildState::None {
             self.fed.remove(key(P, &[&child.0]))?;
-        } else if let (ChildState::None, Some(point)) = (change.before, change.point) {
+        } else if let (true, Some(point)) = (unpublished, change.point) {
             self.fed.insert(key(P, &[&child.0]), &point)?;
         }
         Ok(())
     }
 
-    fn forget_child_for_peer(&self, peer: &str, child: &ChildKey, handle: &Handle) -> TxResult<()> {
+    fn forget_child_for_peer(
+        &self,
+        peer: &str,
+        child: &ChildKey,
+        handle: &Handle,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> TxResult<()> {
+        if let Some(mut pair) = self.fed_get::<CrossPair>(&pair_key(child, peer), "cross pair")? {
+            if pair.state == PairState::Matched {
+                self.end_pair(peer, &mut pair, &ChildRecord::default(), at)?;
+            }
+        }
         self.fed.remove(peer_key(H, peer, handle))?;
         let link = key(L, &[&child.0, peer.as_bytes()]);
         if let Some(d) = self.fed.remove(link)? {
@@ -416,8 +455,10 @@ impl Tx<'_> {
                     )?;
                 }
                 if let Some(mut p) = pair {
-                    p.state = PairState::Idle;
-                    p.remote_parties.clear();
+                    if was_matched {
+                        self.end_pair(peer, &mut p, record, at)?;
+                    }
+                    p.pending.clear();
                     self.fed.insert(pk, encode(&p))?;
                 }
             }
@@ -426,6 +467,8 @@ impl Tx<'_> {
                     if p.state == PairState::Matched {
                         self.end_pair(peer, &mut p, record, at)?;
                     }
+                    // Contacts held for a pair that is not (or no longer) there are stale.
+                    p.pending.clear();
                     self.fed.insert(pk, encode(&p))?;
                 }
             }
@@ -442,9 +485,15 @@ impl Tx<'_> {
         at: chrono::DateTime<chrono::Utc>,
     ) -> TxResult<()> {
         pair.state = PairState::Idle;
+        pair.pending.clear();
         let gone = std::mem::take(&mut pair.remote_parties);
-        if !gone.is_empty() && !record.active.is_empty() {
-            self.notify_locals(NoticeKind::MatchEnded, record, &gone, at)?;
+        if !gone.is_empty() {
+            if record.active.is_empty() {
+                // My side ended it: no local reporter is left to tell, the officer still is.
+                self.notify_match_officer_with(NoticeKind::MatchEnded, &[], &gone, at)?;
+            } else {
+                self.notify_locals(NoticeKind::MatchEnded, record, &gone, at)?;
+            }
         }
         self.log(at, "system:matcher", "federation.match-ended", &format!("region {peer}"), "pair ended")
     }
@@ -722,27 +771,6 @@ impl Tx<'_> {
             remote += 1;
         }
         Ok((children, remote))
-    }
-
-    /// The peer answered "gone" to my contacts: its side of the pair has no active signal
-    /// any more, so a match recorded here ends (its State message may still be on its way).
-    pub(super) fn contacts_gone(
-        &self,
-        peer: &str,
-        my_handle: &Handle,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> TxResult<()> {
-        let Some(child) = self.fed_get::<[u8; 32]>(&peer_key(H, peer, my_handle), "own handle")? else { return Ok(()) };
-        let child = ChildKey(child);
-        let pk = pair_key(&child, peer);
-        if let Some(mut pair) = self.fed_get::<CrossPair>(&pk, "cross pair")? {
-            if pair.state == PairState::Matched {
-                let record = self.child(&child)?;
-                self.end_pair(peer, &mut pair, &record, at)?;
-                self.fed.insert(pk, encode(&pair))?;
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn peer_seen(&self, peer: &str) -> TxResult<PeerSeen> {

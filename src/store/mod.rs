@@ -93,6 +93,8 @@ pub enum OpError {
     NotOwner(SignalId),
     #[error("signal {0} is already archived; only 'made in error' can still delete it")]
     NotActive(SignalId),
+    #[error("epoch {0:x} of this peer's store was replaced (a restore); its messages are no longer applied")]
+    Superseded(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -328,10 +330,12 @@ impl Store {
         };
         if trees.meta.get(META_EPOCH)?.is_none() {
             trees.meta.insert(META_EPOCH, &rand::random::<u64>().to_be_bytes())?;
+            // A new store (a new node, or one rebuilt empty) asks its peers for everything.
+            trees.meta.insert(backup::META_RESYNC_AFTER_RESTORE, &[1])?;
             db.flush()?;
         }
         let durable_notices = watch::Sender::new(last_notice);
-        let durable_outbox = watch::Sender::new(0u64);
+        let durable_outbox = watch::Sender::new(read_u64(&trees.meta.get(META_OUTBOX_SEQ)?));
         let batch_trees = trees.clone();
         let writer = Writer::start(db.clone(), durable_notices.clone(), durable_outbox.clone(), move |jobs| {
             batch_trees.run_batch(jobs)
@@ -1088,44 +1092,30 @@ impl Store {
             return Ok(0);
         }
         let mut queued = 0u64;
-        let mut batch: Vec<(ChildKey, Blinded, bool)> = Vec::new();
         let points: Vec<(ChildKey, Blinded)> = self
             .trees
             .fed
             .scan_prefix(federation::point_prefix())
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((k[1..].try_into().ok(), v.as_ref().try_into().ok()))
+            .filter_map(|item| {
+                let (k, v) = item.ok()?;
+                Some((ChildKey(k[1..].try_into().ok()?), v.as_ref().try_into().ok()?))
             })
-            .collect::<Result<Vec<_>, sled::Error>>()
-            .map_err(StoreError::from)?
-            .into_iter()
-            .filter_map(|(k, v): (Option<[u8; 32]>, Option<[u8; 32]>)| Some((ChildKey(k?), v?)))
             .collect();
         let total = points.len();
-        for (i, (child, point)) in points.into_iter().enumerate() {
-            let active = self
-                .trees
-                .children
-                .get(child.0)
-                .map_err(StoreError::from)?
-                .map(|b| decode::<ChildRecord>(&b, "child record").map(|r| !r.active.is_empty()))
-                .transpose()?
-                .unwrap_or(false);
-            batch.push((child, point, active));
-            if batch.len() == 1000 || i + 1 == total {
-                let chunk = std::mem::take(&mut batch);
-                let target = peer.to_owned();
-                queued += chunk.len() as u64;
-                self.write(move |tx| {
-                    for (child, point, active) in &chunk {
-                        tx.publish(&target, child, *point, *active, true)?;
+        for chunk in points.chunks(1000) {
+            let (chunk, target) = (chunk.to_vec(), peer.to_owned());
+            // Each child's state is decided inside the chunk's transaction, so a child
+            // erased or archived meanwhile is not published with a stale state.
+            queued += self
+                .write(move |tx| {
+                    let mut n = 0u64;
+                    for (child, point) in &chunk {
+                        n += u64::from(tx.join_publish(&target, child, *point)?);
                     }
-                    Ok(())
+                    Ok(n)
                 })
                 .await?;
-                tracing::info!(peer, queued, total, "resync: children queued for the new peer");
-            }
+            tracing::info!(peer, queued, total, "resync: children queued for the new peer");
         }
         let peer = peer.to_owned();
         self.write(move |tx| {
@@ -1213,18 +1203,23 @@ impl Store {
     }
 
     /// The first `limit` durable outbox items for `peer`, in order.
+    /// Only items already flushed are returned: an item a crash could take back must never
+    /// reach a peer, or its sequence number could be given to another item after restart.
     pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
-        self.trees
-            .outbox
-            .scan_prefix(prefixed(peer, &[]))
-            .take(limit)
-            .map(|item| {
-                let (k, v) = item?;
-                let seq = read_u64(&Some(k.subslice(k.len() - 8, 8)));
-                let queued: federation::Queued = decode(&v, "outbox item")?;
-                Ok(Outgoing { seq, item: queued.item })
-            })
-            .collect()
+        let durable = *self.durable_outbox.borrow();
+        let mut out = Vec::new();
+        for item in
+            self.trees.outbox.range(prefixed(peer, &[])..prefixed(peer, &durable.saturating_add(1).to_be_bytes()))
+        {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = read_u64(&Some(k.subslice(k.len() - 8, 8)));
+            let queued: federation::Queued = decode(&v, "outbox item")?;
+            out.push(Outgoing { seq, item: queued.item });
+        }
+        Ok(out)
     }
 
     /// When the oldest item still queued for `peer` was queued (None: the outbox is empty).
@@ -1253,18 +1248,13 @@ impl Store {
         self.write(move |tx| {
             for (out, answer) in &delivered {
                 tx.outbox.remove(prefixed(&peer, &out.seq.to_be_bytes()))?;
-                match (&out.item, answer.blinded) {
-                    (OutItem::Publish { child, handle, .. }, Some(d)) => {
-                        tx.apply_publish_answer(&peer, child, &d, now)?;
-                        if !answer.contacts.is_empty() {
-                            tx.receive_contacts(&peer, handle, false, &answer.contacts, now)?;
-                        }
+                // A "gone" answer is not acted on: it may describe an older state than the
+                // pair now has; the peer's in-order State or Remove ends the match.
+                if let (OutItem::Publish { child, handle, .. }, Some(d)) = (&out.item, answer.blinded) {
+                    tx.apply_publish_answer(&peer, child, &d, now)?;
+                    if !answer.contacts.is_empty() {
+                        tx.receive_contacts(&peer, handle, false, &answer.contacts, now)?;
                     }
-                    // The peer's signals on the child went meanwhile: the match ends here too.
-                    (OutItem::Contacts { from, archived: false, .. }, _) if answer.gone => {
-                        tx.contacts_gone(&peer, from, now)?
-                    }
-                    _ => {}
                 }
             }
             Ok(())
@@ -1284,8 +1274,16 @@ impl Store {
         let now = Utc::now();
         self.write(move |tx| {
             let mut seen: PeerSeen = tx.peer_seen(peer.as_str())?;
+            if seen.retired.contains(&epoch) {
+                // A delayed request from a store the peer has since replaced (restore).
+                return abort(OpError::Superseded(epoch));
+            }
             if seen.epoch != epoch {
-                seen = PeerSeen { epoch, last_seq: 0 };
+                let mut retired = std::mem::take(&mut seen.retired);
+                if seen.epoch != 0 {
+                    retired.push(seen.epoch);
+                }
+                seen = PeerSeen { epoch, last_seq: 0, retired };
             }
             let mut answers = Vec::with_capacity(items.len());
             let mut applied = 0u64;
