@@ -121,6 +121,14 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Migrate a stopped node's store to this virfed's schema (the node also does this when
+    /// it starts); with --dry-run, only say what would change.
+    Migrate {
+        #[arg(long, short, env = "VIRFED_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Benchmarks, each printed next to the floor it is measured against.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -445,6 +453,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Crypto { operations }) => virfed::bench::crypto(operations),
         Command::Bench(BenchCommand::Join { regions, signals }) => virfed::bench::join(regions, signals).await?,
         Command::Bench(BenchCommand::Latency { samples }) => virfed::bench::latency(samples).await?,
+        Command::Migrate { config, dry_run } => {
+            let config = Config::load(&config)?;
+            let steps = virfed::store::migrate::plan(&config.store_path())?;
+            if steps.is_empty() {
+                println!("the store is at schema version {}: nothing to do", virfed::store::SCHEMA_VERSION);
+            }
+            for step in &steps {
+                let verb = if dry_run { "would migrate" } else { "migrating" };
+                println!("{verb} schema {} -> {}: {} ({} entries)", step.from, step.to, step.what, step.entries);
+            }
+            if !dry_run && !steps.is_empty() {
+                Store::open(&config.store_path(), &StoreOptions::default())?;
+                println!("store migrated to schema version {}", virfed::store::SCHEMA_VERSION);
+            }
+        }
         Command::Backup { conn, out } => {
             use tokio::io::AsyncWriteExt;
             let mut client = admin_pb::organisations_client::OrganisationsClient::new(conn.connect().await?);

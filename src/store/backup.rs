@@ -160,9 +160,10 @@ fn read(path: &Path) -> Result<(Header, Vec<Entry>), StoreError> {
     if header.format != FORMAT {
         return Err(bad(&format!("backup format {} is not supported (this virfed reads {FORMAT})", header.format)));
     }
-    if header.schema_version != SCHEMA_VERSION {
+    // An older schema is migrated when the restored store is first opened.
+    if header.schema_version > SCHEMA_VERSION {
         return Err(bad(&format!(
-            "it holds schema version {}, this virfed uses {SCHEMA_VERSION}; restore it with the matching virfed version, then upgrade",
+            "it holds schema version {}, newer than this virfed's {SCHEMA_VERSION}; restore it with the virfed version that wrote it",
             header.schema_version
         )));
     }

@@ -32,6 +32,7 @@
 mod audit;
 pub mod backup;
 pub mod federation;
+pub mod migrate;
 mod writer;
 
 use std::cell::RefCell;
@@ -57,7 +58,7 @@ use crate::pseudonym::{BlindKey, Blinded, LocalKey};
 use federation::{child_state, ChildChange, ChildState, InItem, ItemAnswer, OutItem, PeerSeen};
 
 /// Version of the on-disk layout. Bump it with a migration when a key or value changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_AUDIT_HEAD: &[u8] = b"audit_head";
@@ -72,7 +73,7 @@ const META_JOINED: &str = "joined/";
 pub enum StoreError {
     #[error("cannot open the store at {path}: {reason}. Is another virfed process using this data directory?")]
     Open { path: PathBuf, reason: String },
-    #[error("the store at {path} has schema version {found}, but this virfed uses version {expected}; run the matching virfed version or migrate the store")]
+    #[error("the store at {path} has schema version {found}, but this virfed uses version {expected} and cannot migrate from it; run the virfed version that wrote it (restore a backup to go back)")]
     SchemaMismatch { path: PathBuf, found: u32, expected: u32 },
     #[error("storage failure: {0}")]
     Sled(#[from] sled::Error),
@@ -308,11 +309,9 @@ impl Store {
                 meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
                 db.flush()?;
             }
-            Some(v) => {
-                let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0);
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaMismatch { path: path.to_owned(), found, expected: SCHEMA_VERSION });
-                }
+            Some(_) => {
+                // Older stores are migrated in place; a newer one is refused.
+                migrate::run(&db, path, true)?;
             }
         }
         let last_notice = read_u64(&meta.get(META_NOTICE_SEQ)?);
