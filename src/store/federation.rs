@@ -306,7 +306,9 @@ impl Tx<'_> {
 
     /// The federation side of a local change: messages to every peer, local pair updates.
     pub(super) fn fed_child_changed(&self, change: ChildChange<'_>, at: chrono::DateTime<chrono::Utc>) -> TxResult<()> {
-        if self.fed_ctx.is_none() {
+        // Nothing to tell peers about a child this node never had (an erasure of an
+        // unknown BSN), and nothing at all without a federation context.
+        if self.fed_ctx.is_none() || (change.before, change.after) == (ChildState::None, ChildState::None) {
             return Ok(());
         }
         let child = change.child;
