@@ -11,13 +11,54 @@ use virfed::fixture::{contact, FederationFiles, RunningRegion};
 use virfed::pb::client as pb;
 use virfed::pki::{write_cert_pair, Ca, CertSpec};
 
+const CANDIDATES: [&str; 3] = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"];
+
+fn find_chromium() -> Option<String> {
+    CANDIDATES.iter().find(|c| std::path::Path::new(c).exists()).map(|c| c.to_string())
+}
+
+/// The browser, provisioned on first use: on a machine without Chromium the test installs
+/// Debian's package itself (as root, or through `sudo -n`), so `cargo test` needs nothing
+/// beyond cargo and the package registry. apt's own lock (waited for up to 10 minutes)
+/// serialises concurrent installs. Where it cannot install, it fails and says why.
 fn chromium() -> String {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
-        if std::path::Path::new(candidate).exists() {
-            return candidate.into();
-        }
+    static BROWSER: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    BROWSER.get_or_init(provision_chromium).clone().unwrap_or_else(|why| panic!("{why}"))
+}
+
+fn provision_chromium() -> Result<String, String> {
+    if let Some(found) = find_chromium() {
+        return Ok(found);
     }
-    panic!("this test needs Chromium: apt-get install chromium (.ci/run installs it when missing)");
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let apt = |args: &[&str]| -> Result<(), String> {
+        let mut cmd = if root {
+            std::process::Command::new("apt-get")
+        } else {
+            let mut sudo = std::process::Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        cmd.args(["-o", "DPkg::Lock::Timeout=600", "-q"]).args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        let out = cmd.output().map_err(|e| format!("cannot run apt-get ({e})"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("apt-get {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    };
+    eprintln!("dashboard test: Chromium is missing; installing Debian's chromium package (once, takes a minute)");
+    apt(&["update"]).and_then(|()| apt(&["install", "-y", "--no-install-recommends", "chromium"])).map_err(|why| {
+        format!(
+            "this test drives a real headless Chromium and could not install it: {why}. \
+                 Install it by hand (as root: apt-get install chromium) and run the tests again"
+        )
+    })?;
+    find_chromium().ok_or_else(|| "apt-get installed chromium, but no chromium binary is in /usr/bin".to_owned())
 }
 
 /// Runs headless Chromium with the flags a closed network needs; returns stdout.
