@@ -20,22 +20,11 @@ use crate::domain::SystemClock;
 use crate::fixture::{contact, RunningRegion};
 use crate::pb::client as pb;
 
-/// Raw floor: `total` sled inserts of `value_len` bytes, flushed every `batch` inserts.
+/// Raw floor: `total` inserts of `value_len` bytes into the bare storage engine, flushed
+/// every `batch` inserts.
 fn sled_floor(batch: usize, total: usize, value_len: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let db = sled::Config::new().path(dir.path()).open()?;
-    let tree = db.open_tree("floor")?;
-    let value = vec![7u8; value_len];
-    let started = Instant::now();
-    let mut i = 0u64;
-    while (i as usize) < total {
-        for _ in 0..batch {
-            tree.insert(i.to_be_bytes(), value.as_slice())?;
-            i += 1;
-        }
-        db.flush()?;
-    }
-    Ok(i as f64 / started.elapsed().as_secs_f64())
+    Ok(crate::store::engine::Floor::open(dir.path())?.insert_flush_rate(batch, total, value_len)?)
 }
 
 /// Registrations per second through the store alone (no gRPC, no TLS), `clients` tasks.
@@ -43,6 +32,7 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
     use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
     let dir = tempfile::tempdir()?;
     let store = crate::store::Store::open(dir.path(), &Default::default())?;
+    let registry = crate::registry::Registry::new(store.clone());
     let clock = SystemClock;
     let org = Organisation {
         id: OrgId::parse("org-a")?,
@@ -50,17 +40,17 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
         domain: OrgDomain::YouthCare,
         coordinator: None,
     };
-    store.put_org(&org, "bench", clock.now()).await?;
+    registry.put_org(&org, "bench", clock.now()).await?;
     let key = crate::pseudonym::LocalKey::from_bytes([1; 32]);
     let bsns = valid_bsns(300_000_000, total);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let (store, key, org) = (store.clone(), key.clone(), org.id.clone());
+        let (registry, key, org) = (registry.clone(), key.clone(), org.id.clone());
         let mine: Vec<String> = bsns.iter().skip(i).step_by(clients).cloned().collect();
         tasks.push(tokio::spawn(async move {
             for bsn in mine {
-                let new = crate::store::NewSignal {
+                let new = crate::registry::NewSignal {
                     child: key.child_key(&crate::domain::Bsn::parse(&bsn)?),
                     org: org.clone(),
                     professional: contact("B. Ench", "professional", "bench@example.nl"),
@@ -69,7 +59,7 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
                     now: SystemClock.now(),
                     point: None,
                 };
-                store.register(&new, "bench").await?;
+                registry.register(&new, "bench").await?;
             }
             Ok::<_, anyhow::Error>(())
         }));
@@ -264,20 +254,21 @@ async fn prefill(region: &crate::fixture::RegionFiles, bsns: &[&String]) -> anyh
     let blind = crate::server::load_blind_key(config, &store).await?;
     // Federation on, but no peers yet: points are stored, nothing is queued; the join
     // after start publishes everything, as when a region is added to a running federation.
-    store.enable_federation(Vec::new(), local.clone());
+    let pairs = crate::federation::Pairs::new(Vec::new(), local.clone());
+    let registry = crate::registry::Registry::with_federation(store.clone(), std::sync::Arc::new(pairs));
     let org = Organisation {
         id: OrgId::parse("org-a")?,
         name: "Org A".into(),
         domain: OrgDomain::YouthCare,
         coordinator: None,
     };
-    store.put_org(&org, "bench", SystemClock.now()).await?;
+    registry.put_org(&org, "bench", SystemClock.now()).await?;
     let jobs = bsns.iter().map(|b| {
         let bsn = crate::domain::Bsn::parse(b);
-        let (store, local, blind, org) = (store.clone(), local.clone(), blind.clone(), org.id.clone());
+        let (registry, local, blind, org) = (registry.clone(), local.clone(), blind.clone(), org.id.clone());
         async move {
             let bsn = bsn?;
-            let new = crate::store::NewSignal {
+            let new = crate::registry::NewSignal {
                 child: local.child_key(&bsn),
                 org,
                 professional: contact("B. Ench", "professional", "bench@example.nl"),
@@ -286,7 +277,7 @@ async fn prefill(region: &crate::fixture::RegionFiles, bsns: &[&String]) -> anyh
                 now: SystemClock.now(),
                 point: Some(blind.blind_bsn(&bsn)),
             };
-            store.register(&new, "bench").await?;
+            registry.register(&new, "bench").await?;
             Ok::<_, anyhow::Error>(())
         }
     });
@@ -343,11 +334,11 @@ pub async fn latency(samples: usize) -> anyhow::Result<()> {
     );
     let _ = peer.ping(crate::pb::federation::PingRequest { from_region: "beta".into(), ..Default::default() }).await;
     let floor_dir = tempfile::tempdir()?;
-    let db = sled::open(floor_dir.path())?;
+    let floor = crate::store::engine::Floor::open(floor_dir.path())?;
     for i in 0..samples {
         let started = Instant::now();
-        db.insert((i as u64).to_be_bytes(), vec![0u8; 400])?;
-        db.flush()?;
+        floor.insert(i as u64, &[0u8; 400])?;
+        floor.flush()?;
         let _ =
             peer.ping(crate::pb::federation::PingRequest { from_region: "beta".into(), ..Default::default() }).await;
         floor_times.push(started.elapsed());

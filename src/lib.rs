@@ -2,35 +2,33 @@
 //!
 //! # Layout
 //!
-//! Data flows client → validate (11-proef, age) → store + local match → outbox (durable,
-//! per peer, same transaction) → peer exchange → pair detected at both sides → contact
-//! exchange → notify (watch stream, webhook). Every arrow that crosses the network retries
-//! from the outbox until the peer acknowledges it.
+//! Data flows client → validate (11-proef, age) → core rules → store + outbox (durable,
+//! per peer, same transaction) → peer exchange → answer applied → pair detected at both
+//! sides → contact exchange → notify (watch stream, webhook). Every arrow that crosses the
+//! network retries from the outbox until the peer acknowledges it. `docs/architecture.md`
+//! draws the layers and follows a registration and a cross-region match through them.
 //!
-//! - [`domain`]: the VIR's rules as types and pure functions: [`domain::Bsn`] (D9),
-//!   signals (D1, D2), retention (D3, D4), notices (D5, D6), the injected clock.
-//! - [`pseudonym`]: the child's local pseudonym, a keyed hash under the node's local key;
-//!   the only thing about a child the store ever holds.
-//! - [`store`]: the only module that sees sled: typed trees, transactions, group commit,
-//!   the audit chain (D8), notice sequence numbers for resumable watch streams.
-//! - [`pki`]: certificates and every rustls configuration: the CA tooling (`virfed ca`),
-//!   identities from certificate SAN URIs, TLS accept and connect for tonic.
-//! - [`api`]: the gRPC services (client API for organisations, admin API for operators),
-//!   conversions between protobuf and domain types, the one error → status mapping.
-//! - [`federation`]: the peer API (identity from node certificates, oracle budget) and
-//!   per-peer outbox delivery with backoff; the protocol is in `docs/protocol.md`.
-//! - [`health`]: federation health without personal data: the coordinators' status API,
-//!   gRPC health and reflection, the HTTP port (`/healthz`, `/readyz`, `/metrics`), and
-//!   `virfed status` (sweep of many nodes, link matrix, warnings).
-//! - [`config`]: the node's TOML configuration with environment overrides.
+//! Layers, top to bottom (a module imports only modules below it):
+//!
+//! - the binary (`src/bin/virfed/`): parse, telemetry, dispatch, exit code.
 //! - [`server`]: `Node::bind` then `run(shutdown)`: composes services and background
-//!   tasks (expiry sweeper, webhook delivery) and drains on shutdown.
-//! - [`notify`]: webhook delivery of stored notices, HMAC-signed, retried.
-//! - [`client`]: the CLI's mTLS client of the node.
-//! - [`demo`]: a federation of three regions on loopback with real TLS and storage (`virfed demo`).
-//! - [`bench`]: `virfed bench`: figures printed next to their floors.
-//! - [`fixture`]: a real region on loopback (CA, certificates, config, node) for the demo,
-//!   the benchmark and the tests.
+//!   tasks (expiry sweeper, webhook delivery, health probe) and drains on shutdown.
+//! - services: [`api`] (client API for organisations, admin API for operators, the one
+//!   error → status mapping), [`federation::service`] and [`federation::delivery`] (peer
+//!   API, outbox delivery), [`health`] (status, gRPC health, `/metrics`, `virfed status`),
+//!   [`dashboard`] (the coordinators' page), [`notify`] (signed webhooks),
+//!   [`participation`] (which organisations signal and which went quiet), [`client`] (the
+//!   CLI's mTLS client of a node).
+//! - the application core: [`registry`] — when a match is made (D5), who is told what
+//!   (D5–D7), withdrawal, retention and erasure (D3, D4) — and [`federation::pairs`] —
+//!   when a cross-border pair is made or ended — as functions over a store transaction.
+//! - [`store`]: tables, key codecs, schema and migrations, the single writer (group
+//!   commit), backup, the audit chain (D8); `store/engine.rs` is the only file that names
+//!   sled. No table holds a BSN.
+//! - [`domain`] (the VIR's types and pure rules: [`domain::Bsn`] (D9), signals, notices,
+//!   retention, the audit vocabulary, the injected clock), [`pseudonym`] (keyed
+//!   pseudonyms, blinding), [`pki`] (CA tooling, rustls configs, identities from
+//!   certificates), [`config`] (TOML with environment overrides).
 //! - [`pb`]: generated protobuf code, nothing else.
 #![forbid(unsafe_code)]
 
@@ -48,6 +46,7 @@ pub mod notify;
 pub mod participation;
 pub mod pki;
 pub mod pseudonym;
+pub mod registry;
 pub mod server;
 pub mod store;
 

@@ -572,13 +572,14 @@ async fn rekey(path: &std::path::Path) -> anyhow::Result<()> {
     let store = Store::open(&config.store_path(), &StoreOptions::default())?;
     let old = virfed::server::load_blind_key(&config, &store).await?;
     let local = virfed::pseudonym::LocalKey::load_or_create(&config.local_key_path())?;
-    store.enable_federation(fed.peers.iter().map(|p| p.region.clone()).collect(), local);
+    let pairs = virfed::federation::Pairs::new(fed.peers.iter().map(|p| p.region.clone()).collect(), local);
+    let federation = virfed::federation::Federation::new(store.clone(), pairs);
     let key_path = config.blind_key_path();
     let pending = key_path.with_extension("key.new");
     let new = virfed::pseudonym::BlindKey::random();
     virfed::pseudonym::write_new_secret(&pending, format!("{}\n", hex::encode(new.to_bytes())).as_bytes())
         .with_context(|| format!("writing {}", pending.display()))?;
-    let (children, entries) = store.rekey(&old, &new).await?;
+    let (children, entries) = federation.rekey(&old, &new).await?;
     std::fs::rename(&pending, &key_path).with_context(|| format!("moving the new key into {}", key_path.display()))?;
     println!(
         "re-keyed: {children} children and {entries} peer index entries; {} items queued for {} peers; start the node to send them",

@@ -61,12 +61,11 @@ pub fn spawn_webhooks(
 
 async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut shutdown: watch::Receiver<bool>) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let cursor_key = format!("webhook_cursor/{org}");
     let mut durable = store.subscribe_notices();
     let mut backoff = Duration::from_secs(1);
     loop {
         durable.borrow_and_update();
-        let cursor = store.meta_u64(&cursor_key).unwrap_or(0);
+        let cursor = store.webhook_cursor(&org).unwrap_or(0);
         let batch = store.notices_after(&org, cursor, 64).unwrap_or_default();
         if batch.is_empty() {
             tokio::select! {
@@ -113,7 +112,7 @@ async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut 
                 break;
             }
             backoff = Duration::from_secs(1);
-            if let Err(e) = store.set_meta_u64(&cursor_key, seq).await {
+            if let Err(e) = store.set_webhook_cursor(&org, seq).await {
                 warn!(%org, error = %e, "cannot record webhook progress");
             }
             debug!(%org, cursor = seq, "notice delivered to webhook");

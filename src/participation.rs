@@ -38,15 +38,9 @@ use std::fmt::Write as _;
 use chrono::{Datelike, NaiveDate};
 use serde::Serialize;
 
-use crate::domain::{OrgDomain, OrgId, Organisation};
+use crate::domain::{AuditAction, OrgDomain, OrgId, Organisation};
 use crate::store::AuditEntry;
 
-/// Audit action of a new signal.
-const REGISTER: &str = "signal.register";
-/// Audit action of an organisation's registration with the region.
-const ORG_ADD: &str = "org.add";
-/// Audit action of a match notice.
-const MATCH_CREATED: &str = "notice.match-created";
 /// Prefix of a match notice's detail when it is addressed to a reporting professional.
 const TO_PROFESSIONAL: &str = "to professional of org:";
 /// Months in the per-domain totals.
@@ -155,18 +149,20 @@ pub fn report(
         if date > today {
             continue;
         }
-        let org = match entry.action.as_str() {
-            REGISTER => entry.actor.strip_prefix("org:"),
-            ORG_ADD => Some(entry.subject.as_str()),
-            MATCH_CREATED => professional_recipient(&entry.detail),
+        // Signals, registrations with the region, and match notices to professionals.
+        let action = AuditAction::parse(&entry.action);
+        let org = match action {
+            Some(AuditAction::SignalRegister) => entry.actor.strip_prefix("org:"),
+            Some(AuditAction::OrgAdd) => Some(entry.subject.as_str()),
+            Some(AuditAction::NoticeMatchCreated) => professional_recipient(&entry.detail),
             _ => None,
         };
         let Some(tally) = org.and_then(|id| index.get(id)).map(|&i| &mut tallies[i]) else {
             continue;
         };
-        match entry.action.as_str() {
-            REGISTER => tally.signal_dates.push(date),
-            ORG_ADD => tally.registered = Some(tally.registered.map_or(date, |r| r.min(date))),
+        match action {
+            Some(AuditAction::SignalRegister) => tally.signal_dates.push(date),
+            Some(AuditAction::OrgAdd) => tally.registered = Some(tally.registered.map_or(date, |r| r.min(date))),
             _ => tally.matches += 1,
         }
     }

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::domain::{Clock, OrgId};
 use crate::federation::delivery::{self, PeerLink};
 use crate::federation::{Counters, PeerCounters, PeerService};
+use crate::federation::{Federation, Pairs};
 use crate::health::metrics::RpcMetricsLayer;
 use crate::health::probe::Reporters;
 use crate::health::status::StatusService;
@@ -35,7 +36,8 @@ use crate::pki::{
     TlsFiles,
 };
 use crate::pseudonym::{BlindKey, KeyError, LocalKey};
-use crate::store::{OpError, Store, StoreError, StoreOptions, SweepReport};
+use crate::registry::{Registry, RegistryError, SweepReport};
+use crate::store::{Store, StoreError, StoreOptions};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +47,7 @@ pub enum NodeError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
-    Op(#[from] OpError),
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("cannot create data directory {path}: {source}")]
@@ -69,6 +71,7 @@ pub struct Node {
     peer: Option<PeerSide>,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<ApiState>,
+    federation: Federation,
     shutdown_tx: watch::Sender<bool>,
     sweep_rx: mpsc::Receiver<SweepRequest>,
     handle: NodeHandle,
@@ -143,14 +146,17 @@ impl Node {
             Some(o) => Some(OrgId::parse(o).map_err(|e| NodeError::Config(format!("match_officer.org: {e}")))?),
             None => None,
         };
-        store.set_match_officer(match_officer.as_ref()).await?;
+        // The pair rules run on every node (with no peers on a stand-alone one), so every
+        // child has its point from the start and a later federation publishes all of them.
+        let peers: Vec<String> =
+            config.federation.iter().flat_map(|f| f.peers.iter()).map(|p| p.region.clone()).collect();
+        let federation = Federation::new(store.clone(), Pairs::new(peers, local_key.clone()));
+        let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
+        registry.set_match_officer(match_officer.as_ref()).await?;
         // The blinding key exists even on a stand-alone node, so every child has its point
         // from the start and a later federation publishes all of them.
         let blind_key = load_blind_key(&config, &store).await?;
         info!(path = %config.blind_key_path().display(), "blinding key loaded");
-        if config.federation.is_none() {
-            store.enable_federation(Vec::new(), local_key.clone());
-        }
         let peer = match &config.federation {
             None => None,
             Some(fed) => {
@@ -167,7 +173,6 @@ impl Node {
                     .map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
                 let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
                 let peers: Vec<String> = fed.peers.iter().map(|p| p.region.clone()).collect();
-                store.enable_federation(peers.clone(), local_key.clone());
                 let counters: Counters =
                     Arc::new(peers.iter().map(|p| (p.clone(), Arc::new(PeerCounters::default()))).collect());
                 info!(%addr, peers = ?peers, "peer API bound; federation CA and revocation lists are re-read when they change");
@@ -198,7 +203,7 @@ impl Node {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sweep_tx, sweep_rx) = mpsc::channel(4);
         let state = Arc::new(ApiState {
-            store: store.clone(),
+            registry,
             local_key,
             blind_key: Some(blind_key),
             clock,
@@ -227,6 +232,7 @@ impl Node {
             http_listener,
             tls,
             state,
+            federation,
             shutdown_tx,
             sweep_rx,
             peer,
@@ -256,19 +262,21 @@ impl Node {
     /// Serves until `shutdown` resolves, then drains: open watch streams end with
     /// UNAVAILABLE, in-flight requests finish, the store is flushed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
-        let Node { config, listener, http_listener, tls, state, shutdown_tx, sweep_rx, peer, handle, .. } = self;
+        let Node {
+            config, listener, http_listener, tls, state, federation, shutdown_tx, sweep_rx, peer, handle, ..
+        } = self;
         let health = handle.health.clone();
         let mut cert_files = vec![config.tls.cert.clone()];
         cert_files.extend(config.federation.as_ref().map(|f| f.cert.clone()));
         let expiry = tokio::spawn(watch_cert_expiry(cert_files, state.shutdown.clone()));
         let sweeper = tokio::spawn(sweeper(
-            state.store.clone(),
+            state.registry.clone(),
             state.clock.clone(),
             Duration::from_secs(config.sweeper.interval_secs),
             sweep_rx,
             state.shutdown.clone(),
         ));
-        let webhooks = crate::notify::spawn_webhooks(&config, state.store.clone(), state.shutdown.clone())
+        let webhooks = crate::notify::spawn_webhooks(&config, state.store().clone(), state.shutdown.clone())
             .map_err(NodeError::Config)?;
         let signals =
             SignalsServer::new(SignalsService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -280,7 +288,7 @@ impl Node {
         let (client_reflection, client_reflection_alpha) = reflection(&client_services)?;
         let mut federation_tasks = Vec::new();
         if let (Some(side), Some(fed)) = (peer, &config.federation) {
-            federation_tasks = start_federation(&config, fed, side, &state, &health, &mut reporters)?;
+            federation_tasks = start_federation(&config, fed, side, &state, &federation, &health, &mut reporters)?;
         }
         // The first probe before serving, so the ports never report a store that is not there.
         let writable = crate::health::probe::probe_once(&health).await;
@@ -328,7 +336,7 @@ impl Node {
         for task in webhooks.into_iter().chain(federation_tasks) {
             let _ = task.await;
         }
-        state.store.flush_now()?;
+        state.store().flush_now()?;
         info!("node stopped");
         served.map_err(|e| NodeError::Serve(e.to_string()))
     }
@@ -376,13 +384,14 @@ fn start_federation(
     fed: &crate::config::Federation,
     side: PeerSide,
     state: &Arc<ApiState>,
+    federation: &Federation,
     health: &Arc<NodeHealth>,
     reporters: &mut Reporters,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, NodeError> {
     let PeerSide { listener, tls, files, blind_key, counters, .. } = side;
     let peers = fed.peers.iter().map(|p| p.region.clone()).collect();
     let service = PeerService::new(
-        state.store.clone(),
+        federation.clone(),
         config.region.clone(),
         fed.cert.clone(),
         blind_key,
@@ -421,19 +430,19 @@ fn start_federation(
             client: PeerClient::new(channel).max_decoding_message_size(4 * 1024 * 1024),
             counters: counters.get(&peer.region).cloned().unwrap_or_default(),
         };
-        tasks.push(tokio::spawn(delivery::run(state.store.clone(), link, state.shutdown.clone())));
+        tasks.push(tokio::spawn(delivery::run(federation.clone(), link, state.shutdown.clone())));
     }
     // New peers get every child; a new or restored store asks every peer to resync to it.
-    let (store, regions): (Store, Vec<String>) =
-        (state.store.clone(), fed.peers.iter().map(|p| p.region.clone()).collect());
+    let (federation, regions): (Federation, Vec<String>) =
+        (federation.clone(), fed.peers.iter().map(|p| p.region.clone()).collect());
     tasks.push(tokio::spawn(async move {
-        match store.resync_after_restore(regions.clone()).await {
+        match federation.resync_after_restore().await {
             Ok(true) => info!("new or restored store: every peer is asked to publish its children here again"),
             Ok(false) => {}
             Err(e) => warn!(error = %e, "asking the peers for a resync after a restore failed"),
         }
         for region in regions {
-            match store.join_peer(&region).await {
+            match federation.join_peer(&region).await {
                 Ok(0) => {}
                 Ok(n) => info!(peer = %region, children = n, "joined peer: every child queued for it"),
                 Err(e) => warn!(peer = %region, error = %e, "queueing the resync for a new peer failed"),
@@ -486,7 +495,7 @@ async fn watch_cert_expiry(files: Vec<PathBuf>, mut shutdown: watch::Receiver<bo
 
 /// The expiry sweeper (D3, D4): runs at start, every `interval`, and on request.
 async fn sweeper(
-    store: Store,
+    registry: Registry,
     clock: Arc<dyn Clock>,
     interval: Duration,
     mut requests: mpsc::Receiver<SweepRequest>,
@@ -500,7 +509,7 @@ async fn sweeper(
             Some(reply) = requests.recv() => Some(reply),
             _ = crate::server::shutting_down(&mut shutdown) => return,
         };
-        let result = store.sweep(clock.today(), clock.now()).await;
+        let result = registry.sweep(clock.today(), clock.now()).await;
         match &result {
             Ok(r) if *r != SweepReport::default() => info!(
                 archived = r.archived,
@@ -512,7 +521,7 @@ async fn sweeper(
             Err(e) => warn!(error = %e, "expiry sweep failed; retrying at the next interval"),
         }
         if let Some(reply) = reply {
-            let _ = reply.send(result.map_err(|e: OpError| e.to_string()));
+            let _ = reply.send(result.map_err(|e: RegistryError| e.to_string()));
         }
     }
 }

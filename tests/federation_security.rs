@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use virfed::config::Config;
 use virfed::domain::{Addressee, Bsn, NoticeKind, OrgId, SystemClock};
+use virfed::federation::OutItem;
 use virfed::federation::PROTOCOL_VERSION;
 use virfed::fixture::{contact, FederationFiles, RegionFiles, RunningRegion};
 use virfed::pb::client as cpb;
@@ -29,7 +30,6 @@ use virfed::pb::federation::item::Body;
 use virfed::pb::federation::peer_client::PeerClient;
 use virfed::pki::{client_config, connect, server_config, tls_incoming, Ca, CertSpec, Identity, TlsMaterial};
 use virfed::pseudonym::{bsn_point, BlindKey};
-use virfed::store::federation::OutItem;
 
 // ---- fixture -------------------------------------------------------------------------------
 
@@ -377,9 +377,9 @@ async fn invariant6_node_delivers_only_to_the_region_named_in_the_server_certifi
     })
     .await;
     assert!(impostor.received().is_empty(), "rotterdam delivered to a zwolle certificate: {:?}", impostor.received());
-    let queued = rdam.handle.store().outbox_batch("utrecht", 10).unwrap();
+    let queued = rdam.handle.store().outbox_batch::<OutItem>("utrecht", 10).unwrap();
     assert_eq!(
-        queued.iter().filter(|o| matches!(o.item, OutItem::Publish { .. })).count(),
+        queued.iter().filter(|o| matches!(o.item, OutItem::Publish(_))).count(),
         1,
         "the publish stays queued for the real utrecht"
     );
@@ -623,11 +623,12 @@ async fn invariant2_peer_cannot_test_a_guess_offline() {
     let rdam = start(files.regions.remove(0)).await;
     register(&rdam, "jeugdzorg", CHILD).await;
     let bsn = Bsn::parse(CHILD).unwrap();
-    let mut queued = rdam.handle.store().outbox_batch("utrecht", 10).unwrap();
+    let mut queued = rdam.handle.store().outbox_batch::<OutItem>("utrecht", 10).unwrap();
     // A new node first asks its peers for a resync; the publish follows.
     queued.retain(|o| !matches!(o.item, OutItem::ResyncRequest));
     let [out] = queued.as_slice() else { panic!("expected one publish, got {queued:?}") };
-    let OutItem::Publish { point, .. } = &out.item else { panic!("expected a publish, got {out:?}") };
+    let OutItem::Publish(publish) = &out.item else { panic!("expected a publish, got {out:?}") };
+    let point = &publish.point;
 
     let peer_key = BlindKey::random(); // everything the peer has: its own secret
     let d = peer_key.blind_point(point).unwrap();
@@ -789,7 +790,7 @@ async fn invariant1_no_bsn_in_peer_messages_logs_or_peer_data() {
     let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
     for (name, region) in [("rotterdam", &rdam), ("utrecht", &utr)] {
         for peer in ["rotterdam", "utrecht", "zwolle"] {
-            for out in region.handle.store().outbox_batch(peer, 10_000).unwrap() {
+            for out in region.handle.store().outbox_batch::<OutItem>(peer, 10_000).unwrap() {
                 seen.push((format!("{name} outbox for {peer} (debug)"), format!("{out:?}").into_bytes()));
                 seen.push((format!("{name} outbox for {peer} (postcard)"), postcard::to_stdvec(&out.item).unwrap()));
             }

@@ -43,9 +43,9 @@ fn store_from_schema_1_is_migrated_on_open_and_dry_run_changes_nothing() {
     assert_eq!(schema_of(&store_path), 1, "a dry run must not migrate");
 
     let store = Store::open(&store_path, &StoreOptions::default()).unwrap();
-    let queued = store.outbox_batch("utrecht", 10).unwrap();
+    let queued = store.outbox_batch::<virfed::federation::OutItem>("utrecht", 10).unwrap();
     assert_eq!(queued.len(), 3, "every queued item survives the migration, in order");
-    assert!(queued.iter().all(|o| matches!(o.item, virfed::store::federation::OutItem::Publish { .. })));
+    assert!(queued.iter().all(|o| matches!(o.item, virfed::federation::OutItem::Publish(_))));
     assert!(queued.windows(2).all(|w| w[0].seq < w[1].seq));
     assert!(store.outbox_oldest("utrecht").unwrap().is_some(), "migrated items carry a queue time");
     assert_eq!(store.counts().unwrap().active, 3);
@@ -81,17 +81,18 @@ async fn regenerate_store_v1_fixture() {
     let store = Store::open(&path, &StoreOptions::default()).unwrap();
     let local = virfed::pseudonym::LocalKey::from_bytes([3; 32]);
     let blind = virfed::pseudonym::BlindKey::from_bytes([9; 32]).unwrap();
-    store.enable_federation(vec!["utrecht".into()], local.clone());
+    let pairs = virfed::federation::Pairs::new(vec!["utrecht".into()], local.clone());
+    let registry = virfed::registry::Registry::with_federation(store.clone(), std::sync::Arc::new(pairs));
     let org = Organisation {
         id: OrgId::parse("jeugdzorg").unwrap(),
         name: "Jeugdzorg".into(),
         domain: OrgDomain::YouthCare,
         coordinator: None,
     };
-    store.put_org(&org, "fixture", SystemClock.now()).await.unwrap();
+    registry.put_org(&org, "fixture", SystemClock.now()).await.unwrap();
     for bsn in ["111222333", "123456782", "047812618"] {
         let bsn = Bsn::parse(bsn).unwrap();
-        let new = virfed::store::NewSignal {
+        let new = virfed::registry::NewSignal {
             child: local.child_key(&bsn),
             org: org.id.clone(),
             professional: virfed::fixture::contact("F. Ixture", "professional", "fixture@example.nl"),
@@ -100,15 +101,15 @@ async fn regenerate_store_v1_fixture() {
             now: SystemClock.now(),
             point: Some(blind.blind_bsn(&bsn)),
         };
-        store.register(&new, "fixture").await.unwrap();
+        registry.register(&new, "fixture").await.unwrap();
     }
-    drop(store);
+    drop((registry, store));
     std::thread::sleep(std::time::Duration::from_millis(200));
     let db = sled::open(&path).unwrap();
     let outbox = db.open_tree("outbox").unwrap();
     for item in outbox.iter() {
         let (k, v) = item.unwrap();
-        let queued: virfed::store::federation::Queued = postcard::from_bytes(&v).unwrap();
+        let queued: virfed::store::Queued<virfed::federation::OutItem> = postcard::from_bytes(&v).unwrap();
         outbox.insert(k, postcard::to_stdvec(&queued.item).unwrap()).unwrap();
     }
     db.open_tree("meta").unwrap().insert("schema_version", &1u32.to_be_bytes()).unwrap();

@@ -133,7 +133,7 @@ async fn d5_notices_are_posted_to_the_webhook_signed_retried_and_without_bsn() {
 
     // Delivered once: the cursor is stored, a restart does not post it again.
     let cursor = json["cursor"].as_u64().unwrap();
-    assert_eq!(region.handle.store().meta_u64("webhook_cursor/school").unwrap(), cursor);
+    assert_eq!(region.handle.store().webhook_cursor(&virfed::domain::OrgId::parse("school").unwrap()).unwrap(), cursor);
     let files = region.stop().await.unwrap();
     let region = RunningRegion::start_with(files, Arc::new(SystemClock)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

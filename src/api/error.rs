@@ -5,7 +5,8 @@ use tonic::{Code, Status};
 
 use crate::domain::retention::RetentionError;
 use crate::domain::{BsnError, FieldError};
-use crate::store::{OpError, StoreError};
+use crate::registry::RegistryError;
+use crate::store::StoreError;
 
 /// Errors of the client and admin APIs.
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +56,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<OpError> for ApiError {
-    fn from(e: OpError) -> Self {
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
         match e {
-            OpError::UnknownOrg(_) => ApiError::PermissionDenied(e.to_string()),
-            OpError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            OpError::NotOwner(_) => ApiError::PermissionDenied(e.to_string()),
-            OpError::NotActive(_) | OpError::Superseded(_) => ApiError::FailedPrecondition(e.to_string()),
-            OpError::Store(s) => s.into(),
+            RegistryError::UnknownOrg(_) => ApiError::PermissionDenied(e.to_string()),
+            RegistryError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            RegistryError::NotOwner(_) => ApiError::PermissionDenied(e.to_string()),
+            RegistryError::NotActive(_) => ApiError::FailedPrecondition(e.to_string()),
+            RegistryError::Store(s) => s.into(),
         }
     }
 }

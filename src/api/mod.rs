@@ -32,14 +32,16 @@ use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
 use crate::pki::{peer_of, Identity};
 use crate::pseudonym::LocalKey;
-use crate::store::{NewSignal, Store, Withdrawn};
+use crate::registry::{NewSignal, Registry, Withdrawn};
+use crate::store::Store;
 
 /// Largest request the client API accepts; real requests are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
 /// What the services share.
 pub struct ApiState {
-    pub store: Store,
+    /// The region's signals (the rules) and, through it, the store.
+    pub registry: Registry,
     pub local_key: LocalKey,
     /// The blinding key, when the node federates.
     pub blind_key: Option<crate::pseudonym::BlindKey>,
@@ -47,6 +49,12 @@ pub struct ApiState {
     pub match_officer: Option<OrgId>,
     /// Flips to true when the node shuts down, ending watch streams.
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl ApiState {
+    pub fn store(&self) -> &Store {
+        self.registry.store()
+    }
 }
 
 /// The client API.
@@ -70,7 +78,7 @@ impl SignalsService {
             )));
         };
         let id = OrgId::parse(name)?;
-        self.state.store.org(&id)?.ok_or_else(|| {
+        self.state.store().org(&id)?.ok_or_else(|| {
             ApiError::PermissionDenied(format!(
                 "organisation {id} is not registered with this region; ask the regional VIR operator to add it (virfed org add)"
             ))
@@ -115,7 +123,7 @@ impl pb::signals_server::Signals for SignalsService {
             now,
             point: self.state.blind_key.as_ref().map(|k| k.blind_bsn(&bsn)),
         };
-        let done = self.state.store.register(&new, &format!("org:{}", org.id)).await.map_err(ApiError::from)?;
+        let done = self.state.registry.register(&new, &format!("org:{}", org.id)).await.map_err(ApiError::from)?;
         info!(signal = %done.signal.id, org = %org.id, created = done.created, matches = done.matched_with, "signal registered");
         Ok(Response::new(pb::RegisterSignalResponse {
             signal: Some(convert::signal_out(&done.signal)),
@@ -151,7 +159,8 @@ impl pb::signals_server::Signals for SignalsService {
             }
         };
         let (now, today) = (self.state.clock.now(), self.state.clock.today());
-        let outcome = self.state.store.withdraw(&id, &org.id, reason, by, now, today).await.map_err(ApiError::from)?;
+        let outcome =
+            self.state.registry.withdraw(&id, &org.id, reason, by, now, today).await.map_err(ApiError::from)?;
         let outcome = match outcome {
             Withdrawn::Deleted => "deleted",
             Withdrawn::Archived => "archived",
@@ -163,7 +172,7 @@ impl pb::signals_server::Signals for SignalsService {
     async fn get_signal(&self, req: Request<pb::GetSignalRequest>) -> Result<Response<pb::SignalView>, Status> {
         let org = self.caller(&req)?;
         let id = Self::signal_id(&req.get_ref().signal_id)?;
-        match self.state.store.signal(&id).map_err(ApiError::from)? {
+        match self.state.store().signal(&id).map_err(ApiError::from)? {
             Some(s) if s.org == org.id => Ok(Response::new(convert::signal_out(&s))),
             // Another organisation's signal is reported as absent: its existence is not ours to tell.
             _ => Err(ApiError::NotFound(format!("no signal {id} of organisation {}", org.id)).into()),
@@ -175,7 +184,7 @@ impl pb::signals_server::Signals for SignalsService {
         req: Request<pb::ListMatchesRequest>,
     ) -> Result<Response<pb::ListMatchesResponse>, Status> {
         let org = self.caller(&req)?;
-        let matches = self.state.store.matches_for(&org.id).map_err(ApiError::from)?;
+        let matches = self.state.registry.matches_for(&org.id).map_err(ApiError::from)?;
         let matches = matches
             .iter()
             .map(|m| pb::MatchView {
@@ -191,7 +200,7 @@ impl pb::signals_server::Signals for SignalsService {
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let org = self.caller(&req)?;
         let mut cursor = req.get_ref().after_cursor;
-        let store = self.state.store.clone();
+        let store = self.state.store().clone();
         let mut durable = store.subscribe_notices();
         let mut shutdown = self.state.shutdown.clone();
         let (tx, rx) = mpsc::channel(64);
@@ -243,7 +252,7 @@ impl pb::signals_server::Signals for SignalsService {
         let child = self.state.local_key.child_key(&bsn);
         let deleted = self
             .state
-            .store
+            .registry
             .erase_child(&child, &format!("org:{}", org.id), self.state.clock.now())
             .await
             .map_err(ApiError::from)?;
@@ -326,7 +335,7 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
         };
         org.validate().map_err(ApiError::from)?;
         self.state
-            .store
+            .registry
             .put_org(&org, &format!("operator:{operator}"), self.state.clock.now())
             .await
             .map_err(ApiError::from)?;
@@ -343,7 +352,7 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
             0 => crate::participation::ParticipationConfig::DEFAULT_QUIET_AFTER_DAYS,
             d => d,
         };
-        let store = &self.state.store;
+        let store = self.state.store();
         let orgs = store.orgs().map_err(ApiError::from)?;
         let audit = store.audit_entries().map_err(ApiError::from)?;
         let config = crate::participation::ParticipationConfig { quiet_after_days: days };
@@ -377,7 +386,7 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
 
     async fn backup(&self, req: Request<admin_pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let operator = self.operator(&req)?;
-        let store = self.state.store.clone();
+        let store = self.state.store().clone();
         let path = store.path().with_extension(format!("backup-{}", uuid::Uuid::new_v4()));
         let summary = store.backup_to(&path).await.map_err(ApiError::from)?;
         info!(operator, entries = summary.entries, "online backup taken");
@@ -411,7 +420,7 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
         req: Request<admin_pb::ListOrganisationsRequest>,
     ) -> Result<Response<admin_pb::ListOrganisationsResponse>, Status> {
         self.operator(&req)?;
-        let orgs = self.state.store.orgs().map_err(ApiError::from)?;
+        let orgs = self.state.store().orgs().map_err(ApiError::from)?;
         Ok(Response::new(admin_pb::ListOrganisationsResponse {
             organisations: orgs.iter().map(admin_org_out).collect(),
         }))

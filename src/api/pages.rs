@@ -38,8 +38,8 @@ fn allowed(state: &ApiState, peer: Option<Extension<PeerInfo>>) -> Result<Partic
         return Err((StatusCode::FORBIDDEN, message));
     }
     let failed = |e: crate::store::StoreError| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-    let orgs = state.store.orgs().map_err(failed)?;
-    let audit = state.store.audit_entries().map_err(failed)?;
+    let orgs = state.store().orgs().map_err(failed)?;
+    let audit = state.store().audit_entries().map_err(failed)?;
     Ok(report(&orgs, &audit, state.clock.today(), &ParticipationConfig::default()))
 }
 

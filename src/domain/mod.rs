@@ -4,12 +4,15 @@
 //! - [`model`]: organisations, contacts, signals (D1, D2), notices (D5, D6).
 //! - [`retention`]: age limit (D3) and retention (D4) as pure date functions.
 //! - [`clock`]: injected time.
+//! - [`audit`]: the audit log's vocabulary (D8).
 
+pub mod audit;
 pub mod bsn;
 pub mod clock;
 pub mod model;
 pub mod retention;
 
+pub use audit::AuditAction;
 pub use bsn::{Bsn, BsnError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use model::*;

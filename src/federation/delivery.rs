@@ -15,11 +15,11 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{item_out, PeerCounters, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
+use super::item::{Item, ItemAnswer, OutItem};
+use super::{item_out, Federation, PeerCounters, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
 use crate::pb::federation as pb;
 use crate::pb::federation::peer_client::PeerClient;
-use crate::store::federation::{ItemAnswer, OutItem};
-use crate::store::{Outgoing, Store};
+use crate::store::Outgoing;
 
 /// How to reach one peer.
 pub struct PeerLink {
@@ -33,11 +33,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 fn is_resync(item: &OutItem) -> bool {
-    matches!(item, OutItem::Publish { resync: true, .. })
+    matches!(item, Item::Publish(p) if p.resync)
 }
 
 /// Runs until `shutdown` flips.
-pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: watch::Receiver<bool>) {
+    let store = federation.store().clone();
     let epoch = match store.epoch() {
         Ok(e) => e,
         Err(e) => {
@@ -69,7 +70,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
             continue;
         }
         let resync = is_resync(&batch[0].item);
-        let batch: Vec<Outgoing> =
+        let batch: Vec<Outgoing<OutItem>> =
             batch.into_iter().take_while(|o| is_resync(&o.item) == resync).take(batch_limit).collect();
         let request = pb::ExchangeRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -93,7 +94,7 @@ pub async fn run(store: Store, mut link: PeerLink, mut shutdown: watch::Receiver
                 {
                     Ok(delivered) => {
                         let n = delivered.len() as u64;
-                        match store.apply_delivery(&link.region, delivered).await {
+                        match federation.apply_delivery(&link.region, delivered).await {
                             Ok(()) => {
                                 link.counters.items_delivered.fetch_add(n, Ordering::Relaxed);
                                 link.counters.succeeded();
@@ -174,10 +175,10 @@ pub async fn ping(link: &mut PeerLink) {
 
 /// Matches the peer's answers to the items sent, refusing an answer that does not fit.
 fn pair_answers(
-    batch: Vec<Outgoing>,
+    batch: Vec<Outgoing<OutItem>>,
     results: Vec<pb::ItemResult>,
     region: &crate::domain::RegionId,
-) -> Result<Vec<(Outgoing, ItemAnswer)>, String> {
+) -> Result<Vec<(Outgoing<OutItem>, ItemAnswer)>, String> {
     if results.len() != batch.len() {
         return Err(format!("peer answered {} of {} items", results.len(), batch.len()));
     }
@@ -189,17 +190,17 @@ fn pair_answers(
                 return Err(format!("peer answered item {} for item {}", r.seq, out.seq));
             }
             let blinded = match &out.item {
-                OutItem::Publish { .. } => Some(
+                Item::Publish(_) => Some(
                     <[u8; 32]>::try_from(r.blinded.as_slice())
                         .map_err(|_| "peer sent a malformed blinded value".to_string())?,
                 ),
                 _ => None,
             };
             let contacts = match &out.item {
-                OutItem::Publish { .. } => r
+                Item::Publish(_) => r
                     .contacts
                     .into_iter()
-                    .map(|p| super::party_in(p, region).map_err(|e| format!("peer sent bad contacts: {}", e.message())))
+                    .map(|p| super::party_in(p, region).map_err(|e| format!("peer sent bad contacts: {e}")))
                     .collect::<Result<Vec<_>, _>>()?,
                 _ => Vec::new(),
             };

@@ -23,9 +23,6 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// A probe write slower than this counts as a failure.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The meta key the probe writes (Unix milliseconds of the probe).
-pub const PROBE_KEY: &str = "health_probe";
-
 /// Fully qualified names of the standard services on both ports.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
@@ -62,7 +59,7 @@ impl Reporters {
 /// One probe write; true when it was durable within [`PROBE_TIMEOUT`].
 pub async fn probe_once(health: &NodeHealth) -> bool {
     let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    match tokio::time::timeout(PROBE_TIMEOUT, health.store().set_meta_u64(PROBE_KEY, now)).await {
+    match tokio::time::timeout(PROBE_TIMEOUT, health.store().probe(now)).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             warn!(error = %e, "health probe: the store refused a write; reporting NOT_SERVING");

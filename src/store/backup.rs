@@ -27,15 +27,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{audit, StoreError, META_AUDIT_HEAD, META_EPOCH, META_JOINED, SCHEMA_VERSION};
+use super::engine::{Db, Tree};
+use super::keys::meta;
+use super::{audit, StoreError, SCHEMA_VERSION, TABLES};
 
 const MAGIC: &[u8] = b"virfed-backup\n";
 const FORMAT: u32 = 1;
-/// Meta key: on the next start, ask every peer to resync (set by restore).
-pub(super) const META_RESYNC_AFTER_RESTORE: &str = "resync_after_restore";
-/// Trees in a backup, in order.
-pub(super) const TREES: [&str; 9] =
-    ["meta", "orgs", "signals", "children", "org_signals", "notices", "audit", "fed", "outbox"];
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -63,7 +60,7 @@ pub struct BackupSummary {
 
 /// Meta keys that describe this copy of the store, not its data.
 fn skipped(tree: &str, key: &[u8]) -> bool {
-    tree == "meta" && (key == META_EPOCH || key.starts_with(META_JOINED.as_bytes()) || key == b"health_probe")
+    tree == "meta" && (key == meta::EPOCH || key.starts_with(meta::JOINED.as_bytes()) || key == meta::PROBE)
 }
 
 struct HashingWriter<W: Write> {
@@ -88,17 +85,16 @@ fn record<W: Write, T: Serialize>(out: &mut W, value: &T) -> std::io::Result<()>
     out.write_all(&bytes)
 }
 
-/// Writes a backup of `db` to `path` (called with no write in progress).
-pub(super) fn write(db: &sled::Db, path: &Path) -> Result<BackupSummary, StoreError> {
+/// Writes a backup of the tables (in [`TABLES`] order) to `path` (called with no write in
+/// progress).
+pub(super) fn write(tables: &[Tree], path: &Path) -> Result<BackupSummary, StoreError> {
     let io = |e: std::io::Error| StoreError::Failed(format!("writing the backup {}: {e}", path.display()));
-    let meta = db.open_tree("meta")?;
-    let audit_head: (u64, [u8; 32]) = match meta.get(META_AUDIT_HEAD)? {
+    let audit_head: (u64, [u8; 32]) = match tables[0].get(meta::AUDIT_HEAD)? {
         Some(v) => postcard::from_bytes(&v).map_err(|_| StoreError::Corrupt { what: "audit head" })?,
         None => (0, [0; 32]),
     };
     let mut entries = 0u64;
-    for name in TREES {
-        let tree = db.open_tree(name)?;
+    for (name, tree) in TABLES.iter().zip(tables) {
         for item in tree.iter() {
             let (k, _) = item?;
             if !skipped(name, &k) {
@@ -112,13 +108,13 @@ pub(super) fn write(db: &sled::Db, path: &Path) -> Result<BackupSummary, StoreEr
     out.write_all(MAGIC).map_err(io)?;
     record(&mut out, &Header { format: FORMAT, schema_version: SCHEMA_VERSION, created_at, audit_head, entries })
         .map_err(io)?;
-    for name in TREES {
-        for item in db.open_tree(name)?.iter() {
+    for (name, tree) in TABLES.iter().zip(tables) {
+        for item in tree.iter() {
             let (k, v) = item?;
             if skipped(name, &k) {
                 continue;
             }
-            record(&mut out, &Entry { tree: name.into(), key: k.to_vec(), value: v.to_vec() }).map_err(io)?;
+            record(&mut out, &Entry { tree: (*name).into(), key: k.to_vec(), value: v.to_vec() }).map_err(io)?;
         }
     }
     let digest = out.hash.finalize();
@@ -201,16 +197,13 @@ pub fn restore(
             .map_err(|e| StoreError::Failed(format!("moving {} aside: {e}", store_path.display())))?;
         moved = Some(aside);
     }
-    let db = sled::Config::new()
-        .path(store_path)
-        .open()
-        .map_err(|e| StoreError::Open { path: store_path.to_owned(), reason: e.to_string() })?;
+    let db = Db::open(store_path, None, false)?;
     for entry in &entries {
-        db.open_tree(&entry.tree)?.insert(&entry.key, entry.value.as_slice())?;
+        db.tree(&entry.tree)?.insert(&entry.key, &entry.value)?;
     }
-    let meta = db.open_tree("meta")?;
-    meta.insert(META_EPOCH, &rand::random::<u64>().to_be_bytes())?;
-    meta.insert(META_RESYNC_AFTER_RESTORE, &[1])?;
+    let meta_tree = db.tree("meta")?;
+    meta_tree.insert(meta::EPOCH, rand::random::<u64>().to_be_bytes())?;
+    meta_tree.insert(meta::RESYNC_AFTER_RESTORE, [1])?;
     db.flush()?;
     Ok((
         BackupSummary { entries: header.entries, audit_entries: header.audit_head.0, created_at: header.created_at },

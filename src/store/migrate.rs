@@ -10,8 +10,10 @@
 
 use std::path::Path;
 
-use super::federation::{OutItem, Queued};
-use super::{StoreError, META_SCHEMA, SCHEMA_VERSION};
+use super::engine::Db;
+use super::keys::meta;
+use super::records::encode;
+use super::{StoreError, SCHEMA_VERSION};
 
 /// One step of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,36 +25,39 @@ pub struct Step {
     pub entries: u64,
 }
 
-type Apply = fn(&sled::Db, bool) -> Result<u64, StoreError>;
+type Apply = fn(&Db, bool) -> Result<u64, StoreError>;
 
 const STEPS: &[(u32, &str, Apply)] = &[(1, "outbox values gain the time they were queued", outbox_queued_at)];
 
-/// v1 → v2: bare `OutItem` values become `Queued { at_ms: now, item }`.
-fn outbox_queued_at(db: &sled::Db, write: bool) -> Result<u64, StoreError> {
-    let outbox = db.open_tree("outbox")?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut batch = sled::Batch::default();
-    let mut n = 0;
+/// v1 → v2: bare outbox items become `Queued { at_ms: now, item }`. A `Queued` value is
+/// its queue time followed by the item's own bytes (see `records`), so each item is
+/// prefixed, not decoded: the store need not know the protocol's item type.
+fn outbox_queued_at(db: &Db, write: bool) -> Result<u64, StoreError> {
+    let outbox = db.tree("outbox")?;
+    let now = encode(&chrono::Utc::now().timestamp_millis());
+    let mut rewritten = Vec::new();
     for item in outbox.iter() {
         let (k, v) = item?;
-        let old: OutItem = postcard::from_bytes(&v).map_err(|_| StoreError::Corrupt { what: "v1 outbox item" })?;
-        let new = postcard::to_stdvec(&Queued { at_ms: now, item: old })
-            .map_err(|_| StoreError::Corrupt { what: "outbox item" })?;
-        batch.insert(k, new);
-        n += 1;
+        if v.is_empty() {
+            return Err(StoreError::Corrupt { what: "v1 outbox item" });
+        }
+        let mut value = now.clone();
+        value.extend_from_slice(&v);
+        rewritten.push((k.to_vec(), value));
     }
+    let n = rewritten.len() as u64;
     if write {
-        outbox.apply_batch(batch)?;
+        outbox.apply_all(rewritten)?;
     }
     Ok(n)
 }
 
-fn version(db: &sled::Db) -> Result<Option<u32>, StoreError> {
-    Ok(db.open_tree("meta")?.get(META_SCHEMA)?.map(|v| v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0)))
+fn version(db: &Db) -> Result<Option<u32>, StoreError> {
+    Ok(db.tree("meta")?.get(meta::SCHEMA)?.map(|v| v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0)))
 }
 
 /// Brings `db` to [`SCHEMA_VERSION`] (or, with `write` false, only says what that takes).
-pub(super) fn run(db: &sled::Db, path: &Path, write: bool) -> Result<Vec<Step>, StoreError> {
+pub(super) fn run(db: &Db, path: &Path, write: bool) -> Result<Vec<Step>, StoreError> {
     let Some(mut found) = version(db)? else { return Ok(Vec::new()) };
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaMismatch { path: path.to_owned(), found, expected: SCHEMA_VERSION });
@@ -64,7 +69,7 @@ pub(super) fn run(db: &sled::Db, path: &Path, write: bool) -> Result<Vec<Step>, 
         };
         let entries = apply(db, write)?;
         if write {
-            db.open_tree("meta")?.insert(META_SCHEMA, &(found + 1).to_be_bytes())?;
+            db.tree("meta")?.insert(meta::SCHEMA, (found + 1).to_be_bytes())?;
             db.flush()?;
             tracing::info!(from = found, to = found + 1, entries, "store migrated");
         }
@@ -76,9 +81,6 @@ pub(super) fn run(db: &sled::Db, path: &Path, write: bool) -> Result<Vec<Step>, 
 
 /// `virfed migrate --dry-run`: the steps opening the store at `path` would take.
 pub fn plan(path: &Path) -> Result<Vec<Step>, StoreError> {
-    let db = sled::Config::new()
-        .path(path)
-        .open()
-        .map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
+    let db = Db::open(path, None, false)?;
     run(&db, path, false)
 }

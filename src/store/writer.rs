@@ -1,8 +1,8 @@
 //! The single writer: group commit at the level of whole transactions.
 //!
-//! sled 0.34 runs every multi-tree transaction under a global write lock, and its
-//! `flush` holds the matching read lock through the fsync, so transactions and flushes
-//! never overlap. Flushing after each transaction would therefore serialise one fsync per
+//! The engine (sled 0.34, see `engine`) runs every multi-tree transaction under a global
+//! write lock, and its `flush` holds the matching read lock through the fsync, so
+//! transactions and flushes never overlap. Flushing after each transaction would therefore serialise one fsync per
 //! write. Instead, every write becomes a [`Job`] on one queue; a dedicated thread takes
 //! every job queued so far (up to [`MAX_BATCH`]), runs them all in **one** transaction,
 //! flushes once, and only then answers each caller. Under load the batch grows by itself;
@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{OpError, StoreError, Tx, TxResult};
+use super::engine::Db;
+use super::tx::Marks;
+use super::{StoreError, Tx, TxResult};
 
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -29,16 +31,16 @@ pub(super) type JobFn = Box<dyn Fn(&Tx<'_>) -> TxResult<Output> + Send>;
 
 pub(super) struct Job {
     pub run: JobFn,
-    pub reply: oneshot::Sender<Result<Output, OpError>>,
+    pub reply: oneshot::Sender<Result<Output, StoreError>>,
 }
 
 /// Work that needs the store to itself between batches (a consistent backup): no write
 /// runs while it does, because every write goes through this thread.
-pub(super) type ExclusiveFn = Box<dyn FnOnce() -> Result<Output, OpError> + Send>;
+pub(super) type ExclusiveFn = Box<dyn FnOnce() -> Result<Output, StoreError> + Send>;
 
 pub(super) struct Exclusive {
     pub run: ExclusiveFn,
-    pub reply: oneshot::Sender<Result<Output, OpError>>,
+    pub reply: oneshot::Sender<Result<Output, StoreError>>,
 }
 
 pub(super) enum Request {
@@ -46,15 +48,8 @@ pub(super) enum Request {
     Exclusive(Exclusive),
 }
 
-/// Highest notice and outbox sequence numbers a batch wrote.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Marks {
-    pub notice: Option<u64>,
-    pub outbox: Option<u64>,
-}
-
 /// What one batch produced: each job's result and the sequence numbers it wrote.
-pub(super) type BatchResult = Result<(Vec<Result<Output, OpError>>, Marks), StoreError>;
+pub(super) type BatchResult = Result<(Vec<Output>, Marks), StoreError>;
 
 /// Counters for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -104,7 +99,7 @@ impl Drop for Inner {
 impl Writer {
     /// Starts the writer thread. `run_batch` runs jobs in one transaction.
     pub fn start(
-        db: sled::Db,
+        db: Db,
         durable_notices: watch::Sender<u64>,
         durable_outbox: watch::Sender<u64>,
         run_batch: impl Fn(&[Job]) -> BatchResult + Send + 'static,
@@ -120,18 +115,18 @@ impl Writer {
     }
 
     /// Queues `job` and waits until it is committed and on disk.
-    pub async fn submit(&self, run: JobFn) -> Result<Output, OpError> {
+    pub async fn submit(&self, run: JobFn) -> Result<Output, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let stopped = || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
+        let stopped = || StoreError::Failed("the store's writer has stopped".into());
         let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
         jobs.send(Request::Write(Job { run, reply })).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
     /// Runs `run` on the writer thread with no write in progress or started meanwhile.
-    pub async fn exclusive(&self, run: ExclusiveFn) -> Result<Output, OpError> {
+    pub async fn exclusive(&self, run: ExclusiveFn) -> Result<Output, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let stopped = || OpError::Store(StoreError::Failed("the store's writer has stopped".into()));
+        let stopped = || StoreError::Failed("the store's writer has stopped".into());
         let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
         jobs.send(Request::Exclusive(Exclusive { run, reply })).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -139,7 +134,7 @@ impl Writer {
 }
 
 fn writer_loop(
-    db: sled::Db,
+    db: Db,
     rx: mpsc::Receiver<Request>,
     durable: [watch::Sender<u64>; 2],
     stats: Arc<WriteStats>,
@@ -201,13 +196,13 @@ fn writer_loop(
                     }
                 }
                 for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send(Ok(result));
                 }
             }
             Err(e) => {
                 let message = e.to_string();
                 for job in batch {
-                    let _ = job.reply.send(Err(OpError::Store(StoreError::Failed(message.clone()))));
+                    let _ = job.reply.send(Err(StoreError::Failed(message.clone())));
                 }
             }
         }

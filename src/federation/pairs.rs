@@ -1,0 +1,530 @@
+//! Cross-region pairs: the protocol's rules over a store transaction.
+//!
+//! A match between my child and a peer's child exists exactly when the same `D` is in my
+//! child's entry blinded for the peer (`B`) and in my index of the peer (`I`), and both
+//! are active (see `store::keys::Fed` for the entries). Each side checks that when the
+//! second of the two entries arrives, inside the writer's transaction, so of two
+//! concurrent registrations the later one always sees the earlier. [`Pairs::reconcile`]
+//! is that check; [`Pairs::end_pair`] ends a match; the rest apply local changes
+//! ([`FederationHook`]) and peer items ([`Pairs::apply_incoming`]) through them.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::item::{InItem, Incoming, Item, OutItem, OutPublish};
+use crate::domain::{AuditAction, ChildKey, NoticeKind, Party, RegionId};
+use crate::pseudonym::{BlindKey, Blinded, Handle, LocalKey};
+use crate::registry::notices::{self, Notify};
+use crate::registry::{ChildChange, ChildState, FederationHook};
+use crate::store::{ChildRecord, CrossPair, PairState, RemoteEntry, StoreError, Tx, TxResult};
+
+/// What the pair rules need to speak for this node: its peers and its local key (for
+/// per-peer handles). Cheap to clone.
+#[derive(Clone)]
+pub struct Pairs {
+    peers: Arc<Vec<String>>,
+    key: LocalKey,
+}
+
+impl Pairs {
+    pub fn new(peers: Vec<String>, key: LocalKey) -> Pairs {
+        Pairs { peers: Arc::new(peers), key }
+    }
+
+    pub fn peers(&self) -> &[String] {
+        &self.peers
+    }
+
+    fn handle(&self, peer: &str, child: &ChildKey) -> Handle {
+        self.key.handle(peer, child)
+    }
+
+    /// Parties of the child's local signals (active or archived ids).
+    fn local_parties(
+        &self,
+        notify: &Notify<'_, '_>,
+        tx: &Tx<'_>,
+        ids: &[(crate::domain::SignalId, crate::domain::OrgId)],
+    ) -> TxResult<Vec<Party>> {
+        Ok(notify.reporters(&tx.signals_of(ids)?)?.into_iter().map(|r| r.party).collect())
+    }
+
+    /// For a join or resync: publishes the child to `peer` unless it is gone, deciding on its
+    /// state inside this transaction. Returns whether it did.
+    pub fn join_publish(&self, tx: &Tx<'_>, peer: &str, child: &ChildKey, point: Blinded) -> TxResult<bool> {
+        let record = tx.child(child)?;
+        if ChildState::of(&record) == ChildState::None {
+            return Ok(false);
+        }
+        // Published before (a resync request after the peer's restore) or not: publishing
+        // again is idempotent at the peer and brings its index up to date.
+        self.publish(tx, peer, child, point, !record.active.is_empty(), true)?;
+        Ok(true)
+    }
+
+    /// Publishes one child to one peer.
+    fn publish(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        child: &ChildKey,
+        point: Blinded,
+        active: bool,
+        resync: bool,
+    ) -> TxResult<()> {
+        let handle = self.handle(peer, child);
+        tx.put_own_handle(peer, &handle, child)?;
+        tx.enqueue(peer, &OutItem::Publish(OutPublish { child: *child, handle, point, active, resync }))?;
+        Ok(())
+    }
+
+    fn forget_child_for_peer(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        child: &ChildKey,
+        handle: &Handle,
+        at: DateTime<Utc>,
+    ) -> TxResult<()> {
+        if let Some(mut pair) = tx.pair(child, peer)? {
+            if pair.is_matched() {
+                self.end_pair(tx, peer, &mut pair, &ChildRecord::default(), at)?;
+            }
+        }
+        tx.remove_own_handle(peer, handle)?;
+        if let Some(d) = tx.remove_link(child, peer)? {
+            tx.remove_own_blinded(peer, &d)?;
+        }
+        tx.remove_pair(child, peer)
+    }
+
+    /// Re-evaluates the pair of my child with whatever the peer holds under `d`: forms a
+    /// match (and sends my contacts) when both are active, ends it when either stopped.
+    /// Returns the contacts sent when it formed the match.
+    pub fn reconcile(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        child: &ChildKey,
+        d: &Blinded,
+        record: &ChildRecord,
+        at: DateTime<Utc>,
+    ) -> TxResult<Option<Vec<Party>>> {
+        let notify = Notify::new(tx, at);
+        let mut sent = None;
+        let remote = tx.remote(peer, d)?;
+        let mut pair = tx.pair(child, peer)?;
+        let my_handle = self.handle(peer, child);
+        match (ChildState::of(record), remote) {
+            (ChildState::Active, Some(entry)) if entry.active => {
+                let mut p = pair.take().unwrap_or_else(|| CrossPair::idle(entry.handle));
+                if p.state != PairState::Matched {
+                    p.state = PairState::Matched;
+                    p.peer_handle = entry.handle;
+                    let parties = self.local_parties(&notify, tx, &record.active)?;
+                    let item = OutItem::Contacts {
+                        from: my_handle,
+                        to: entry.handle,
+                        archived: false,
+                        parties: parties.clone(),
+                    };
+                    tx.enqueue(peer, &item)?;
+                    sent = Some(parties);
+                    tx.log(
+                        at,
+                        "system:matcher",
+                        AuditAction::FederationMatch,
+                        &format!("region {peer}"),
+                        "pair matched",
+                    )?;
+                    let pending = std::mem::take(&mut p.pending);
+                    if !pending.is_empty() {
+                        self.add_remote_parties(&notify, &mut p, record, pending)?;
+                    }
+                }
+                tx.put_pair(child, peer, &p)?;
+            }
+            (ChildState::Archived, Some(entry)) if entry.active => {
+                // D6 across borders: the peer's new reporter learns of my archived ones. Not
+                // when my child just went from matched to archived: that ends a match, and
+                // the peer's reporters did not signal a child with only archived signals.
+                let was_matched = pair.as_ref().is_some_and(CrossPair::is_matched);
+                if !was_matched {
+                    let parties = self.local_parties(&notify, tx, &record.archived)?;
+                    tx.enqueue(
+                        peer,
+                        &OutItem::Contacts { from: my_handle, to: entry.handle, archived: true, parties },
+                    )?;
+                }
+                if let Some(mut p) = pair {
+                    if was_matched {
+                        self.end_pair(tx, peer, &mut p, record, at)?;
+                    }
+                    p.pending.clear();
+                    tx.put_pair(child, peer, &p)?;
+                }
+            }
+            _ => {
+                if let Some(mut p) = pair {
+                    if p.is_matched() {
+                        self.end_pair(tx, peer, &mut p, record, at)?;
+                    }
+                    // Contacts held for a pair that is not (or no longer) there are stale.
+                    p.pending.clear();
+                    tx.put_pair(child, peer, &p)?;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// A matched pair ends: my active reporters learn it (D7).
+    pub fn end_pair(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        pair: &mut CrossPair,
+        record: &ChildRecord,
+        at: DateTime<Utc>,
+    ) -> TxResult<()> {
+        let notify = Notify::new(tx, at);
+        pair.state = PairState::Idle;
+        pair.pending.clear();
+        let gone = std::mem::take(&mut pair.remote_parties);
+        if !gone.is_empty() {
+            if record.active.is_empty() {
+                // My side ended it: no local reporter is left to tell, the officer still is.
+                notify.officer_only(NoticeKind::MatchEnded, &gone)?;
+            } else {
+                notify.locals(NoticeKind::MatchEnded, record, &gone)?;
+            }
+        }
+        tx.log(at, "system:matcher", AuditAction::FederationMatchEnded, &format!("region {peer}"), "pair ended")
+    }
+
+    fn add_remote_parties(
+        &self,
+        notify: &Notify<'_, '_>,
+        pair: &mut CrossPair,
+        record: &ChildRecord,
+        parties: Vec<Party>,
+    ) -> TxResult<()> {
+        let mut fresh = Vec::new();
+        for party in parties {
+            if let Some(known) = pair.remote_parties.iter_mut().find(|p| p.org_id == party.org_id) {
+                *known = party;
+            } else {
+                pair.remote_parties.push(party.clone());
+                fresh.push(party);
+            }
+        }
+        if !fresh.is_empty() {
+            notify.locals(NoticeKind::MatchCreated, record, &fresh)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one item from `peer` (already de-duplicated by sequence number).
+    pub fn apply_incoming(&self, tx: &Tx<'_>, peer: &RegionId, item: &InItem, at: DateTime<Utc>) -> TxResult<Incoming> {
+        let peer = peer.as_str();
+        let mut done = Incoming::default();
+        match item {
+            Item::Publish(p) => {
+                if let Some(old) = tx.remote_handle(peer, &p.handle)? {
+                    if old != p.blinded {
+                        tx.remove_remote(peer, &old)?;
+                    }
+                }
+                let entry = RemoteEntry { handle: p.handle, active: p.active, point: p.point };
+                tx.put_remote(peer, &p.blinded, &entry)?;
+                tx.put_remote_handle(peer, &p.handle, &p.blinded)?;
+                // When this publish completes a pair, my contacts go back with the answer
+                // (and, for reliability, through the outbox as well; duplicates are no-ops).
+                done.contacts = self.reconcile_remote(tx, peer, &p.blinded, at)?.unwrap_or_default();
+            }
+            Item::State { handle, active } => {
+                if let Some(d) = tx.remote_handle(peer, handle)? {
+                    if let Some(mut entry) = tx.remote(peer, &d)? {
+                        entry.active = *active;
+                        tx.put_remote(peer, &d, &entry)?;
+                        self.reconcile_remote(tx, peer, &d, at)?;
+                    }
+                }
+            }
+            Item::Remove { handle } => {
+                if let Some(d) = tx.remote_handle(peer, handle)? {
+                    tx.remove_remote(peer, &d)?;
+                    tx.remove_remote_handle(peer, handle)?;
+                    self.reconcile_remote(tx, peer, &d, at)?;
+                }
+            }
+            Item::Contacts { to, archived, parties, .. } => {
+                done.gone = self.receive_contacts(tx, peer, to, *archived, parties, at)?;
+            }
+            Item::Reblind { to, blinded } => {
+                // The sender re-keyed: my child now has a new D towards it. Only ever forms
+                // a pair; a pair ends only on an explicit State, Remove or local change.
+                if let Some(child) = tx.own_handle(peer, to)? {
+                    self.apply_publish_answer(tx, peer, &child, blinded, at)?;
+                }
+            }
+            Item::Unknown => {}
+            Item::ResyncRequest => {
+                // Forget that this peer has everything; the join runs after this commit.
+                tx.set_joined(peer, false)?;
+                done.resync_requested = true;
+            }
+            Item::PartyGone { to, org, .. } => {
+                let Some(child) = tx.own_handle(peer, to)? else {
+                    return Ok(done);
+                };
+                if let Some(mut pair) = tx.pair(&child, peer)? {
+                    pair.pending.retain(|p| p.org_id != *org);
+                    let (gone_parties, kept): (Vec<Party>, Vec<Party>) =
+                        std::mem::take(&mut pair.remote_parties).into_iter().partition(|p| p.org_id == *org);
+                    pair.remote_parties = kept;
+                    let record = tx.child(&child)?;
+                    if !gone_parties.is_empty() && !record.active.is_empty() {
+                        Notify::new(tx, at).locals(NoticeKind::MatchEnded, &record, &gone_parties)?;
+                    }
+                    tx.put_pair(&child, peer, &pair)?;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// My active parties for the pair under `d`, if it is matched (for a replayed publish).
+    pub fn matched_contacts(&self, tx: &Tx<'_>, peer: &str, d: &Blinded, at: DateTime<Utc>) -> TxResult<Vec<Party>> {
+        let Some(child) = tx.own_blinded(peer, d)? else { return Ok(vec![]) };
+        match tx.pair(&child, peer)? {
+            Some(pair) if pair.is_matched() => {
+                let record = tx.child(&child)?;
+                self.local_parties(&Notify::new(tx, at), tx, &record.active)
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// Contact details from the peer for my child under handle `to` (D5, or D6 when
+    /// `archived`). Returns true ("gone") when I have no active signal on the child.
+    pub fn receive_contacts(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        to: &Handle,
+        archived: bool,
+        parties: &[Party],
+        at: DateTime<Utc>,
+    ) -> TxResult<bool> {
+        let Some(child) = tx.own_handle(peer, to)? else {
+            return Ok(true);
+        };
+        let record = tx.child(&child)?;
+        if ChildState::of(&record) != ChildState::Active {
+            return Ok(true);
+        }
+        let region = RegionId::parse(peer).ok();
+        let parties: Vec<Party> = parties
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.region = region.clone();
+                p
+            })
+            .collect();
+        let notify = Notify::new(tx, at);
+        let mut pair = tx.pair(&child, peer)?.unwrap_or_else(|| CrossPair::idle([0; 16]));
+        if archived {
+            self.history_notices(&notify, tx, &mut pair, &record, &parties)?;
+        } else if pair.is_matched() {
+            self.add_remote_parties(&notify, &mut pair, &record, parties)?;
+        } else {
+            // The peer saw the match first; hold its contacts until this side does.
+            for party in parties {
+                pair.pending.retain(|p| p.org_id != party.org_id);
+                pair.pending.push(party);
+            }
+        }
+        tx.put_pair(&child, peer, &pair)?;
+        Ok(false)
+    }
+
+    /// After a change to the peer's entry `d`: re-evaluate my child under `d`, if any.
+    fn reconcile_remote(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        d: &Blinded,
+        at: DateTime<Utc>,
+    ) -> TxResult<Option<Vec<Party>>> {
+        if let Some(child) = tx.own_blinded(peer, d)? {
+            let record = tx.child(&child)?;
+            return self.reconcile(tx, peer, &child, d, &record, at);
+        }
+        Ok(None)
+    }
+
+    /// D6 across borders: each local active reporter's organisation gets one history notice.
+    fn history_notices(
+        &self,
+        notify: &Notify<'_, '_>,
+        tx: &Tx<'_>,
+        pair: &mut CrossPair,
+        record: &ChildRecord,
+        parties: &[Party],
+    ) -> TxResult<()> {
+        if parties.is_empty() {
+            return Ok(());
+        }
+        for signal in tx.signals_of(&record.active)? {
+            if pair.history_notified.contains(&signal.org) {
+                continue;
+            }
+            let reporter = notify.reporter(&signal)?;
+            notify.send(vec![notices::history(&reporter, parties.to_vec())])?;
+            pair.history_notified.push(signal.org.clone());
+        }
+        Ok(())
+    }
+
+    /// Applies the peer's answer to one of my publishes: records `D` and checks the pair.
+    pub fn apply_publish_answer(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        child: &ChildKey,
+        d: &Blinded,
+        at: DateTime<Utc>,
+    ) -> TxResult<()> {
+        let record = tx.child(child)?;
+        if ChildState::of(&record) == ChildState::None {
+            return Ok(()); // deleted meanwhile; its Remove follows in the outbox
+        }
+        if let Some(old) = tx.link(child, peer)? {
+            if old != *d {
+                tx.remove_own_blinded(peer, &old)?;
+            }
+        }
+        tx.put_own_blinded(peer, d, child)?;
+        tx.put_link(child, peer, d)?;
+        self.reconcile(tx, peer, child, d, &record, at)?;
+        Ok(())
+    }
+
+    /// Re-keys everything that depends on this node's blinding key (see `docs/protocol.md`):
+    /// my published points, my index of every peer, and queues the exchange that updates
+    /// the peers. Pairs are keyed by child and peer, so no match is lost or made twice.
+    pub fn rekey(
+        &self,
+        tx: &Tx<'_>,
+        old: &BlindKey,
+        new: &BlindKey,
+        points: &[(ChildKey, Blinded)],
+        entries: &[(String, Blinded, RemoteEntry)],
+    ) -> TxResult<(u64, u64)> {
+        let bad = || StoreError::Failed("a stored point is not a valid ristretto255 point".into());
+        let mut children = 0;
+        for (child, point) in points {
+            let fresh = old.rekey_point(new, point).map_err(|_| bad())?;
+            tx.put_point(child, &fresh)?;
+            let active = !tx.child(child)?.active.is_empty();
+            for peer in self.peers.iter() {
+                self.publish(tx, peer, child, fresh, active, true)?;
+            }
+            children += 1;
+        }
+        let mut remote = 0;
+        for (peer, d, entry) in entries {
+            let fresh = new.blind_point(&entry.point).map_err(|_| bad())?;
+            tx.remove_remote(peer, d)?;
+            tx.put_remote(peer, &fresh, entry)?;
+            tx.put_remote_handle(peer, &entry.handle, &fresh)?;
+            tx.enqueue(peer, &OutItem::Reblind { to: entry.handle, blinded: fresh })?;
+            remote += 1;
+        }
+        Ok((children, remote))
+    }
+}
+
+impl FederationHook for Pairs {
+    /// The federation side of a local change: messages to every peer, local pair updates.
+    fn child_changed(&self, tx: &Tx<'_>, change: &ChildChange<'_>, at: DateTime<Utc>) -> TxResult<()> {
+        // Nothing to tell peers about a child this node never had (an erasure of an
+        // unknown BSN).
+        if (change.before, change.after) == (ChildState::None, ChildState::None) {
+            return Ok(());
+        }
+        let child = change.child;
+        let record = tx.child(child)?;
+        // A child known before this node had a blinding point (registered before the
+        // federation was configured) is published on its first registration with one.
+        let unpublished = change.after != ChildState::None && change.point.is_some() && tx.point(child)?.is_none();
+        for peer in self.peers.iter() {
+            let handle = self.handle(peer, child);
+            if unpublished {
+                if let Some(point) = change.point {
+                    self.publish(tx, peer, child, point, change.after == ChildState::Active, false)?;
+                }
+                continue;
+            }
+            match (change.before, change.after) {
+                (ChildState::None, ChildState::Active | ChildState::Archived) => {
+                    if let Some(point) = change.point {
+                        self.publish(tx, peer, child, point, change.after == ChildState::Active, false)?;
+                    }
+                }
+                (_, ChildState::None) => {
+                    tx.enqueue(peer, &OutItem::Remove { handle })?;
+                    self.forget_child_for_peer(tx, peer, child, &handle, at)?;
+                }
+                (ChildState::Archived, ChildState::Active) | (ChildState::Active, ChildState::Archived) => {
+                    let active = change.after == ChildState::Active;
+                    tx.enqueue(peer, &OutItem::State { handle, active })?;
+                    if let Some(d) = tx.link(child, peer)? {
+                        self.reconcile(tx, peer, child, &d, &record, at)?;
+                    }
+                }
+                (ChildState::Active, ChildState::Active) => {
+                    let Some(pair) = tx.pair(child, peer)? else { continue };
+                    if !pair.is_matched() {
+                        continue;
+                    }
+                    if let Some(party) = &change.added {
+                        let item = OutItem::Contacts {
+                            from: handle,
+                            to: pair.peer_handle,
+                            archived: false,
+                            parties: vec![party.clone()],
+                        };
+                        tx.enqueue(peer, &item)?;
+                    }
+                    if let Some(org) = &change.removed_org {
+                        tx.enqueue(peer, &OutItem::PartyGone { from: handle, to: pair.peer_handle, org: org.clone() })?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if change.after == ChildState::None {
+            tx.remove_point(child)?;
+        } else if let (true, Some(point)) = (unpublished, change.point) {
+            tx.put_point(child, &point)?;
+        }
+        Ok(())
+    }
+
+    /// Remote parties of every matched pair of the child (for a new local reporter, D5).
+    fn remote_parties(&self, tx: &Tx<'_>, child: &ChildKey) -> TxResult<Vec<Party>> {
+        let mut out = Vec::new();
+        for peer in self.peers.iter() {
+            if let Some(pair) = tx.pair(child, peer)? {
+                if pair.is_matched() {
+                    out.extend(pair.remote_parties);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,200 @@
+//! [`PeerService`]: the peer API (`virfed.federation.v1.Peer`) other regions call.
+//!
+//! The caller's region comes from its node certificate, never from the message; only
+//! configured peers are served; an exchange is validated whole, blinded as one batch,
+//! counted against the peer's budget and applied in one transaction. Refusals are
+//! [`FederationError`]s, audited where they concern the peer's conduct.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use super::convert::{item_in, party_out};
+use super::item::{Item, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
+use super::{cert_not_after, Budget, Counters, Federation, FederationError};
+use crate::domain::{AuditAction, RegionId};
+use crate::pb::federation as pb;
+use crate::pki::require_region;
+use crate::pseudonym::{BlindKey, Blinded};
+
+/// The peer API.
+#[derive(Clone)]
+pub struct PeerService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    federation: Federation,
+    region: String,
+    /// This node's certificate file, for the expiry it reports in pings.
+    cert_file: std::path::PathBuf,
+    blind_key: BlindKey,
+    peers: HashSet<String>,
+    oracle: Budget,
+    resync: Budget,
+    counters: Counters,
+}
+
+impl PeerService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        federation: Federation,
+        region: String,
+        cert_file: std::path::PathBuf,
+        blind_key: BlindKey,
+        peers: HashSet<String>,
+        oracle_per_hour: u64,
+        resync_per_day: u64,
+        counters: Counters,
+    ) -> PeerService {
+        PeerService {
+            inner: Arc::new(Inner {
+                federation,
+                region,
+                cert_file,
+                blind_key,
+                peers,
+                oracle: Budget::new(oracle_per_hour, Duration::from_secs(3600)),
+                // The flag is the peer's claim, so the bulk budget is per day: a join or a
+                // re-key a day, not a standing allowance for a peer that probes.
+                resync: Budget::new(resync_per_day, Duration::from_secs(24 * 3600)),
+                counters,
+            }),
+        }
+    }
+
+    /// The calling region: from the certificate, and one of the configured peers.
+    async fn caller<T>(&self, req: &Request<T>, claimed: &str) -> Result<RegionId, FederationError> {
+        let region = require_region(req).map_err(FederationError::Identity)?;
+        let subject = format!("region {region}");
+        if !self.inner.peers.contains(&region) {
+            let _ = self.audit(&region, AuditAction::FederationRefused, &subject, "not a configured peer").await;
+            warn!(peer = %region, "a node certificate of an unconfigured region was refused");
+            return Err(FederationError::NotAPeer { region, own: self.inner.region.clone() });
+        }
+        if claimed != region {
+            let _ =
+                self.audit(&region, AuditAction::FederationRefused, &subject, "message claimed another region").await;
+            warn!(peer = %region, claimed, "peer message claims another region; refused");
+            return Err(FederationError::ClaimMismatch { claimed: claimed.to_owned(), region });
+        }
+        RegionId::parse(&region)
+            .map_err(|e| FederationError::Identity(Status::permission_denied(format!("certificate region: {e}"))))
+    }
+
+    async fn audit(
+        &self,
+        region: &str,
+        action: AuditAction,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.federation.store().audit_event(&format!("region:{region}"), action, subject, detail).await
+    }
+
+    /// One exchange: validate everything, blind the batch, take the budget, apply.
+    async fn exchange(&self, req: Request<pb::ExchangeRequest>) -> Result<pb::ExchangeResponse, FederationError> {
+        let claimed = req.get_ref().from_region.clone();
+        let region = self.caller(&req, &claimed).await?;
+        let r = req.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(FederationError::Version {
+                got: r.protocol_version,
+                major: PROTOCOL_VERSION,
+                minor: PROTOCOL_MINOR,
+            });
+        }
+        if r.items.len() > MAX_ITEMS {
+            return Err(FederationError::bad(format!("at most {MAX_ITEMS} items per exchange")));
+        }
+        let counters = self.inner.counters.get(region.as_str()).cloned().unwrap_or_default();
+        // Validate and blind everything first: a bad item refuses the request, unchanged.
+        let mut items = Vec::with_capacity(r.items.len());
+        let mut last_seq = 0;
+        for item in r.items {
+            if item.seq <= last_seq {
+                return Err(FederationError::bad("item sequence numbers must increase"));
+            }
+            last_seq = item.seq;
+            items.push((item.seq, item_in(item.body, &region, r.protocol_minor > PROTOCOL_MINOR)?));
+        }
+        let points: Vec<Blinded> = items.iter().filter_map(|(_, i)| i.publish().map(|p| p.point)).collect();
+        let publishes = points.len() as u64;
+        let mut blinded = self
+            .inner
+            .blind_key
+            .blind_points(&points)
+            .map_err(|_| FederationError::bad("publish.point is not a valid ristretto255 point"))?
+            .into_iter();
+        for (_, item) in items.iter_mut() {
+            if let Item::Publish(p) = item {
+                p.blinded = blinded.next().ok_or_else(|| FederationError::bad("blinding lost an item"))?;
+            }
+        }
+        let budget = if r.resync { &self.inner.resync } else { &self.inner.oracle };
+        let kind = if r.resync { "resync" } else { "oracle" };
+        let subject = format!("region {region}");
+        if publishes > 0 && !budget.take(region.as_str(), publishes) {
+            counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %region, publishes, kind, "peer over its blind budget; refused");
+            let detail = format!("{kind} budget, {publishes} blind requests refused");
+            let _ = self.audit(region.as_str(), AuditAction::FederationBudgetExceeded, &subject, &detail).await;
+            return Err(FederationError::OverBudget { region: region.to_string(), kind });
+        }
+        if r.resync && publishes > 0 {
+            let detail = format!("{publishes} children blinded for a join or re-key");
+            let _ = self.audit(region.as_str(), AuditAction::FederationResync, &subject, &detail).await;
+        }
+        counters.items_received.fetch_add(items.len() as u64, Ordering::Relaxed);
+        let answers = self.inner.federation.apply_exchange(&region, r.epoch, items).await.inspect_err(|e| {
+            if let FederationError::Store(e) = e {
+                warn!(peer = %region, error = %e, "applying a peer exchange failed");
+            }
+        })?;
+        if answers.iter().any(|a| a.resync_requested) {
+            let (federation, peer) = (self.inner.federation.clone(), region.to_string());
+            tokio::spawn(async move {
+                match federation.join_peer(&peer).await {
+                    Ok(n) => {
+                        tracing::info!(%peer, children = n, "peer asked for a resync after a restore: children queued")
+                    }
+                    Err(e) => warn!(%peer, error = %e, "queueing the resync a peer asked for failed"),
+                }
+            });
+        }
+        Ok(pb::ExchangeResponse {
+            results: answers
+                .into_iter()
+                .map(|a| pb::ItemResult {
+                    seq: a.seq,
+                    blinded: a.blinded.map(|b| b.to_vec()).unwrap_or_default(),
+                    gone: a.gone,
+                    contacts: a.contacts.iter().map(party_out).collect(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn exchange(&self, req: Request<pb::ExchangeRequest>) -> Result<Response<pb::ExchangeResponse>, Status> {
+        Ok(Response::new(PeerService::exchange(self, req).await?))
+    }
+
+    async fn ping(&self, req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+        let claimed = req.get_ref().from_region.clone();
+        self.caller(&req, &claimed).await?;
+        Ok(Response::new(pb::PingResponse {
+            region: self.inner.region.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            cert_not_after: cert_not_after(&self.inner.cert_file).unwrap_or(0),
+            protocol_minor: PROTOCOL_MINOR,
+        }))
+    }
+}

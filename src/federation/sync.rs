@@ -1,0 +1,203 @@
+//! [`Federation`]: the pair rules run as durable writes — exchanges received, answers
+//! to deliveries, joins, re-keys and the resync after a restore — each one transaction.
+
+use chrono::Utc;
+
+use super::error::FederationError;
+use super::item::{InItem, Item, ItemAnswer, OutItem};
+use super::pairs::Pairs;
+use crate::domain::{AuditAction, ChildKey, RegionId};
+use crate::pseudonym::{BlindKey, Blinded};
+use crate::store::{Outgoing, PeerSeen, Store, StoreError};
+
+/// Children per transaction when a peer joins.
+const JOIN_CHUNK: usize = 1000;
+
+/// The node's federation state: its store and the pair rules. Cheap to clone.
+#[derive(Clone)]
+pub struct Federation {
+    store: Store,
+    pairs: Pairs,
+}
+
+impl Federation {
+    pub fn new(store: Store, pairs: Pairs) -> Federation {
+        Federation { store, pairs }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn pairs(&self) -> &Pairs {
+        &self.pairs
+    }
+
+    /// Applies items received from `peer`, skipping those already applied (same epoch,
+    /// sequence number not above the last applied), all in one transaction.
+    pub async fn apply_exchange(
+        &self,
+        peer: &RegionId,
+        epoch: u64,
+        items: Vec<(u64, InItem)>,
+    ) -> Result<Vec<ItemAnswer>, FederationError> {
+        let (peer, pairs) = (peer.clone(), self.pairs.clone());
+        let now = Utc::now();
+        self.store
+            .write(move |tx| {
+                let mut seen: PeerSeen = tx.peer_seen(peer.as_str())?;
+                if seen.retired.contains(&epoch) {
+                    // A delayed request from a store the peer has since replaced (restore).
+                    return Ok(Err(FederationError::Superseded(epoch)));
+                }
+                if seen.epoch != epoch {
+                    let mut retired = std::mem::take(&mut seen.retired);
+                    if seen.epoch != 0 {
+                        retired.push(seen.epoch);
+                    }
+                    seen = PeerSeen { epoch, last_seq: 0, retired };
+                }
+                let mut answers = Vec::with_capacity(items.len());
+                let mut applied = 0u64;
+                for (seq, item) in &items {
+                    let blinded = item.publish().map(|p| p.blinded);
+                    let mut answer =
+                        ItemAnswer { seq: *seq, blinded, gone: false, contacts: Vec::new(), resync_requested: false };
+                    if *seq > seen.last_seq {
+                        let done = pairs.apply_incoming(tx, &peer, item, now)?;
+                        answer.gone = done.gone;
+                        answer.contacts = done.contacts;
+                        answer.resync_requested = done.resync_requested;
+                        seen.last_seq = *seq;
+                        applied += 1;
+                    } else if let Some(d) = blinded {
+                        // A replayed publish: answer as the first time, contacts included when
+                        // the pair is matched (the first answer may be what got lost).
+                        answer.contacts = pairs.matched_contacts(tx, peer.as_str(), &d, now)?;
+                    }
+                    answers.push(answer);
+                }
+                tx.put_peer_seen(peer.as_str(), &seen)?;
+                if applied > 0 {
+                    tx.log(
+                        now,
+                        &format!("region:{peer}"),
+                        AuditAction::FederationExchange,
+                        &format!("region {peer}"),
+                        &format!("{applied} items"),
+                    )?;
+                }
+                Ok(Ok(answers))
+            })
+            .await?
+    }
+
+    /// Applies the peer's answers to delivered items: removes them from the outbox and
+    /// records the blinded values of publishes, detecting matches, in one transaction.
+    pub async fn apply_delivery(
+        &self,
+        peer: &str,
+        delivered: Vec<(Outgoing<OutItem>, ItemAnswer)>,
+    ) -> Result<(), StoreError> {
+        let (peer, pairs) = (peer.to_owned(), self.pairs.clone());
+        let now = Utc::now();
+        self.store
+            .write(move |tx| {
+                for (out, answer) in &delivered {
+                    tx.remove_outbox(&peer, out.seq)?;
+                    // A "gone" answer is not acted on: it may describe an older state than the
+                    // pair now has; the peer's in-order State or Remove ends the match.
+                    if let (Item::Publish(p), Some(d)) = (&out.item, answer.blinded) {
+                        pairs.apply_publish_answer(tx, &peer, &p.child, &d, now)?;
+                        if !answer.contacts.is_empty() {
+                            pairs.receive_contacts(tx, &peer, &p.handle, false, &answer.contacts, now)?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Queues every child for a peer this node has never published to (join, resync).
+    /// Returns the number of children queued. Resumable: each chunk commits on its own and
+    /// the marker is set only at the end.
+    pub async fn join_peer(&self, peer: &str) -> Result<u64, StoreError> {
+        if self.store.joined(peer)? {
+            return Ok(0);
+        }
+        let points: Vec<(ChildKey, Blinded)> = self.store.points()?;
+        let total = points.len();
+        let mut queued = 0u64;
+        for chunk in points.chunks(JOIN_CHUNK) {
+            let (chunk, target, pairs) = (chunk.to_vec(), peer.to_owned(), self.pairs.clone());
+            // Each child's state is decided inside the chunk's transaction, so a child
+            // erased or archived meanwhile is not published with a stale state.
+            queued += self
+                .store
+                .write(move |tx| {
+                    let mut n = 0u64;
+                    for (child, point) in &chunk {
+                        n += u64::from(pairs.join_publish(tx, &target, child, *point)?);
+                    }
+                    Ok(n)
+                })
+                .await?;
+            tracing::info!(peer, queued, total, "resync: children queued for the new peer");
+        }
+        let peer = peer.to_owned();
+        self.store
+            .write(move |tx| {
+                tx.set_joined(&peer, true)?;
+                tx.log(Utc::now(), "system:federation", AuditAction::FederationJoin, &format!("region {peer}"), "")
+            })
+            .await?;
+        Ok(queued)
+    }
+
+    /// Re-keys the blinding (see `docs/protocol.md`, and `virfed rekey`): recomputes every
+    /// stored point and index entry under `new` and queues the exchange that updates every
+    /// peer, in one transaction, and records `new`'s fingerprint. Returns (children, peer
+    /// entries) re-keyed.
+    pub async fn rekey(&self, old: &BlindKey, new: &BlindKey) -> Result<(u64, u64), StoreError> {
+        let points = self.store.points()?;
+        let entries = self.store.remote_entries()?;
+        let (old, new, pairs) = (old.clone(), new.clone(), self.pairs.clone());
+        self.store
+            .write(move |tx| {
+                let counts = pairs.rekey(tx, &old, &new, &points, &entries)?;
+                tx.set_blind_fingerprint(&new.fingerprint())?;
+                tx.log(
+                    Utc::now(),
+                    "operator:rekey",
+                    AuditAction::FederationRekey,
+                    "blinding key",
+                    &format!("{} children, {} peer entries", counts.0, counts.1),
+                )?;
+                Ok(counts)
+            })
+            .await
+    }
+
+    /// After a restore: asks every peer for a resync and forgets which peers have all of
+    /// this node's children, so both directions are published again. Returns whether it
+    /// was needed.
+    pub async fn resync_after_restore(&self) -> Result<bool, StoreError> {
+        if !self.store.resync_after_restore_pending()? {
+            return Ok(false);
+        }
+        let peers = self.pairs.peers().to_vec();
+        self.store
+            .write(move |tx| {
+                for peer in &peers {
+                    tx.set_joined(peer, false)?;
+                    tx.enqueue(peer, &OutItem::ResyncRequest)?;
+                }
+                tx.clear_resync_after_restore()?;
+                let action = AuditAction::FederationResyncAfterRestore;
+                tx.log(Utc::now(), "system:restore", action, "all peers", "")?;
+                Ok(true)
+            })
+            .await
+    }
+}

@@ -1,0 +1,265 @@
+//! The application core for the region's own signals: the VIR's rules as functions over a
+//! store transaction, and [`Registry`], which runs them as durable writes.
+//!
+//! "When is a match made?" — [`signals::register`]: a new signal on a child with other
+//! active signals here (or a matched pair in another region) is a match (D5), and
+//! [`notices`] says who is told what. [`signals::retire`] and [`signals::delete_child`]
+//! end matches (D7) and apply retention (D3, D4); [`Registry::sweep`] runs them on the
+//! clock.
+//!
+//! The federation is below nothing here: the registry calls it through the
+//! [`FederationHook`] trait, inside the same transaction as the local change, and
+//! `federation` implements it. So the registry never imports the federation, and the
+//! federation builds on the registry's notice rules.
+
+pub mod notices;
+pub mod signals;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::domain::{
+    ArchiveReason, AuditAction, ChildKey, Contact, OrgId, Organisation, Party, Signal, SignalId, WithdrawReason,
+    Withdrawer,
+};
+use crate::pseudonym::Blinded;
+use crate::store::{Store, StoreError, Tx, TxResult};
+pub use signals::ChildState;
+
+/// Why an operation was refused. The API maps each to a precise gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("organisation {0} is not registered with this region; ask the regional VIR operator to add it")]
+    UnknownOrg(OrgId),
+    #[error("no signal with id {0}")]
+    NotFound(SignalId),
+    #[error("signal {0} was made by another organisation; only the reporting organisation may withdraw it")]
+    NotOwner(SignalId),
+    #[error("signal {0} is already archived; only 'made in error' can still delete it")]
+    NotActive(SignalId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What changed about a local child, for the federation.
+pub struct ChildChange<'a> {
+    pub child: &'a ChildKey,
+    pub before: ChildState,
+    pub after: ChildState,
+    /// `P·a`, known when the change is a registration.
+    pub point: Option<Blinded>,
+    /// A new local party on an already active child.
+    pub added: Option<Party>,
+    /// A local organisation that stopped signalling a still active child.
+    pub removed_org: Option<OrgId>,
+}
+
+/// The federation's part in local changes, run inside the same transaction.
+pub trait FederationHook: Send + Sync {
+    /// Messages to peers and local pair updates for a changed child.
+    fn child_changed(&self, tx: &Tx<'_>, change: &ChildChange<'_>, at: DateTime<Utc>) -> TxResult<()>;
+    /// The parties of every matched cross-region pair of the child (for a new reporter, D5).
+    fn remote_parties(&self, tx: &Tx<'_>, child: &ChildKey) -> TxResult<Vec<Party>>;
+}
+
+/// A signal to register, already validated.
+#[derive(Clone, Debug)]
+pub struct NewSignal {
+    pub child: ChildKey,
+    pub org: OrgId,
+    pub professional: Contact,
+    pub date_of_birth: NaiveDate,
+    pub removal_date: NaiveDate,
+    pub now: DateTime<Utc>,
+    /// The child's point blinded with this node's key (`P·a`), for the federation.
+    pub point: Option<Blinded>,
+}
+
+/// Result of a registration (D2: a repeat returns the existing signal).
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub signal: Signal,
+    pub created: bool,
+    /// Number of other active signals on the child: > 0 means a match (D5).
+    pub matched_with: usize,
+}
+
+/// What a withdrawal did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Withdrawn {
+    Deleted,
+    Archived,
+}
+
+/// Counts of one sweeper run, in signals (active or archived).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub archived: u64,
+    pub deleted_age_limit: u64,
+    pub purged_archive: u64,
+}
+
+/// An active match as one organisation sees it.
+#[derive(Clone, Debug)]
+pub struct MatchView {
+    pub own: Signal,
+    pub counterparts: Vec<Party>,
+}
+
+/// The region's signals: the rules run as durable writes on the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    federation: Option<Arc<dyn FederationHook>>,
+}
+
+impl Registry {
+    /// A registry without federation (a node on its own).
+    pub fn new(store: Store) -> Registry {
+        Registry { store, federation: None }
+    }
+
+    /// A registry whose local changes reach the federation through `federation`.
+    pub fn with_federation(store: Store, federation: Arc<dyn FederationHook>) -> Registry {
+        Registry { store, federation: Some(federation) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Tx<'_>, Option<&dyn FederationHook>) -> TxResult<Result<T, RegistryError>> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let fed = self.federation.clone();
+        self.store.write(move |tx| f(tx, fed.as_deref())).await?
+    }
+
+    /// Registers or updates an organisation (D2).
+    pub async fn put_org(&self, org: &Organisation, actor: &str, now: DateTime<Utc>) -> Result<(), RegistryError> {
+        let (org, actor) = (org.clone(), actor.to_owned());
+        self.write(move |tx, _| {
+            let action = if tx.put_org(&org)? { AuditAction::OrgUpdate } else { AuditAction::OrgAdd };
+            tx.log(now, &actor, action, org.id.as_str(), org.domain.as_str())?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Records which organisation receives the match officer's notices (D5).
+    pub async fn set_match_officer(&self, org: Option<&OrgId>) -> Result<(), RegistryError> {
+        let org = org.cloned();
+        self.write(move |tx, _| Ok(Ok(tx.set_match_officer(org.as_ref())?))).await
+    }
+
+    /// Registers a signal (D1, D2), forming matches (D5) or a history notice (D6).
+    pub async fn register(&self, new: &NewSignal, actor: &str) -> Result<Registered, RegistryError> {
+        let (new, actor) = (new.clone(), actor.to_owned());
+        self.write(move |tx, fed| signals::register(tx, fed, &new, &actor)).await
+    }
+
+    /// Withdraws a signal on behalf of its own organisation (D4, D7).
+    pub async fn withdraw(
+        &self,
+        id: &SignalId,
+        caller: &OrgId,
+        reason: WithdrawReason,
+        by: Withdrawer,
+        now: DateTime<Utc>,
+        today: NaiveDate,
+    ) -> Result<Withdrawn, RegistryError> {
+        let actor = format!("org:{caller}");
+        let (id, caller) = (*id, caller.clone());
+        self.write(move |tx, fed| {
+            let Some(signal) = tx.signal(&id)? else {
+                return Ok(Err(RegistryError::NotFound(id)));
+            };
+            if signal.org != caller {
+                return Ok(Err(RegistryError::NotOwner(id)));
+            }
+            let by = match by {
+                Withdrawer::Professional => "by professional",
+                Withdrawer::Coordinator => "by coordinator",
+            };
+            match (reason, signal.is_active()) {
+                (WithdrawReason::MadeInError, _) => {
+                    let action = AuditAction::SignalWithdrawMadeInError;
+                    let why = signals::Retirement { at: now, actor: &actor, action, detail: by };
+                    signals::retire(tx, fed, &signal, None, why)?;
+                    Ok(Ok(Withdrawn::Deleted))
+                }
+                (WithdrawReason::ConcernResolved, true) => {
+                    let archived = Some((today, ArchiveReason::ConcernResolved));
+                    let action = AuditAction::SignalWithdrawConcernResolved;
+                    let why = signals::Retirement { at: now, actor: &actor, action, detail: by };
+                    signals::retire(tx, fed, &signal, archived, why)?;
+                    Ok(Ok(Withdrawn::Archived))
+                }
+                (WithdrawReason::ConcernResolved, false) => Ok(Err(RegistryError::NotActive(id))),
+            }
+        })
+        .await
+    }
+
+    /// Deletes every signal and archive entry on the child (erasure decision, D4).
+    pub async fn erase_child(&self, child: &ChildKey, actor: &str, now: DateTime<Utc>) -> Result<u32, RegistryError> {
+        let (child, actor) = (*child, actor.to_owned());
+        self.write(move |tx, fed| Ok(Ok(signals::delete_child(tx, fed, &child, now, &actor, AuditAction::ChildErase)?)))
+            .await
+    }
+
+    /// Applies D3 and D4 as of `today`: archive expired signals, delete everything on
+    /// children who turned 23, purge archive entries older than 5 years.
+    pub async fn sweep(&self, today: NaiveDate, now: DateTime<Utc>) -> Result<SweepReport, RegistryError> {
+        // Decide from a scan, then act per signal in its own job, re-checking there.
+        let mut due = Vec::new();
+        for signal in self.store.signals() {
+            let signal = signal?;
+            if signals::fate_of(&signal, today) != signals::Fate::Keep {
+                due.push(signal.id);
+            }
+        }
+        // Submitted together, the jobs share the writer's batches and flushes.
+        let jobs =
+            due.into_iter().map(|id| self.write(move |tx, fed| Ok(Ok(signals::sweep_one(tx, fed, &id, today, now)?))));
+        let mut report = SweepReport::default();
+        for done in futures::future::join_all(jobs).await {
+            let (fate, count) = done?;
+            match fate {
+                signals::Fate::Keep => {}
+                signals::Fate::Archive => report.archived += count,
+                signals::Fate::DeleteAgeLimit => report.deleted_age_limit += count,
+                signals::Fate::Purge => report.purged_archive += count,
+            }
+        }
+        Ok(report)
+    }
+
+    /// The organisation's active matches (D5): its active signals with the other active
+    /// reporters on the same child here and the parties of matched pairs elsewhere.
+    pub fn matches_for(&self, org: &OrgId) -> Result<Vec<MatchView>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.store.org_signal_ids(org)? {
+            let Some(own) = self.store.signal(&id)? else { continue };
+            let child = self.store.child(&own.child)?;
+            let mut counterparts = Vec::new();
+            for (other, _) in child.active.iter().filter(|(s, _)| *s != own.id) {
+                if let Some(signal) = self.store.signal(other)? {
+                    let org = self.store.org(&signal.org)?;
+                    counterparts.push(notices::party_of(&signal, org.as_ref()));
+                }
+            }
+            for pair in self.store.pairs_of(&own.child)? {
+                if pair.is_matched() {
+                    counterparts.extend(pair.remote_parties);
+                }
+            }
+            if !counterparts.is_empty() {
+                out.push(MatchView { own, counterparts });
+            }
+        }
+        Ok(out)
+    }
+}
