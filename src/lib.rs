@@ -22,7 +22,10 @@
 //! - [`health`]: federation health without personal data: the coordinators' status API,
 //!   gRPC health and reflection, the HTTP port (`/healthz`, `/readyz`, `/metrics`), and
 //!   `virfed status` (sweep of many nodes, link matrix, warnings).
-//! - [`config`]: the node's TOML configuration with environment overrides.
+//! - [`config`]: the node's TOML configuration with environment overrides; ids typed as it loads.
+//! - [`shutdown`]: the shutdown signal every task listens to (a leaf: no service imports
+//!   `server` to learn it is stopping).
+//! - [`backoff`]: jittered exponential backoff for the retry loops (outbox, webhooks).
 //! - [`server`]: `Node::bind` then `run(shutdown)`: composes services and background
 //!   tasks (expiry sweeper, webhook delivery) and drains on shutdown.
 //! - [`notify`]: webhook delivery of stored notices, HMAC-signed, retried.
@@ -35,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoff;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -49,6 +53,7 @@ pub mod participation;
 pub mod pki;
 pub mod pseudonym;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 
 /// Generated protobuf and gRPC code.

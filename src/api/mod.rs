@@ -16,7 +16,7 @@ pub mod pages;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -32,6 +32,7 @@ use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
 use crate::pki::{peer_of, Identity};
 use crate::pseudonym::LocalKey;
+use crate::shutdown::Shutdown;
 use crate::store::{NewSignal, Store, Withdrawn};
 
 /// Largest request the client API accepts; real requests are a few hundred bytes.
@@ -46,7 +47,7 @@ pub struct ApiState {
     pub clock: Arc<dyn Clock>,
     pub match_officer: Option<OrgId>,
     /// Flips to true when the node shuts down, ending watch streams.
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
 }
 
 /// The client API.
@@ -208,7 +209,7 @@ impl pb::signals_server::Signals for SignalsService {
                 if batch.is_empty() {
                     tokio::select! {
                         changed = durable.changed() => if changed.is_err() { return },
-                        _ = crate::server::shutting_down(&mut shutdown) => {
+                        _ = shutdown.recv() => {
                             let _ = tx.send(Err(Status::unavailable("the node is shutting down; reconnect with your last cursor"))).await;
                             return;
                         }

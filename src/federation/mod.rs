@@ -13,6 +13,7 @@
 //! protocol itself is described in `docs/protocol.md`.
 
 pub mod delivery;
+pub mod rekey;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
