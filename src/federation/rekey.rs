@@ -56,6 +56,11 @@ pub fn pending_path(key_path: &Path) -> PathBuf {
     key_path.with_extension("key.new")
 }
 
+/// Writes `key` to a new file, readable by its owner only, in the format the loader reads.
+fn write_key(path: &Path, key: &BlindKey) -> std::io::Result<()> {
+    write_new_secret(path, format!("{}\n", hex::encode(key.to_bytes())).as_bytes())
+}
+
 /// Loads the blinding key and checks it against the store's record of it. Finishes an
 /// interrupted re-key (store re-keyed, new key file not yet renamed into place) and drops
 /// the pending key of one that never committed.
@@ -103,10 +108,82 @@ pub async fn rekey(config: &Config) -> Result<Rekeyed, RekeyError> {
     let key_path = config.blind_key_path();
     let pending = pending_path(&key_path);
     let new = BlindKey::random();
-    write_new_secret(&pending, format!("{}\n", hex::encode(new.to_bytes())).as_bytes())
-        .map_err(|source| RekeyError::WritePending { path: pending.clone(), source })?;
+    write_key(&pending, &new).map_err(|source| RekeyError::WritePending { path: pending.clone(), source })?;
     let (children, entries) = store.rekey(&old, &new).await?;
     std::fs::rename(&pending, &key_path).map_err(|source| RekeyError::Install { path: key_path, source })?;
     let queued = peers.iter().map(|p| store.outbox_depth(p)).sum();
     Ok(Rekeyed { children, entries, queued, peers: peers.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(dir: &Path) -> (Config, Store) {
+        let text = format!(
+            "region = \"utrecht\"\ndata_dir = {:?}\n\n[tls]\nca = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n",
+            dir
+        );
+        let config = Config::parse(&text).unwrap();
+        let store = Store::open(&config.store_path(), &StoreOptions::default()).unwrap();
+        (config, store)
+    }
+
+    #[tokio::test]
+    async fn the_first_start_records_the_key_and_later_starts_accept_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, store) = node(dir.path());
+        let first = load_blind_key(&config, &store).await.unwrap();
+        assert_eq!(store.blind_fingerprint().unwrap(), Some(first.fingerprint()));
+        let again = load_blind_key(&config, &store).await.unwrap();
+        assert_eq!(again.fingerprint(), first.fingerprint());
+    }
+
+    #[tokio::test]
+    async fn a_pending_key_the_store_never_committed_to_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, store) = node(dir.path());
+        let old = load_blind_key(&config, &store).await.unwrap();
+        let pending = pending_path(&config.blind_key_path());
+        write_key(&pending, &BlindKey::random()).unwrap();
+        let loaded = load_blind_key(&config, &store).await.unwrap();
+        assert_eq!(loaded.fingerprint(), old.fingerprint());
+        assert!(!pending.exists(), "the useless pending key must be removed");
+    }
+
+    #[tokio::test]
+    async fn a_re_key_interrupted_after_the_store_committed_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, store) = node(dir.path());
+        load_blind_key(&config, &store).await.unwrap();
+        let new = BlindKey::random();
+        let pending = pending_path(&config.blind_key_path());
+        write_key(&pending, &new).unwrap();
+        // The crash point: the store is on the new key, the file not yet renamed.
+        store.set_blind_fingerprint(new.fingerprint()).await.unwrap();
+        let loaded = load_blind_key(&config, &store).await.unwrap();
+        assert_eq!(loaded.fingerprint(), new.fingerprint());
+        assert!(!pending.exists());
+        assert_eq!(BlindKey::load_or_create(&config.blind_key_path()).unwrap().fingerprint(), new.fingerprint());
+    }
+
+    #[tokio::test]
+    async fn a_key_the_store_was_not_written_with_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, store) = node(dir.path());
+        load_blind_key(&config, &store).await.unwrap();
+        std::fs::remove_file(config.blind_key_path()).unwrap();
+        write_key(&config.blind_key_path(), &BlindKey::random()).unwrap();
+        let err = load_blind_key(&config, &store).await.unwrap_err();
+        assert!(matches!(err, RekeyError::WrongKey { .. }), "{err}");
+        assert!(err.to_string().contains("restore the right key file from backup"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stand_alone_node_has_nothing_to_re_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, store) = node(dir.path());
+        drop(store);
+        assert!(matches!(rekey(&config).await, Err(RekeyError::NotFederated)));
+    }
 }

@@ -26,7 +26,7 @@ use clap::Parser;
 use args::{Cli, Command};
 
 /// How a command ended, when it did not fail.
-pub enum Done {
+enum Done {
     /// Exit 0, after an orderly teardown.
     Ok,
     /// Exit at once with this code (`virfed status`).
