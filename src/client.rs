@@ -1,43 +1,74 @@
-//! The CLI's side of the APIs: an mTLS connection to a node and human-readable output of
-//! signals, matches and notices (shared by `virfed signal|matches|org` and the demo).
+//! The CLI's side of the APIs: an mTLS connection to a node, the backup file a download
+//! is saved to, and human-readable output of signals, matches and notices (shared by
+//! `virfed signal|matches|org` and the demo).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
-use crate::pki::{client_config, connect, TlsMaterial};
+use crate::pki::{client_config, connect, PkiError, TlsMaterial};
 
-/// Where and as whom to connect.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ConnArgs {
-    /// Node address, host:port.
-    #[arg(long, env = "VIRFED_NODE", default_value = "127.0.0.1:7443")]
-    pub node: String,
-    /// Name in the node's server certificate; defaults to the host part of --node.
-    #[arg(long, env = "VIRFED_SERVER_NAME")]
-    pub server_name: Option<String>,
-    /// CA certificate that issued the node's certificate (PEM).
-    #[arg(long, env = "VIRFED_CA")]
-    pub ca: PathBuf,
-    /// Your client certificate (PEM): an organisation's, or an operator's for `org`.
-    #[arg(long, env = "VIRFED_CERT")]
-    pub cert: PathBuf,
-    /// Your private key (PEM, mode 0600).
-    #[arg(long, env = "VIRFED_KEY")]
-    pub key: PathBuf,
+/// Connects to the node at `node` (host:port) now, so a bad certificate or a down node is
+/// reported before any work. `server_name` defaults to the host part of `node`.
+pub async fn connect_node(
+    node: &str,
+    server_name: Option<&str>,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Channel, PkiError> {
+    let material = TlsMaterial::from_files(ca, cert, key, &[])?;
+    let config = client_config(&material)?;
+    let host = node.rsplit_once(':').map(|(h, _)| h).unwrap_or(node);
+    let name = server_name.map(str::to_owned).unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+    connect(node, &name, config).await
 }
 
-impl ConnArgs {
-    /// Connects now, so a bad certificate or a down node is reported before any work.
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
-        let material = TlsMaterial::from_files(&self.ca, &self.cert, &self.key, &[])?;
-        let config = client_config(&material)?;
-        let host = self.node.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.node);
-        let name = self.server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
-        Ok(connect(&self.node, &name, config).await?)
+/// Why a downloaded backup could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupFileError {
+    #[error("creating {}", path.display())]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("{} exists; choose another file name (the backup is kept in {})", out.display(), partial.display())]
+    Exists { out: PathBuf, partial: PathBuf },
+    /// The node ended the stream with an error.
+    #[error("{}", status_message(.0))]
+    Node(tonic::Status),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Saves a backup stream to `out`, never over an existing file: the chunks go to
+/// `<out>.partial` (created new, mode 0600), which is synced and only then renamed to
+/// `out`, so `out` is always a complete backup. Returns the bytes written.
+pub async fn save_backup(
+    mut stream: tonic::Streaming<admin_pb::BackupChunk>,
+    out: &Path,
+) -> Result<usize, BackupFileError> {
+    use tokio::io::AsyncWriteExt;
+    let partial = out.with_extension("partial");
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file =
+        options.open(&partial).await.map_err(|source| BackupFileError::Create { path: partial.clone(), source })?;
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BackupFileError::Node)?;
+        bytes += chunk.data.len();
+        file.write_all(&chunk.data).await?;
     }
+    file.sync_all().await?;
+    if out.exists() {
+        return Err(BackupFileError::Exists { out: out.to_owned(), partial });
+    }
+    std::fs::rename(&partial, out)?;
+    Ok(bytes)
 }
 
 /// A gRPC status as a sentence for a person.

@@ -1,10 +1,13 @@
 //! The node's configuration: TOML (see `deploy/node.example.toml`), every field documented
 //! and defaulted, then overridden by `VIRFED_*` environment variables.
+//!
+//! Ids are typed as they load: a region or organisation id that does not parse is refused
+//! here, naming its field, so the rest of the node never re-parses a configured string.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::domain::{OrgId, RegionId};
 
@@ -24,7 +27,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This node's region id (lowercase letters, digits, '-').
-    pub region: String,
+    #[serde(deserialize_with = "region_id")]
+    pub region: RegionId,
     /// Directory for the store (`store/`) and the local key file (`local.key`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -94,7 +98,8 @@ pub struct Federation {
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     /// The peer's region id, as in its node certificate.
-    pub region: String,
+    #[serde(deserialize_with = "peer_region_id")]
+    pub region: RegionId,
     /// Its peer API address, host:port.
     pub address: String,
     /// Name in its certificate; default: the host part of `address`.
@@ -143,8 +148,8 @@ pub struct TlsConfig {
 pub struct MatchOfficer {
     /// Organisation id whose client certificate receives the match officer's notices and
     /// may carry out erasure decisions. Unset: no match officer notices.
-    #[serde(default)]
-    pub org: Option<String>,
+    #[serde(default, deserialize_with = "match_officer_org")]
+    pub org: Option<OrgId>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -179,11 +184,38 @@ impl Default for StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// The organisation whose notices go to this URL.
-    pub org: String,
+    #[serde(deserialize_with = "webhook_org")]
+    pub org: OrgId,
     /// `http://` URL receiving a JSON POST per notice.
     pub url: String,
     /// File with the shared secret for the `X-Virfed-Signature` HMAC header (mode 0600).
     pub secret_file: PathBuf,
+}
+
+/// Parses an id field, naming the field in the error (serde adds the line and column).
+fn id_field<'de, D: Deserializer<'de>, T>(
+    de: D,
+    field: &str,
+    parse: impl Fn(&str) -> Result<T, crate::domain::FieldError>,
+) -> Result<T, D::Error> {
+    let text = String::deserialize(de)?;
+    parse(&text).map_err(|e| serde::de::Error::custom(format!("{field}: {e}")))
+}
+
+fn region_id<'de, D: Deserializer<'de>>(de: D) -> Result<RegionId, D::Error> {
+    id_field(de, "region", RegionId::parse)
+}
+
+fn peer_region_id<'de, D: Deserializer<'de>>(de: D) -> Result<RegionId, D::Error> {
+    id_field(de, "federation.peers.region", RegionId::parse)
+}
+
+fn webhook_org<'de, D: Deserializer<'de>>(de: D) -> Result<OrgId, D::Error> {
+    id_field(de, "webhooks.org", OrgId::parse)
+}
+
+fn match_officer_org<'de, D: Deserializer<'de>>(de: D) -> Result<Option<OrgId>, D::Error> {
+    id_field(de, "match_officer.org", OrgId::parse).map(Some)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -222,12 +254,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        RegionId::parse(&self.region).map_err(|e| format!("region: {e}"))?;
-        if let Some(org) = &self.match_officer.org {
-            OrgId::parse(org).map_err(|e| format!("match_officer.org: {e}"))?;
-        }
         for hook in &self.webhooks {
-            OrgId::parse(&hook.org).map_err(|e| format!("webhooks.org: {e}"))?;
             if !hook.url.starts_with("http://") {
                 return Err(format!(
                     "webhooks.url {}: only http:// URLs are supported; terminate TLS in a local proxy",
@@ -237,7 +264,6 @@ impl Config {
         }
         if let Some(fed) = &self.federation {
             for peer in &fed.peers {
-                RegionId::parse(&peer.region).map_err(|e| format!("federation.peers.region: {e}"))?;
                 if peer.region == self.region {
                     return Err(format!("federation.peers: {} is this node's own region", peer.region));
                 }
@@ -256,7 +282,8 @@ impl Config {
     /// `VIRFED_HTTP_LISTEN`, `VIRFED_TLS_CA`, `VIRFED_TLS_CERT`, `VIRFED_TLS_KEY`, `VIRFED_MATCH_OFFICER_ORG`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("VIRFED_REGION") {
-            self.region = v;
+            self.region = RegionId::parse(&v)
+                .map_err(|e| ConfigError::Env { var: "VIRFED_REGION", message: format!("region: {e}") })?;
         }
         if let Some(v) = get("VIRFED_DATA_DIR") {
             self.data_dir = v.into();
@@ -283,7 +310,11 @@ impl Config {
             self.tls.key = v.into();
         }
         if let Some(v) = get("VIRFED_MATCH_OFFICER_ORG") {
-            self.match_officer.org = Some(v);
+            let org = OrgId::parse(&v).map_err(|e| ConfigError::Env {
+                var: "VIRFED_MATCH_OFFICER_ORG",
+                message: format!("match_officer.org: {e}"),
+            })?;
+            self.match_officer.org = Some(org);
         }
         self.validate().map_err(|message| ConfigError::Env { var: "VIRFED_*", message })
     }
@@ -309,7 +340,7 @@ mod tests {
     fn sample_config_parses() {
         let text = include_str!("../deploy/node.example.toml");
         let config = Config::parse(text).unwrap();
-        assert_eq!(config.region, "rotterdam");
+        assert_eq!(config.region.as_str(), "rotterdam");
         assert_eq!(config.sweeper.interval_secs, 3600);
         assert_eq!(config.http_listen, SocketAddr::from(([127, 0, 0, 1], 9464)));
     }
@@ -336,5 +367,19 @@ mod tests {
         assert!(Config::parse(&format!("{base}\nbogus = 1\n")).is_err());
         let bad = base.replace("region = \"rotterdam\"", "region = \"Rotterdam!\"");
         assert!(Config::parse(&bad).unwrap_err().contains("region"));
+    }
+
+    #[test]
+    fn bad_ids_are_refused_naming_their_field() {
+        let base = include_str!("../deploy/node.example.toml");
+        let peer = base.replace("region = \"utrecht\"", "region = \"Ut recht\"");
+        assert!(Config::parse(&peer).unwrap_err().contains("federation.peers.region"));
+        let hook = format!("{base}\n[[webhooks]]\norg = \"Not An Org\"\nurl = \"http://x\"\nsecret_file = \"s\"\n");
+        assert!(Config::parse(&hook).unwrap_err().contains("webhooks.org"));
+        let mut config = Config::parse(base).unwrap();
+        let err = config.apply_env(|k| (k == "VIRFED_REGION").then(|| "Not a region".into())).unwrap_err();
+        assert!(err.to_string().contains("VIRFED_REGION"), "{err}");
+        let err = config.apply_env(|k| (k == "VIRFED_MATCH_OFFICER_ORG").then(|| "bad org!".into())).unwrap_err();
+        assert!(err.to_string().contains("match_officer.org"), "{err}");
     }
 }

@@ -21,11 +21,11 @@ use axum::Router;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::health::suppressed_value;
 use crate::health::sweep::{sweep, Link, Sweep};
-use crate::pki::{client_config, TlsMaterial};
+use crate::pki::{client_config, PkiError, TlsMaterial};
+use crate::shutdown::Shutdown;
 
 /// The coordinator's configuration (TOML).
 #[derive(Clone, Debug, Deserialize)]
@@ -52,16 +52,34 @@ fn default_refresh() -> u64 {
     10
 }
 
+/// Why the dashboard could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    // The causes are in the messages, not chained as sources, so they print once.
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{} is not valid: {error}", path.display())]
+    Parse { path: PathBuf, error: toml::de::Error },
+    #[error("{}: list the nodes' peer API addresses in `nodes`", path.display())]
+    NoNodes { path: PathBuf },
+    #[error("{}: refresh_secs must be at least 1", path.display())]
+    NoRefresh { path: PathBuf },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Serve(#[from] std::io::Error),
+}
+
 impl CoordinatorConfig {
-    pub fn load(path: &Path) -> anyhow::Result<CoordinatorConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<CoordinatorConfig, DashboardError> {
+        let text = std::fs::read_to_string(path).map_err(|error| DashboardError::Read { path: path.into(), error })?;
         let config: CoordinatorConfig =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not valid: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|error| DashboardError::Parse { path: path.into(), error })?;
         if config.nodes.is_empty() {
-            anyhow::bail!("{}: list the nodes' peer API addresses in `nodes`", path.display());
+            return Err(DashboardError::NoNodes { path: path.into() });
         }
         if config.refresh_secs == 0 {
-            anyhow::bail!("{}: refresh_secs must be at least 1", path.display());
+            return Err(DashboardError::NoRefresh { path: path.into() });
         }
         Ok(config)
     }
@@ -291,8 +309,9 @@ td.unknown,span.unknown{background:#ddd}td.self{background:#f4f4f4;color:#999}td
 pub async fn run(
     config: CoordinatorConfig,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+    shutdown: impl Into<Shutdown>,
+) -> Result<(), DashboardError> {
+    let mut shutdown = shutdown.into();
     let material = TlsMaterial::from_files(&config.ca, &config.cert, &config.key, &[])?;
     let tls = client_config(&material)?;
     let dashboard = Dashboard::new(config.refresh_secs);
@@ -304,7 +323,7 @@ pub async fn run(
                 dashboard.record(Utc::now(), result);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(config.refresh_secs)) => {}
-                    _ = crate::server::shutting_down(&mut stop) => return,
+                    _ = stop.recv() => return,
                 }
             }
         })
@@ -313,9 +332,7 @@ pub async fn run(
         .route("/", get(|State(d): State<Arc<Dashboard>>| async move { Html(d.page()) }))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(dashboard);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { crate::server::shutting_down(&mut shutdown).await })
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.recv().await }).await?;
     sweeper.abort();
     Ok(())
 }

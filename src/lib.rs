@@ -28,11 +28,15 @@
 //! - [`domain`] (the VIR's types and pure rules: [`domain::Bsn`] (D9), signals, notices,
 //!   retention, the audit vocabulary, the injected clock), [`pseudonym`] (keyed
 //!   pseudonyms, blinding), [`pki`] (CA tooling, rustls configs, identities from
-//!   certificates), [`config`] (TOML with environment overrides).
+//!   certificates), [`config`] (TOML with environment overrides; ids typed as it loads).
+//! - leaves every layer may use: [`shutdown`] (the signal every task listens to, so no
+//!   service imports `server` to learn it is stopping), [`backoff`] (jittered exponential
+//!   backoff for the retry loops: outbox, webhooks).
 //! - [`pb`]: generated protobuf code, nothing else.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoff;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -48,6 +52,7 @@ pub mod pki;
 pub mod pseudonym;
 pub mod registry;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 
 /// Generated protobuf and gRPC code.

@@ -15,16 +15,19 @@ use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rand::Rng;
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::domain::{Notice, OrgId};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
+
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// The JSON body of a webhook POST.
 #[derive(Serialize)]
@@ -41,14 +44,10 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// Starts one delivery task per configured webhook.
-pub fn spawn_webhooks(
-    config: &Config,
-    store: Store,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Vec<JoinHandle<()>>, String> {
+pub fn spawn_webhooks(config: &Config, store: Store, shutdown: Shutdown) -> Result<Vec<JoinHandle<()>>, String> {
     let mut tasks = Vec::new();
     for hook in &config.webhooks {
-        let org = OrgId::parse(&hook.org).map_err(|e| format!("webhooks.org: {e}"))?;
+        let org = hook.org.clone();
         crate::pki::check_secret_file_mode(&hook.secret_file).map_err(|e| e.to_string())?;
         let secret = std::fs::read(&hook.secret_file)
             .map_err(|e| format!("webhook secret {}: {e}", hook.secret_file.display()))?;
@@ -59,10 +58,10 @@ pub fn spawn_webhooks(
     Ok(tasks)
 }
 
-async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut shutdown: watch::Receiver<bool>) {
+async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut shutdown: Shutdown) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut durable = store.subscribe_notices();
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         durable.borrow_and_update();
         let cursor = store.webhook_cursor(&org).unwrap_or(0);
@@ -70,7 +69,7 @@ async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut 
         if batch.is_empty() {
             tokio::select! {
                 changed = durable.changed() => if changed.is_err() { return },
-                _ = crate::server::shutting_down(&mut shutdown) => return,
+                _ = shutdown.recv() => return,
             }
             continue;
         }
@@ -102,16 +101,13 @@ async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut 
                 }
             };
             if !ok {
-                let jitter = rand::thread_rng().gen_range(0.5..1.5);
-                let wait = backoff.mul_f64(jitter);
-                backoff = (backoff * 2).min(Duration::from_secs(300));
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = crate::server::shutting_down(&mut shutdown) => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.recv() => return,
                 }
                 break;
             }
-            backoff = Duration::from_secs(1);
+            backoff.reset();
             if let Err(e) = store.set_webhook_cursor(&org, seq).await {
                 warn!(%org, error = %e, "cannot record webhook progress");
             }

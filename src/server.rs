@@ -12,14 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::api::{ApiState, OrganisationsService, SignalsService, MAX_REQUEST_BYTES};
 use crate::config::Config;
-use crate::domain::{Clock, OrgId};
+use crate::domain::Clock;
 use crate::federation::delivery::{self, PeerLink};
+use crate::federation::rekey::RekeyError;
 use crate::federation::{Counters, PeerCounters, PeerService};
 use crate::federation::{Federation, Pairs};
 use crate::health::metrics::RpcMetricsLayer;
@@ -37,6 +38,7 @@ use crate::pki::{
 };
 use crate::pseudonym::{BlindKey, KeyError, LocalKey};
 use crate::registry::{Registry, RegistryError, SweepReport};
+use crate::shutdown::{Shutdown, Trigger};
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// Why a node could not start or stopped with an error.
@@ -50,6 +52,8 @@ pub enum NodeError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Rekey(#[from] RekeyError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}. Is another process using the port?")]
@@ -72,7 +76,7 @@ pub struct Node {
     tls: Arc<rustls::ServerConfig>,
     state: Arc<ApiState>,
     federation: Federation,
-    shutdown_tx: watch::Sender<bool>,
+    shutdown_tx: Trigger,
     sweep_rx: mpsc::Receiver<SweepRequest>,
     handle: NodeHandle,
 }
@@ -142,14 +146,11 @@ impl Node {
         let store =
             Store::open(&config.store_path(), &StoreOptions { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
         info!(path = %config.store_path().display(), "store opened");
-        let match_officer = match &config.match_officer.org {
-            Some(o) => Some(OrgId::parse(o).map_err(|e| NodeError::Config(format!("match_officer.org: {e}")))?),
-            None => None,
-        };
+        let match_officer = config.match_officer.org.clone();
         // The pair rules run on every node (with no peers on a stand-alone one), so every
         // child has its point from the start and a later federation publishes all of them.
         let peers: Vec<String> =
-            config.federation.iter().flat_map(|f| f.peers.iter()).map(|p| p.region.clone()).collect();
+            config.federation.iter().flat_map(|f| f.peers.iter()).map(|p| p.region.to_string()).collect();
         let federation = Federation::new(store.clone(), Pairs::new(peers, local_key.clone()));
         let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
         registry.set_match_officer(match_officer.as_ref()).await?;
@@ -172,7 +173,7 @@ impl Node {
                     .await
                     .map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
                 let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
-                let peers: Vec<String> = fed.peers.iter().map(|p| p.region.clone()).collect();
+                let peers: Vec<String> = fed.peers.iter().map(|p| p.region.to_string()).collect();
                 let counters: Counters =
                     Arc::new(peers.iter().map(|p| (p.clone(), Arc::new(PeerCounters::default()))).collect());
                 info!(%addr, peers = ?peers, "peer API bound; federation CA and revocation lists are re-read when they change");
@@ -200,7 +201,7 @@ impl Node {
         let http_addr =
             http_listener.local_addr().map_err(|source| NodeError::Bind { addr: config.http_listen, source })?;
         info!(addr = %http_addr, "HTTP health port bound: /healthz, /readyz, /metrics");
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (shutdown_tx, shutdown_rx) = Trigger::new();
         let (sweep_tx, sweep_rx) = mpsc::channel(4);
         let state = Arc::new(ApiState {
             registry,
@@ -212,14 +213,14 @@ impl Node {
         });
         let counters = peer.as_ref().map(|p| p.counters.clone()).unwrap_or_default();
         let health = Arc::new(NodeHealth::new(
-            config.region.clone(),
+            config.region.to_string(),
             store.clone(),
             counters.clone(),
             config
                 .federation
                 .iter()
                 .flat_map(|f| f.peers.iter())
-                .map(|p| PeerAddr { region: p.region.clone(), address: p.address.clone() })
+                .map(|p| PeerAddr { region: p.region.to_string(), address: p.address.clone() })
                 .collect(),
             config.tls.cert.clone(),
             config.federation.as_ref().map(|f| f.cert.clone()),
@@ -301,12 +302,12 @@ impl Node {
         let stop = async {
             shutdown.await;
             info!("shutting down: draining requests");
-            let _ = shutdown_tx.send(true);
+            shutdown_tx.trigger();
         };
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let mut draining = state.shutdown.clone();
         let deadline = async move {
-            shutting_down(&mut draining).await;
+            draining.recv().await;
             tokio::time::sleep(grace).await;
         };
         let server = Server::builder()
@@ -328,7 +329,7 @@ impl Node {
             }
         };
         health.set_api_bound(false);
-        let _ = shutdown_tx.send(true);
+        shutdown_tx.trigger();
         let _ = sweeper.await;
         let _ = probe.await;
         let _ = http.await;
@@ -342,41 +343,9 @@ impl Node {
     }
 }
 
-/// Loads the blinding key and checks it against the store's record of it. Finishes an
-/// interrupted `virfed rekey` (store re-keyed, new key file not yet renamed into place).
-pub async fn load_blind_key(config: &Config, store: &Store) -> Result<BlindKey, NodeError> {
-    let path = config.blind_key_path();
-    let pending = path.with_extension("key.new");
-    let key = BlindKey::load_or_create(&path)?;
-    match store.blind_fingerprint()? {
-        None => {
-            store.set_blind_fingerprint(key.fingerprint()).await?;
-            Ok(key)
-        }
-        Some(fp) if fp == key.fingerprint() => {
-            if pending.exists() {
-                // A re-key that never committed: its new key is of no use.
-                let _ = std::fs::remove_file(&pending);
-            }
-            Ok(key)
-        }
-        Some(fp) => {
-            if pending.exists() {
-                let new = BlindKey::load_or_create(&pending)?;
-                if new.fingerprint() == fp {
-                    std::fs::rename(&pending, &path)
-                        .map_err(|source| NodeError::DataDir { path: path.clone(), source })?;
-                    info!(path = %path.display(), "finished an interrupted re-key: new blinding key in place");
-                    return Ok(new);
-                }
-            }
-            Err(NodeError::Config(format!(
-                "the blinding key {} is not the key this store was written with; restore the right key file from backup (a new key would break every cross-region match)",
-                path.display()
-            )))
-        }
-    }
-}
+/// The start-up loader of the blinding key; the key-file protocol lives in
+/// [`crate::federation::rekey`].
+pub use crate::federation::rekey::load_blind_key;
 
 /// Starts the peer API server, one delivery task per peer, and the join of new peers.
 fn start_federation(
@@ -389,10 +358,10 @@ fn start_federation(
     reporters: &mut Reporters,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, NodeError> {
     let PeerSide { listener, tls, files, blind_key, counters, .. } = side;
-    let peers = fed.peers.iter().map(|p| p.region.clone()).collect();
+    let peers = fed.peers.iter().map(|p| p.region.to_string()).collect();
     let service = PeerService::new(
         federation.clone(),
-        config.region.clone(),
+        config.region.to_string(),
         fed.cert.clone(),
         blind_key,
         peers,
@@ -415,26 +384,26 @@ fn start_federation(
         .add_service(peer_health)
         .add_service(peer_reflection)
         .add_service(peer_reflection_alpha)
-        .serve_with_incoming_shutdown(tls_incoming(listener, tls), async move { shutting_down(&mut stop).await });
+        .serve_with_incoming_shutdown(tls_incoming(listener, tls), async move { stop.recv().await });
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server.await {
             warn!(error = %e, "peer API server failed");
         }
     }));
     for peer in &fed.peers {
-        let client_tls = reloading_client_config_expecting(&files, Identity::Region(peer.region.clone()))?;
+        let client_tls = reloading_client_config_expecting(&files, Identity::Region(peer.region.to_string()))?;
         let channel = connect_lazy(&peer.address, &peer.server_name(), client_tls)?;
         let link = PeerLink {
-            region: peer.region.clone(),
-            own_region: config.region.clone(),
+            region: peer.region.to_string(),
+            own_region: config.region.to_string(),
             client: PeerClient::new(channel).max_decoding_message_size(4 * 1024 * 1024),
-            counters: counters.get(&peer.region).cloned().unwrap_or_default(),
+            counters: counters.get(peer.region.as_str()).cloned().unwrap_or_default(),
         };
         tasks.push(tokio::spawn(delivery::run(federation.clone(), link, state.shutdown.clone())));
     }
     // New peers get every child; a new or restored store asks every peer to resync to it.
     let (federation, regions): (Federation, Vec<String>) =
-        (federation.clone(), fed.peers.iter().map(|p| p.region.clone()).collect());
+        (federation.clone(), fed.peers.iter().map(|p| p.region.to_string()).collect());
     tasks.push(tokio::spawn(async move {
         match federation.resync_after_restore().await {
             Ok(true) => info!("new or restored store: every peer is asked to publish its children here again"),
@@ -475,7 +444,7 @@ fn reflection(
 
 /// Warns in the log (and the `virfed_cert_expiry_days` metric shows it) when this node's
 /// certificates near their end: a warning from 30 days, an error from 7.
-async fn watch_cert_expiry(files: Vec<PathBuf>, mut shutdown: watch::Receiver<bool>) {
+async fn watch_cert_expiry(files: Vec<PathBuf>, mut shutdown: Shutdown) {
     loop {
         for file in &files {
             let Some(not_after) = crate::federation::cert_not_after(file) else { continue };
@@ -488,7 +457,7 @@ async fn watch_cert_expiry(files: Vec<PathBuf>, mut shutdown: watch::Receiver<bo
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
-            _ = shutting_down(&mut shutdown) => return,
+            _ = shutdown.recv() => return,
         }
     }
 }
@@ -499,7 +468,7 @@ async fn sweeper(
     clock: Arc<dyn Clock>,
     interval: Duration,
     mut requests: mpsc::Receiver<SweepRequest>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -507,7 +476,7 @@ async fn sweeper(
         let reply = tokio::select! {
             _ = ticker.tick() => None,
             Some(reply) = requests.recv() => Some(reply),
-            _ = crate::server::shutting_down(&mut shutdown) => return,
+            _ = shutdown.recv() => return,
         };
         let result = registry.sweep(clock.today(), clock.now()).await;
         match &result {
@@ -524,9 +493,4 @@ async fn sweeper(
             let _ = reply.send(result.map_err(|e: RegistryError| e.to_string()));
         }
     }
-}
-
-/// Resolves when the node starts shutting down (or its controller is gone).
-pub async fn shutting_down(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }

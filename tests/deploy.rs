@@ -177,9 +177,11 @@ fn compose_file_has_the_three_regions_and_prometheus() {
     assert_eq!(names, BTreeSet::from(REGIONS), "docker-compose.yml: expected one virfed node service per region");
     for node in &nodes {
         assert_eq!(
-            node.config.region, node.service,
+            node.config.region.as_str(),
+            node.service,
             "docker-compose.yml service {}: its node.toml says region {:?}",
-            node.service, node.config.region
+            node.service,
+            node.config.region
         );
     }
     let compose = compose();
@@ -326,7 +328,7 @@ fn prometheus_scrapes_each_nodes_http_port_with_a_region_label() {
     }
     let expected: BTreeMap<String, String> = compose_nodes()
         .iter()
-        .map(|n| (format!("{}:{}", n.service, n.config.http_listen.port()), n.config.region.clone()))
+        .map(|n| (format!("{}:{}", n.service, n.config.http_listen.port()), n.config.region.to_string()))
         .collect();
     assert_eq!(targets, expected, "deploy/prometheus.yml: targets must be every compose node's http_listen port");
 }

@@ -212,8 +212,9 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 /// Waits until every node's outbox is empty (everything delivered and acknowledged).
 async fn settled(regions: &[&RunningRegion]) {
     for r in regions {
-        let me = r.files.config.region.clone();
-        let peers: Vec<String> = regions.iter().map(|p| p.files.config.region.clone()).filter(|p| *p != me).collect();
+        let me = r.files.config.region.to_string();
+        let peers: Vec<String> =
+            regions.iter().map(|p| p.files.config.region.to_string()).filter(|p| *p != me).collect();
         for peer in peers {
             eventually(&format!("{me}'s outbox for {peer} to drain"), || r.handle.store().outbox_depth(&peer) == 0)
                 .await;
@@ -779,7 +780,7 @@ async fn join_a_new_region_gets_all_existing_matches() {
     let mut regions = Vec::new();
     for mut f in files.regions.drain(..) {
         full_configs.push(f.config.clone());
-        f.config.federation.as_mut().unwrap().peers.retain(|p| p.region != "zwolle");
+        f.config.federation.as_mut().unwrap().peers.retain(|p| p.region.as_str() != "zwolle");
         let r = RunningRegion::start_with(f, clock.clone()).await.unwrap();
         add_orgs(&r).await;
         regions.push(r);

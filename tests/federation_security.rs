@@ -805,8 +805,8 @@ async fn invariant1_no_bsn_in_peer_messages_logs_or_peer_data() {
             .enumerate()
             .filter(|(i, _)| match i % 3 {
                 0 => true,
-                1 => region.files.config.region == "utrecht",
-                _ => region.files.config.region == "rotterdam",
+                1 => region.files.config.region.as_str() == "utrecht",
+                _ => region.files.config.region.as_str() == "rotterdam",
             })
             .map(|(i, bsn)| {
                 let point = zwolle.key.blind_bsn(&Bsn::parse(bsn).unwrap());

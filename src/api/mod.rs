@@ -16,7 +16,7 @@ pub mod pages;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -33,6 +33,7 @@ use crate::pb::client as pb;
 use crate::pki::{peer_of, Identity};
 use crate::pseudonym::LocalKey;
 use crate::registry::{NewSignal, Registry, Withdrawn};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 /// Largest request the client API accepts; real requests are a few hundred bytes.
@@ -48,7 +49,7 @@ pub struct ApiState {
     pub clock: Arc<dyn Clock>,
     pub match_officer: Option<OrgId>,
     /// Flips to true when the node shuts down, ending watch streams.
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
 }
 
 impl ApiState {
@@ -217,7 +218,7 @@ impl pb::signals_server::Signals for SignalsService {
                 if batch.is_empty() {
                     tokio::select! {
                         changed = durable.changed() => if changed.is_err() { return },
-                        _ = crate::server::shutting_down(&mut shutdown) => {
+                        _ = shutdown.recv() => {
                             let _ = tx.send(Err(Status::unavailable("the node is shutting down; reconnect with your last cursor"))).await;
                             return;
                         }

@@ -11,14 +11,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::item::{Item, ItemAnswer, OutItem};
 use super::{item_out, Federation, PeerCounters, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
+use crate::backoff::Backoff;
 use crate::pb::federation as pb;
 use crate::pb::federation::peer_client::PeerClient;
+use crate::shutdown::Shutdown;
 use crate::store::Outgoing;
 
 /// How to reach one peer.
@@ -37,7 +37,7 @@ fn is_resync(item: &OutItem) -> bool {
 }
 
 /// Runs until `shutdown` flips.
-pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutdown) {
     let store = federation.store().clone();
     let epoch = match store.epoch() {
         Ok(e) => e,
@@ -48,7 +48,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: watch
     };
     ping(&mut link).await;
     let mut wake = store.subscribe_outbox();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     // Halved after a budget refusal, so a peer with a small budget still takes what fits.
     let mut batch_limit = MAX_ITEMS;
     let mut was_failing = false;
@@ -65,7 +65,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: watch
             tokio::select! {
                 changed = wake.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(PING_INTERVAL) => ping(&mut link).await,
-                _ = crate::server::shutting_down(&mut shutdown) => return,
+                _ = shutdown.recv() => return,
             }
             continue;
         }
@@ -83,7 +83,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: watch
         link.counters.delivery_attempts.fetch_add(1, Ordering::Relaxed);
         let sent = tokio::select! {
             r = link.client.exchange(request) => r,
-            _ = crate::server::shutting_down(&mut shutdown) => return,
+            _ = shutdown.recv() => return,
         };
         let failure = match sent {
             Ok(resp) => {
@@ -102,7 +102,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: watch
                                     info!(peer = %link.region, "peer reachable again; catching up");
                                 }
                                 was_failing = false;
-                                backoff = MIN_BACKOFF;
+                                backoff.reset();
                                 batch_limit = (batch_limit * 2).min(MAX_ITEMS);
                                 debug!(peer = %link.region, items = n, "delivered");
                                 None
@@ -126,11 +126,9 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: watch
                 warn!(peer = %link.region, %reason, "delivery to peer failed; retrying with backoff");
             }
             was_failing = true;
-            let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.5));
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = crate::server::shutting_down(&mut shutdown) => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.recv() => return,
             }
         }
     }

@@ -22,6 +22,7 @@ pub mod delivery;
 pub mod error;
 pub mod item;
 pub mod pairs;
+pub mod rekey;
 pub mod service;
 pub mod sync;
 

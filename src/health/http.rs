@@ -11,10 +11,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::warn;
 
 use super::NodeHealth;
+use crate::shutdown::Shutdown;
 
 /// Content type of the exposition.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,10 +46,9 @@ async fn metrics(State(health): State<Arc<NodeHealth>>) -> impl IntoResponse {
 }
 
 /// Serves the HTTP port until shutdown.
-pub async fn serve(listener: TcpListener, health: Arc<NodeHealth>, mut shutdown: watch::Receiver<bool>) {
-    let served = axum::serve(listener, router(health))
-        .with_graceful_shutdown(async move { crate::server::shutting_down(&mut shutdown).await })
-        .await;
+pub async fn serve(listener: TcpListener, health: Arc<NodeHealth>, mut shutdown: Shutdown) {
+    let served =
+        axum::serve(listener, router(health)).with_graceful_shutdown(async move { shutdown.recv().await }).await;
     if let Err(e) = served {
         warn!(error = %e, "the HTTP health port failed");
     }

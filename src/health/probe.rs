@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use super::NodeHealth;
+use crate::shutdown::Shutdown;
 
 /// Time between probe writes.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
@@ -83,13 +83,13 @@ pub async fn apply(health: &NodeHealth, reporters: &Reporters, ok: bool) {
 }
 
 /// Probes now and every [`PROBE_INTERVAL`] until shutdown.
-pub async fn run(health: Arc<NodeHealth>, reporters: Reporters, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(health: Arc<NodeHealth>, reporters: Reporters, mut shutdown: Shutdown) {
     let mut ticker = tokio::time::interval(PROBE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = crate::server::shutting_down(&mut shutdown) => {
+            _ = shutdown.recv() => {
                 reporters.set(false).await;
                 return;
             }
