@@ -6,7 +6,8 @@
 //!
 //! - [`engine`]: the one file that names sled (trees, transactions, flush).
 //! - [`keys`]: every key layout; [`records`]: the store's own record shapes and codec.
-//! - [`tx`]: [`Tx`], one write transaction's typed accessors.
+//! - [`tx`]: [`Tx`], one write transaction's typed accessors; `queues` (outbox, notices)
+//!   and `peers` (federation state) hold the reads beside the ones below.
 //! - `writer`: the single writer thread (group commit of whole transactions).
 //! - `audit`: the hash chain (D8); [`backup`]: online backup, offline restore;
 //!   [`migrate`]: schema versions and their migrations.
@@ -42,13 +43,15 @@ pub mod backup;
 pub mod engine;
 pub mod keys;
 pub mod migrate;
+mod peers;
+mod queues;
 pub mod records;
 pub mod tx;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -62,8 +65,7 @@ pub use tx::{Tx, TxResult};
 pub use writer::WriteStats;
 use writer::Writer;
 
-use crate::domain::{AuditAction, ChildKey, Notice, OrgId, Organisation, Signal, SignalId};
-use crate::pseudonym::Blinded;
+use crate::domain::{AuditAction, ChildKey, OrgId, Organisation, Signal, SignalId};
 
 /// Version of the on-disk layout. Bump it with a migration when a key or value changes.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -310,48 +312,6 @@ impl Store {
         Ok((local, cross))
     }
 
-    // ---- federation state -------------------------------------------------------------------
-
-    /// Every pair of my child with a peer's child.
-    pub fn pairs_of(&self, child: &ChildKey) -> Result<Vec<CrossPair>, StoreError> {
-        self.values(Table::Fed, &Fed::pairs_of(child), "cross pair").collect()
-    }
-
-    /// Every stored child point `P·a` (for a join, a resync and a re-key).
-    pub fn points(&self) -> Result<Vec<(ChildKey, Blinded)>, StoreError> {
-        self.t(Table::Fed)
-            .scan_prefix(Fed::all_points())
-            .map(|item| {
-                let (k, v) = item?;
-                let bad = || StoreError::Corrupt { what: "child point" };
-                Ok((Fed::child_of_point_key(&k).ok_or_else(bad)?, v.as_ref().try_into().map_err(|_| bad())?))
-            })
-            .collect()
-    }
-
-    /// Every entry of my indexes of the peers: (peer, D, entry), for a re-key.
-    pub fn remote_entries(&self) -> Result<Vec<(String, Blinded, RemoteEntry)>, StoreError> {
-        self.t(Table::Fed)
-            .scan_prefix(Fed::all_remotes())
-            .map(|item| {
-                let (k, v) = item?;
-                let (peer, d) = Fed::split_remote_key(&k).ok_or(StoreError::Corrupt { what: "peer index key" })?;
-                Ok((peer, d, decode(&v, "peer index")?))
-            })
-            .collect()
-    }
-
-    /// How many of the peer's children this node holds in its index of the peer.
-    pub fn peer_index_len(&self, peer: &str) -> usize {
-        self.t(Table::Fed).scan_prefix(Fed::remotes_of(peer)).count()
-    }
-
-    /// Every value stored about peers, raw (for tests that check what crosses a border).
-    pub fn federation_raw(&self) -> Result<Vec<RawEntry>, StoreError> {
-        let raw = |t: &Tree| t.iter().map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Vec<_>>();
-        raw(self.t(Table::Fed)).into_iter().chain(raw(self.t(Table::Outbox))).collect()
-    }
-
     // ---- meta ---------------------------------------------------------------------------
 
     /// This store's epoch: a random id fixed at creation; outbox sequence numbers are per epoch.
@@ -398,65 +358,6 @@ impl Store {
         self.meta_u64(meta::PROBE)
     }
 
-    // ---- outbox -------------------------------------------------------------------------
-
-    /// The first `limit` durable outbox items for `peer`, in order.
-    /// Only items already flushed are returned: an item a crash could take back must never
-    /// reach a peer, or its sequence number could be given to another item after restart.
-    pub fn outbox_batch<T: DeserializeOwned>(&self, peer: &str, limit: usize) -> Result<Vec<Outgoing<T>>, StoreError> {
-        let durable = *self.durable_outbox.borrow();
-        let range = keys::outbox(peer, 0)..keys::outbox(peer, durable.saturating_add(1));
-        let mut out = Vec::new();
-        for item in self.t(Table::Outbox).range(range).take(limit) {
-            let (k, v) = item?;
-            let seq = keys::trailing_seq(&k).ok_or(StoreError::Corrupt { what: "outbox key" })?;
-            let queued: Queued<T> = decode(&v, "outbox item")?;
-            out.push(Outgoing { seq, item: queued.item });
-        }
-        Ok(out)
-    }
-
-    /// When the oldest item still queued for `peer` was queued (None: the outbox is empty).
-    pub fn outbox_oldest(&self, peer: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let Some(first) = self.t(Table::Outbox).scan_prefix(keys::owned(peer, &[])).next() else { return Ok(None) };
-        Ok(DateTime::from_timestamp_millis(records::queued_at(&first?.1)?))
-    }
-
-    /// Number of items queued for `peer`.
-    pub fn outbox_depth(&self, peer: &str) -> usize {
-        self.t(Table::Outbox).scan_prefix(keys::owned(peer, &[])).count()
-    }
-
-    /// A receiver that changes whenever new outbox items become durable.
-    pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
-        self.durable_outbox.subscribe()
-    }
-
-    // ---- notices ------------------------------------------------------------------------
-
-    /// Durable notices for `org` with cursor in `(after, upto]`, oldest first.
-    pub fn notices_after(&self, org: &OrgId, after: u64, limit: usize) -> Result<Vec<(u64, Notice)>, StoreError> {
-        let upto = *self.durable_notices.borrow();
-        if after >= upto {
-            return Ok(Vec::new());
-        }
-        let range = keys::notice(org, after.saturating_add(1))..keys::notice(org, upto.saturating_add(1));
-        self.t(Table::Notices)
-            .range(range)
-            .take(limit)
-            .map(|item| {
-                let (k, v) = item?;
-                let seq = keys::trailing_seq(&k).ok_or(StoreError::Corrupt { what: "notice key" })?;
-                Ok((seq, decode(&v, "notice")?))
-            })
-            .collect()
-    }
-
-    /// A receiver that changes whenever new notices become durable.
-    pub fn subscribe_notices(&self) -> watch::Receiver<u64> {
-        self.durable_notices.subscribe()
-    }
-
     // ---- audit (D8) ---------------------------------------------------------------------
 
     /// Verifies the hash chain of the audit log.
@@ -501,5 +402,80 @@ impl Store {
     /// Flushes everything (used at shutdown).
     pub fn flush_now(&self) -> Result<(), StoreError> {
         self.db.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Addressee, NoticeKind};
+
+    fn notice(to: &str) -> crate::domain::Notice {
+        crate::domain::Notice {
+            kind: NoticeKind::MatchCreated,
+            addressee: Addressee::Professional,
+            recipient: OrgId::parse(to).unwrap(),
+            own_signal: None,
+            signals: vec![],
+            counterparts: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn invariant_4_a_write_is_durable_and_its_sequence_numbers_follow_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let seqs = store
+            .write(|tx| {
+                let a = tx.push_notice(&notice("school"))?;
+                let b = tx.push_notice(&notice("ggd"))?;
+                tx.log(Utc::now(), "test", AuditAction::OrgAdd, "school", "")?;
+                tx.log(Utc::now(), "test", AuditAction::OrgAdd, "ggd", "")?;
+                Ok((a, b))
+            })
+            .await
+            .unwrap();
+        assert_eq!(seqs, (1, 2));
+        let school = OrgId::parse("school").unwrap();
+        assert_eq!(store.notices_after(&school, 0, 10).unwrap().len(), 1);
+        drop(store);
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        assert_eq!(store.verify_audit().unwrap().unwrap().entries, 2);
+        let next = store.write(|tx| tx.push_notice(&notice("school"))).await.unwrap();
+        assert_eq!(next, 3, "the counter survives a restart");
+        assert_eq!(store.notices_after(&school, 0, 10).unwrap().iter().map(|n| n.0).collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn invariant_7_a_failing_job_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let failed = store
+            .write(|tx| {
+                tx.set_probe(42)?;
+                tx.log(Utc::now(), "test", AuditAction::OrgAdd, "x", "")?;
+                Err::<(), _>(StoreError::Corrupt { what: "test" }.into())
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(store.probe_value().unwrap(), 0);
+        assert!(store.audit_entries().unwrap().is_empty());
+        store.probe(7).await.unwrap();
+        assert_eq!(store.probe_value().unwrap(), 7, "the writer goes on after a failed batch");
+    }
+
+    #[test]
+    fn a_store_written_by_a_newer_virfed_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let db = Db::open(dir.path(), None, true).unwrap();
+        db.tree("meta").unwrap().insert(meta::SCHEMA, (SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let Err(e) = Store::open(dir.path(), &StoreOptions::default()) else { panic!("a newer store opened") };
+        assert!(matches!(e, StoreError::SchemaMismatch { .. }));
+        assert!(e.to_string().contains("run the virfed version that wrote it"), "{e}");
     }
 }
