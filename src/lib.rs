@@ -27,23 +27,23 @@
 //!   tasks (expiry sweeper, webhook delivery) and drains on shutdown.
 //! - [`notify`]: webhook delivery of stored notices, HMAC-signed, retried.
 //! - [`client`]: the CLI's mTLS client of the node.
-//! - [`demo`]: a federation of three regions on loopback with real TLS and storage (`virfed demo`).
-//! - [`bench`]: `virfed bench`: figures printed next to their floors.
-//! - [`fixture`]: a real region on loopback (CA, certificates, config, node) for the demo,
-//!   the benchmark and the tests.
+//! - `kit` (cargo feature `kit`, on by default, off in production builds): the test and
+//!   demo kit. `kit::fixture`: a real region on loopback (CA, certificates, config, node)
+//!   for the demo, the benchmark and the tests; `kit::demo`: a federation of three regions
+//!   on loopback with real TLS and storage (`virfed demo`); `kit::bench`: `virfed bench`,
+//!   figures printed next to their floors.
 //! - [`pb`]: generated protobuf code, nothing else.
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dashboard;
-pub mod demo;
 pub mod domain;
 pub mod federation;
-pub mod fixture;
 pub mod health;
+#[cfg(feature = "kit")]
+pub mod kit;
 pub mod notify;
 pub mod participation;
 pub mod pki;

@@ -448,11 +448,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Rekey { config } => rekey(&config).await?,
-        Command::Demo { keep_running } => virfed::demo::run(keep_running).await?,
-        Command::Bench(BenchCommand::Register { registrations }) => virfed::bench::register(registrations).await?,
-        Command::Bench(BenchCommand::Crypto { operations }) => virfed::bench::crypto(operations),
-        Command::Bench(BenchCommand::Join { regions, signals }) => virfed::bench::join(regions, signals).await?,
-        Command::Bench(BenchCommand::Latency { samples }) => virfed::bench::latency(samples).await?,
+        #[cfg(feature = "kit")]
+        Command::Demo { keep_running } => virfed::kit::demo::run(keep_running).await?,
+        #[cfg(feature = "kit")]
+        Command::Bench(BenchCommand::Register { registrations }) => virfed::kit::bench::register(registrations).await?,
+        #[cfg(feature = "kit")]
+        Command::Bench(BenchCommand::Crypto { operations }) => virfed::kit::bench::crypto(operations),
+        #[cfg(feature = "kit")]
+        Command::Bench(BenchCommand::Join { regions, signals }) => virfed::kit::bench::join(regions, signals).await?,
+        #[cfg(feature = "kit")]
+        Command::Bench(BenchCommand::Latency { samples }) => virfed::kit::bench::latency(samples).await?,
+        #[cfg(not(feature = "kit"))]
+        Command::Demo { .. } | Command::Bench(_) => bail!(
+            "this virfed was built without the `kit` feature (a production build), so it has no demo or benchmarks; \
+             build with default features for them: cargo run --release -- demo"
+        ),
         Command::Migrate { config, dry_run } => {
             let config = Config::load(&config)?;
             let steps = virfed::store::migrate::plan(&config.store_path())?;
@@ -538,9 +548,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 eprintln!("HTML written to {}", path.display());
             }
         }
-        Command::Bench(BenchCommand::Status { nodes, scrapes }) => {
-            virfed::health::bench::status(nodes, scrapes).await?
-        }
+        #[cfg(feature = "kit")]
+        Command::Bench(BenchCommand::Status { nodes, scrapes }) => virfed::kit::bench::status(nodes, scrapes).await?,
         // Its own exit codes (0 healthy, 1 warnings, 2 unreachable, 3 cannot run), for cron.
         Command::Status { nodes, ca, cert, key } => std::process::exit(status(&nodes, &ca, &cert, &key).await),
     }
