@@ -30,10 +30,7 @@ use crate::pb::admin::status_server::StatusServer;
 use crate::pb::client::signals_server::SignalsServer;
 use crate::pb::federation::peer_client::PeerClient;
 use crate::pb::federation::peer_server::PeerServer;
-use crate::pki::{
-    connect_lazy, reloading_client_config_expecting, reloading_server_config, tls_incoming, Identity, PkiError,
-    TlsFiles,
-};
+use crate::pki::{client_config_expecting, connect_lazy, server_config, tls_incoming, Identity, PkiError, TlsFiles};
 use crate::pseudonym::{BlindKey, KeyError, LocalKey};
 use crate::store::{OpError, Store, StoreError, StoreOptions, SweepReport};
 
@@ -161,7 +158,7 @@ impl Node {
                     key: fed.key.clone(),
                     crls: fed.crls.clone(),
                 };
-                let tls = reloading_server_config(&files)?;
+                let tls = server_config(&files)?;
                 let listener = TcpListener::bind(fed.listen)
                     .await
                     .map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
@@ -174,7 +171,7 @@ impl Node {
                 Some(PeerSide { listener, addr, tls, files, blind_key, counters })
             }
         };
-        let tls = reloading_server_config(&TlsFiles {
+        let tls = server_config(&TlsFiles {
             ca: config.tls.ca.clone(),
             cert: config.tls.cert.clone(),
             key: config.tls.key.clone(),
@@ -413,7 +410,7 @@ fn start_federation(
         }
     }));
     for peer in &fed.peers {
-        let client_tls = reloading_client_config_expecting(&files, Identity::Region(peer.region.clone()))?;
+        let client_tls = client_config_expecting(&files, Identity::Region(peer.region.clone()))?;
         let channel = connect_lazy(&peer.address, &peer.server_name(), client_tls)?;
         let link = PeerLink {
             region: peer.region.clone(),
