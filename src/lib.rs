@@ -29,6 +29,10 @@
 //!   retention, the audit vocabulary, the injected clock), [`pseudonym`] (keyed
 //!   pseudonyms, blinding), [`pki`] (CA tooling, rustls configs, identities from
 //!   certificates), [`config`] (TOML with environment overrides; ids typed as it loads).
+//! - `kit` (cargo feature `kit`, on by default, off in production builds): the test and
+//!   demo kit above everything else: `kit::fixture` (a real region on loopback: CA,
+//!   certificates, config, node), `kit::demo` (`virfed demo`), `kit::bench` (`virfed
+//!   bench`, figures printed next to their floors).
 //! - leaves every layer may use: [`shutdown`] (the signal every task listens to, so no
 //!   service imports `server` to learn it is stopping), [`backoff`] (jittered exponential
 //!   backoff for the retry loops: outbox, webhooks).
@@ -37,15 +41,14 @@
 
 pub mod api;
 pub mod backoff;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dashboard;
-pub mod demo;
 pub mod domain;
 pub mod federation;
-pub mod fixture;
 pub mod health;
+#[cfg(feature = "kit")]
+pub mod kit;
 pub mod notify;
 pub mod participation;
 pub mod pki;

@@ -301,7 +301,7 @@ mod tests {
     fn blinding_commutes_and_distinct_bsns_do_not_collide() {
         let a = BlindKey::random();
         let b = BlindKey::random();
-        let bsns = crate::demo::valid_bsns(100_000_000, 100_000);
+        let bsns = crate::kit::fixture::valid_bsns(100_000_000, 100_000);
         let mut seen = std::collections::HashSet::with_capacity(bsns.len());
         for (i, raw) in bsns.iter().enumerate() {
             let bsn = Bsn::parse(raw).unwrap();
@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn batch_blinding_equals_one_by_one_and_refuses_bad_points() {
         let k = BlindKey::random();
-        let points: Vec<Blinded> = crate::demo::valid_bsns(100_000_000, 50)
+        let points: Vec<Blinded> = crate::kit::fixture::valid_bsns(100_000_000, 50)
             .iter()
             .map(|b| BlindKey::random().blind_bsn(&Bsn::parse(b).unwrap()))
             .collect();

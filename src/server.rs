@@ -32,10 +32,7 @@ use crate::pb::admin::status_server::StatusServer;
 use crate::pb::client::signals_server::SignalsServer;
 use crate::pb::federation::peer_client::PeerClient;
 use crate::pb::federation::peer_server::PeerServer;
-use crate::pki::{
-    connect_lazy, reloading_client_config_expecting, reloading_server_config, tls_incoming, Identity, PkiError,
-    TlsFiles,
-};
+use crate::pki::{client_config_expecting, connect_lazy, server_config, tls_incoming, Identity, PkiError, TlsFiles};
 use crate::pseudonym::{BlindKey, KeyError, LocalKey};
 use crate::registry::{Registry, RegistryError, SweepReport};
 use crate::shutdown::{Shutdown, Trigger};
@@ -156,7 +153,7 @@ impl Node {
         registry.set_match_officer(match_officer.as_ref()).await?;
         // The blinding key exists even on a stand-alone node, so every child has its point
         // from the start and a later federation publishes all of them.
-        let blind_key = load_blind_key(&config, &store).await?;
+        let blind_key = crate::federation::rekey::load_blind_key(&config, &store).await?;
         info!(path = %config.blind_key_path().display(), "blinding key loaded");
         let peer = match &config.federation {
             None => None,
@@ -168,7 +165,7 @@ impl Node {
                     key: fed.key.clone(),
                     crls: fed.crls.clone(),
                 };
-                let tls = reloading_server_config(&files)?;
+                let tls = server_config(&files)?;
                 let listener = TcpListener::bind(fed.listen)
                     .await
                     .map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
@@ -180,7 +177,7 @@ impl Node {
                 Some(PeerSide { listener, addr, tls, files, blind_key, counters })
             }
         };
-        let tls = reloading_server_config(&TlsFiles {
+        let tls = server_config(&TlsFiles {
             ca: config.tls.ca.clone(),
             cert: config.tls.cert.clone(),
             key: config.tls.key.clone(),
@@ -343,10 +340,6 @@ impl Node {
     }
 }
 
-/// The start-up loader of the blinding key; the key-file protocol lives in
-/// [`crate::federation::rekey`].
-pub use crate::federation::rekey::load_blind_key;
-
 /// Starts the peer API server, one delivery task per peer, and the join of new peers.
 fn start_federation(
     config: &Config,
@@ -391,7 +384,7 @@ fn start_federation(
         }
     }));
     for peer in &fed.peers {
-        let client_tls = reloading_client_config_expecting(&files, Identity::Region(peer.region.to_string()))?;
+        let client_tls = client_config_expecting(&files, Identity::Region(peer.region.to_string()))?;
         let channel = connect_lazy(&peer.address, &peer.server_name(), client_tls)?;
         let link = PeerLink {
             region: peer.region.to_string(),

@@ -3,25 +3,19 @@
 //! its audit chain; a node restored from an older backup resyncs with its peers so no
 //! cross-region match is missed.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use virfed::domain::SystemClock;
-use virfed::fixture::{contact, FederationFiles, RunningRegion};
+use virfed::kit::fixture::{FederationFiles, RunningRegion};
 use virfed::pb::admin::BackupRequest;
 use virfed::pb::client as pb;
 
-fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
-    let c = contact(who, "professional", "someone@example.nl");
-    pb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
-}
+use common::req;
 
 async fn take_backup(region: &RunningRegion, out: &std::path::Path) {
     let mut stream = region.operator().await.unwrap().backup(BackupRequest {}).await.unwrap().into_inner();
@@ -53,7 +47,7 @@ async fn backup_under_concurrent_writes_restores_every_acknowledged_signal() {
     region.add_org("jeugdzorg", "Jeugdzorg", "youth-care", None).await.unwrap();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let bsns = virfed::demo::valid_bsns(150_000_000, 400);
+    let bsns = virfed::kit::fixture::valid_bsns(150_000_000, 400);
     let mut writers = Vec::new();
     for w in 0..4 {
         let (acked, stop, mut client) = (acked.clone(), stop.clone(), region.org_client("jeugdzorg").await.unwrap());

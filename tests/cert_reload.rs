@@ -2,6 +2,8 @@
 //! `Ca::renew` and written over the old files is served on the next handshake, without a
 //! restart, while peers stay connected and matches keep forming.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +11,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio_stream::StreamExt;
 use virfed::domain::SystemClock;
-use virfed::fixture::{contact, FederationFiles, RunningRegion};
+use virfed::kit::fixture::{FederationFiles, RunningRegion};
 use virfed::pb::client as pb;
 use virfed::pki::{client_config, Ca, CertSpec, TlsMaterial};
+
+use common::req;
 
 /// The certificate a fresh TLS handshake with `addr` is served.
 async fn served_cert(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> Vec<u8> {
@@ -32,16 +36,6 @@ fn replace(path: &std::path::Path, text: &str) {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     std::fs::rename(&tmp, path).unwrap();
-}
-
-fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
-    let c = contact(who, "professional", "someone@example.nl");
-    pb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //!
 //! Each test name says which domain rule (D1-D10 in DESIGN.md) or invariant it proves.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
@@ -15,12 +17,14 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use virfed::demo::valid_bsns;
 use virfed::domain::{ManualClock, OrgId, SignalId, SignalState};
-use virfed::fixture::{contact, RunningRegion, MATCH_OFFICER_ORG};
+use virfed::kit::fixture::valid_bsns;
+use virfed::kit::fixture::{contact, RunningRegion, MATCH_OFFICER_ORG};
 use virfed::pb::client as pb;
 use virfed::pb::client::signals_client::SignalsClient;
 use virfed::store::{AuditBroken, Store, StoreOptions};
+
+use common::files_under;
 
 type Client = SignalsClient<Channel>;
 
@@ -1480,17 +1484,6 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     type Writer = Capture;
     fn make_writer(&'a self) -> Capture {
         self.clone()
-    }
-}
-
-fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
     }
 }
 

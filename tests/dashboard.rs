@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use virfed::dashboard::{run, CoordinatorConfig};
 use virfed::domain::SystemClock;
-use virfed::fixture::{contact, FederationFiles, RunningRegion};
+use virfed::kit::fixture::{contact, FederationFiles, RunningRegion};
 use virfed::pb::client as pb;
 use virfed::pki::{write_cert_pair, Ca, CertSpec};
 

@@ -804,6 +804,10 @@ fn dockerfile_is_multistage_non_root_with_a_data_volume_at_the_default_data_dir(
     );
     let run = dockerfile_args("RUN").join(" ");
     assert!(run.contains("cargo build --release --locked"), "Dockerfile: build with cargo build --release --locked");
+    assert!(
+        run.contains("--no-default-features"),
+        "Dockerfile: build with --no-default-features (a production binary, without the test and demo kit)"
+    );
     assert!(run.contains("ca-certificates"), "Dockerfile: the runtime installs ca-certificates");
     let uid = dockerfile_uid();
     assert_ne!(uid, 0, "Dockerfile: USER must not be root");

@@ -5,6 +5,8 @@
 //! per-step timeout, never by sleeping. Where a double notice would be a bug, a test
 //! checks that nothing more arrives for a short while after the expected notices.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,12 +19,14 @@ use tokio::process::{Child, Command};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use virfed::domain::{Clock, ManualClock, SystemClock};
-use virfed::fixture::{contact, FederationFiles, RegionFiles, RunningRegion, MATCH_OFFICER_ORG};
+use virfed::kit::fixture::{FederationFiles, RegionFiles, RunningRegion, MATCH_OFFICER_ORG};
 use virfed::pb::admin as admin_pb;
 use virfed::pb::admin::organisations_client::OrganisationsClient;
 use virfed::pb::client as pb;
 use virfed::pb::client::signals_client::SignalsClient;
 use virfed::pki::{client_config, connect, Identity};
+
+use common::{email_of, req_by, VIRFED_ENV};
 
 /// How long one expected notice (or one polled condition) may take on a loaded machine.
 const STEP: Duration = Duration::from_secs(20);
@@ -30,25 +34,11 @@ const STEP: Duration = Duration::from_secs(20);
 /// How long to watch for a notice that must not come.
 const QUIET: Duration = Duration::from_millis(500);
 
-fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
-    let c = contact(who, "professional", &format!("{}@example.nl", who.to_lowercase().replace([' ', '.'], "")));
-    pb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
-}
-
 /// A registration with a professional whose name, e-mail and phone are all unique to `who`.
 fn req_unique(bsn: &str, who: &str, phone: &str) -> pb::RegisterSignalRequest {
-    let mut r = req(bsn, who);
+    let mut r = req_by(bsn, who);
     r.professional.as_mut().unwrap().phone = phone.into();
     r
-}
-
-fn email_of(who: &str) -> String {
-    format!("{}@example.nl", who.to_lowercase().replace([' ', '.'], ""))
 }
 
 /// A valid BSN (D9) for every `seed` < 900_000, distinct per seed.
@@ -228,8 +218,8 @@ async fn settled(regions: &[&RunningRegion]) {
 async fn cross_region_match_is_notified_in_both_regions() {
     let (_dir, regions) = federation(&["rotterdam", "utrecht"]).await;
     let (rdam, utr) = (&regions[0], &regions[1]);
-    rdam.org_client("jeugdzorg").await.unwrap().register_signal(req("111222333", "R Jansen")).await.unwrap();
-    utr.org_client("school").await.unwrap().register_signal(req("111222333", "U Bakker")).await.unwrap();
+    rdam.org_client("jeugdzorg").await.unwrap().register_signal(req_by("111222333", "R Jansen")).await.unwrap();
+    utr.org_client("school").await.unwrap().register_signal(req_by("111222333", "U Bakker")).await.unwrap();
     let at_r = notices(rdam, "jeugdzorg", 0, 1).await;
     let at_u = notices(utr, "school", 0, 1).await;
     assert_eq!(at_r[0].kind, pb::NoticeKind::MatchCreated as i32);
@@ -258,7 +248,7 @@ async fn d5_three_region_child_is_matched_in_every_region() {
     let child = bsn(1);
     let mut ids = Vec::new();
     for (i, r) in regions.iter().enumerate() {
-        ids.push(register(r, orgs[i], req(&child, profs[i])).await);
+        ids.push(register(r, orgs[i], req_by(&child, profs[i])).await);
     }
     for i in 0..3 {
         let expected: BTreeSet<String> =
@@ -427,8 +417,8 @@ async fn invariant5_concurrent_registration_race_in_two_regions_matches_once_at_
         let child = bsn(400 + i);
         let (mut rc2, mut uc2) = (rc.clone(), uc.clone());
         let (a, b) = tokio::join!(
-            rc2.register_signal(req(&child, "Race Rotterdam")),
-            uc2.register_signal(req(&child, "Race Utrecht"))
+            rc2.register_signal(req_by(&child, "Race Rotterdam")),
+            uc2.register_signal(req_by(&child, "Race Utrecht"))
         );
         r_ids.insert(a.unwrap().into_inner().signal.unwrap().signal_id);
         u_ids.insert(b.unwrap().into_inner().signal.unwrap().signal_id);
@@ -461,8 +451,8 @@ async fn d7_withdrawal_in_one_region_ends_the_match_in_both() {
     let mut us = Watcher::open(utr, "school").await;
     // One signal on each side; rotterdam withdraws (concern resolved).
     let child = bsn(500);
-    let r_id = register(rdam, "jeugdzorg", req(&child, "Wim Weg")).await;
-    register(utr, "school", req(&child, "Uri Blijft")).await;
+    let r_id = register(rdam, "jeugdzorg", req_by(&child, "Wim Weg")).await;
+    register(utr, "school", req_by(&child, "Uri Blijft")).await;
     assert_eq!(kind(&rj.one().await), pb::NoticeKind::MatchCreated);
     assert_eq!(kind(&us.one().await), pb::NoticeKind::MatchCreated);
     withdraw(rdam, "jeugdzorg", &r_id, pb::WithdrawReason::ConcernResolved).await;
@@ -485,11 +475,11 @@ async fn d7_withdrawing_one_of_two_local_signals_ends_only_that_party_across_the
     let mut us = Watcher::open(utr, "school").await;
     // Two organisations in rotterdam and one in utrecht on the same child.
     let child = bsn(501);
-    let rj_id = register(rdam, "jeugdzorg", req(&child, "Jet Eerst")).await;
-    register(utr, "school", req(&child, "Ubbo Ander")).await;
+    let rj_id = register(rdam, "jeugdzorg", req_by(&child, "Jet Eerst")).await;
+    register(utr, "school", req_by(&child, "Ubbo Ander")).await;
     assert_eq!(keys(&rj.one().await.counterparts), set(&["utrecht/school/Ubbo Ander"]));
     assert_eq!(keys(&us.one().await.counterparts), set(&["rotterdam/jeugdzorg/Jet Eerst"]));
-    register(rdam, "school", req(&child, "Sien Tweede")).await;
+    register(rdam, "school", req_by(&child, "Sien Tweede")).await;
     // The new local reporter learns both; the others learn of the new one only.
     let n = rs.one().await;
     assert_eq!(kind(&n), pb::NoticeKind::MatchCreated);
@@ -537,10 +527,10 @@ async fn d4_expiry_ends_the_match_in_both_regions() {
     let mut rj = Watcher::open(rdam, "jeugdzorg").await;
     let mut us = Watcher::open(utr, "school").await;
     let child = bsn(600);
-    let mut short = req(&child, "Kees Kort");
+    let mut short = req_by(&child, "Kees Kort");
     short.removal_date = (clock.today() + chrono::Duration::days(7)).to_string();
     register(rdam, "jeugdzorg", short).await;
-    register(utr, "school", req(&child, "Lotte Lang")).await;
+    register(utr, "school", req_by(&child, "Lotte Lang")).await;
     assert_eq!(keys(&rj.one().await.counterparts), set(&["utrecht/school/Lotte Lang"]));
     assert_eq!(keys(&us.one().await.counterparts), set(&["rotterdam/jeugdzorg/Kees Kort"]));
     clock.advance(chrono::Duration::days(8));
@@ -572,7 +562,7 @@ async fn d6_history_notice_across_regions() {
     withdraw(rdam, "jeugdzorg", &r_id, pb::WithdrawReason::ConcernResolved).await;
     settled(&[rdam, utr]).await;
 
-    let u_id = register(utr, "school", req(&child, "Sjoerd Later")).await;
+    let u_id = register(utr, "school", req_by(&child, "Sjoerd Later")).await;
     let n = us.one().await;
     assert_eq!(kind(&n), pb::NoticeKind::History, "{}", describe(&n));
     assert_eq!(n.signal_id, u_id);
@@ -590,7 +580,7 @@ async fn d6_history_notice_across_regions() {
     // A second utrecht organisation signals while school's signal is active: the child no
     // longer has only archived signals, so (as within one region) no history notice, only
     // the local match (D5) naming school.
-    let u2_id = register(utr, "jeugdzorg", req(&child, "Joost Daarna")).await;
+    let u2_id = register(utr, "jeugdzorg", req_by(&child, "Joost Daarna")).await;
     let local = uj.take(1).await;
     assert_eq!(kind(&local[0]), pb::NoticeKind::MatchCreated, "{}", describe(&local[0]));
     assert_eq!(local[0].signal_id, u2_id);
@@ -611,19 +601,19 @@ async fn invariant8_peer_down_signals_queued_then_caught_up() {
     let zwolle = regions.pop().unwrap();
     let (rdam, utr) = (&regions[0], &regions[1]);
     let down_child = bsn(800);
-    let z_id = register(&zwolle, "school", req(&down_child, "Zoe Wacht")).await;
+    let z_id = register(&zwolle, "school", req_by(&down_child, "Zoe Wacht")).await;
     eventually("rotterdam knows zwolle's child", || rdam.handle.store().peer_index_len("zwolle") == 1).await;
     settled(&[rdam, utr, &zwolle]).await;
     let z_files = zwolle.stop().await.unwrap();
 
     let mut rj = Watcher::open(rdam, "jeugdzorg").await;
     let mut us = Watcher::open(utr, "school").await;
-    let r_id = register(rdam, "jeugdzorg", req(&down_child, "Ruud Rotterdam")).await;
+    let r_id = register(rdam, "jeugdzorg", req_by(&down_child, "Ruud Rotterdam")).await;
     assert!(rdam.handle.store().outbox_depth("zwolle") > 0, "the publish for zwolle waits in the outbox");
     // The federation works meanwhile: rotterdam and utrecht match on another child.
     let other = bsn(801);
-    register(rdam, "jeugdzorg", req(&other, "Ruud Rotterdam")).await;
-    register(utr, "school", req(&other, "Ulco Utrecht")).await;
+    register(rdam, "jeugdzorg", req_by(&other, "Ruud Rotterdam")).await;
+    register(utr, "school", req_by(&other, "Ulco Utrecht")).await;
     assert_eq!(keys(&rj.one().await.counterparts), set(&["utrecht/school/Ulco Utrecht"]));
     assert_eq!(keys(&us.one().await.counterparts), set(&["rotterdam/jeugdzorg/Ruud Rotterdam"]));
     assert!(rdam.handle.store().outbox_depth("zwolle") > 0, "still queued while zwolle is down");
@@ -645,18 +635,6 @@ async fn invariant8_peer_down_signals_queued_then_caught_up() {
 }
 
 // ---- invariant 4 ----------------------------------------------------------------------
-
-/// Environment variables that would silently change what a child process does.
-const VIRFED_ENV: &[&str] = &[
-    "VIRFED_CONFIG",
-    "VIRFED_REGION",
-    "VIRFED_DATA_DIR",
-    "VIRFED_LISTEN",
-    "VIRFED_TLS_CA",
-    "VIRFED_TLS_CERT",
-    "VIRFED_TLS_KEY",
-    "VIRFED_MATCH_OFFICER_ORG",
-];
 
 /// `virfed node --config CONFIG` as a child process; killed if the test panics.
 fn spawn_node(config: &Path, log: &Path) -> Child {
@@ -737,7 +715,7 @@ async fn invariant4_outbox_survives_kill_9_of_the_sender() {
     // Utrecht goes down first, so rotterdam's publishes can only wait in its outbox.
     let b_files = utr.stop().await.unwrap();
     let child = bsn(900);
-    let resp = a_org().await.register_signal(req(&child, "Karel Kill")).await.unwrap().into_inner();
+    let resp = a_org().await.register_signal(req_by(&child, "Karel Kill")).await.unwrap().into_inner();
     let a_id = resp.signal.unwrap().signal_id;
     node.start_kill().unwrap();
     let status = tokio::time::timeout(STEP, node.wait()).await.expect("killed node exits").unwrap();
@@ -748,7 +726,7 @@ async fn invariant4_outbox_survives_kill_9_of_the_sender() {
     let utr = RunningRegion::start_with(b_files, clock.clone()).await.unwrap();
     let mut us = Watcher::open(&utr, "school").await;
     let mut aw = Watcher::on(a_org().await, "rotterdam(process)/jeugdzorg").await;
-    let u_id = register(&utr, "school", req(&child, "Uwe Overleeft")).await;
+    let u_id = register(&utr, "school", req_by(&child, "Uwe Overleeft")).await;
 
     let n = us.one().await;
     assert_eq!(kind(&n), pb::NoticeKind::MatchCreated, "{}", describe(&n));
@@ -789,10 +767,10 @@ async fn join_a_new_region_gets_all_existing_matches() {
     {
         let (rdam, utr) = (&regions[0], &regions[1]);
         let mut rj = Watcher::open(rdam, "jeugdzorg").await;
-        register(rdam, "jeugdzorg", req(&shared, "Reinier Eerst")).await;
-        register(rdam, "jeugdzorg", req(&early, "Reinier Eerst")).await;
-        register(rdam, "jeugdzorg", req(&r_only, "Reinier Eerst")).await;
-        register(utr, "school", req(&shared, "Ursula Eerst")).await;
+        register(rdam, "jeugdzorg", req_by(&shared, "Reinier Eerst")).await;
+        register(rdam, "jeugdzorg", req_by(&early, "Reinier Eerst")).await;
+        register(rdam, "jeugdzorg", req_by(&r_only, "Reinier Eerst")).await;
+        register(utr, "school", req_by(&shared, "Ursula Eerst")).await;
         assert_eq!(keys(&rj.one().await.counterparts), set(&["utrecht/school/Ursula Eerst"]));
         settled(&[rdam, utr]).await;
         assert_eq!(rdam.handle.store().outbox_depth("zwolle"), 0, "zwolle is no peer yet");
@@ -821,8 +799,8 @@ async fn join_a_new_region_gets_all_existing_matches() {
     let _ = rj.take(1).await; // the earlier rotterdam-utrecht match
     let _ = us.take(1).await;
     let mut zj = Watcher::open(&zwolle, "jeugdzorg").await;
-    let z_shared = register(&zwolle, "jeugdzorg", req(&shared, "Zander Nieuw")).await;
-    let z_early = register(&zwolle, "jeugdzorg", req(&early, "Zander Nieuw")).await;
+    let z_shared = register(&zwolle, "jeugdzorg", req_by(&shared, "Zander Nieuw")).await;
+    let z_early = register(&zwolle, "jeugdzorg", req_by(&early, "Zander Nieuw")).await;
 
     let mut at_z: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for n in zj.take(3).await {

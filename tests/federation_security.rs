@@ -7,10 +7,12 @@
 //! on that peer's configured address (with a node certificate of that region), so the node's
 //! own delivery path runs unchanged and every message it sends is captured as it arrived.
 
+mod common;
+
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,13 +25,15 @@ use virfed::config::Config;
 use virfed::domain::{Addressee, Bsn, NoticeKind, OrgId, SystemClock};
 use virfed::federation::OutItem;
 use virfed::federation::PROTOCOL_VERSION;
-use virfed::fixture::{contact, FederationFiles, RegionFiles, RunningRegion};
+use virfed::kit::fixture::{contact, FederationFiles, RegionFiles, RunningRegion};
 use virfed::pb::client as cpb;
 use virfed::pb::federation as fpb;
 use virfed::pb::federation::item::Body;
 use virfed::pb::federation::peer_client::PeerClient;
 use virfed::pki::{client_config, connect, server_config, tls_incoming, Ca, CertSpec, Identity, TlsMaterial};
 use virfed::pseudonym::{bsn_point, BlindKey};
+
+use common::{files_under, req_by};
 
 // ---- fixture -------------------------------------------------------------------------------
 
@@ -161,18 +165,8 @@ fn point_of(bsn: &str) -> (BlindKey, Vec<u8>) {
     (key, point)
 }
 
-fn register_req(bsn: &str, who: &str) -> cpb::RegisterSignalRequest {
-    let c = contact(who, "professional", &format!("{}@example.nl", who.to_lowercase().replace([' ', '.'], "")));
-    cpb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(cpb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
-}
-
 async fn register(region: &RunningRegion, org: &str, bsn: &str) {
-    region.org_client(org).await.unwrap().register_signal(register_req(bsn, &format!("{org} pro"))).await.unwrap();
+    region.org_client(org).await.unwrap().register_signal(req_by(bsn, &format!("{org} pro"))).await.unwrap();
 }
 
 fn audit_count(region: &RunningRegion, action: &str) -> usize {
@@ -742,17 +736,6 @@ fn substrings_in(hay: &[u8], canaries: &HashSet<&[u8]>) -> BTreeSet<String> {
         }
     }
     found
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 /// Real rotterdam and utrecht nodes federate with each other and with a fake zwolle, whose

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use virfed::config::Config;
 use virfed::domain::SystemClock;
-use virfed::fixture::{contact, free_port, FederationFiles, RunningRegion};
 use virfed::health::metrics::{families, is_documented, METRICS};
 use virfed::health::sweep::{self, exit_code, Link};
+use virfed::kit::fixture::{contact, free_port, FederationFiles, RunningRegion};
 use virfed::pb::admin as admin_pb;
 use virfed::pb::admin::status_client::StatusClient;
 use virfed::pb::client as pb;
@@ -73,7 +73,7 @@ fn register(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
 }
 
 /// Rewrites the address of `peer` in a region's config to `address` (before start).
-fn set_peer_address(files: &mut virfed::fixture::RegionFiles, peer: &str, address: &str) {
+fn set_peer_address(files: &mut virfed::kit::fixture::RegionFiles, peer: &str, address: &str) {
     let text = std::fs::read_to_string(&files.config_path).expect("config");
     let mut out = String::new();
     let mut in_peer = false;

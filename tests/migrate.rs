@@ -95,7 +95,7 @@ async fn regenerate_store_v1_fixture() {
         let new = virfed::registry::NewSignal {
             child: local.child_key(&bsn),
             org: org.id.clone(),
-            professional: virfed::fixture::contact("F. Ixture", "professional", "fixture@example.nl"),
+            professional: virfed::kit::fixture::contact("F. Ixture", "professional", "fixture@example.nl"),
             date_of_birth: chrono::NaiveDate::from_ymd_opt(2014, 5, 1).unwrap(),
             removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(),
             now: SystemClock.now(),

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use tempfile::TempDir;
 
-use virfed::demo::valid_bsns;
 use virfed::domain::{Clock, Contact, ManualClock, OrgDomain, OrgId, Organisation};
-use virfed::fixture::{RunningRegion, MATCH_OFFICER_ORG};
+use virfed::kit::fixture::valid_bsns;
+use virfed::kit::fixture::{RunningRegion, MATCH_OFFICER_ORG};
 use virfed::participation::{report, OrgParticipation, ParticipationConfig, ParticipationReport};
 use virfed::pb::client as pb;
 use virfed::store::AuditEntry;

@@ -7,21 +7,13 @@ use std::sync::Arc;
 use chrono::TimeZone;
 use tonic::Code;
 use virfed::domain::ManualClock;
-use virfed::fixture::{contact, RunningRegion, MATCH_OFFICER_ORG};
+use virfed::kit::fixture::{register_request, RunningRegion, MATCH_OFFICER_ORG};
 use virfed::pb::admin::organisations_client::OrganisationsClient;
 use virfed::pb::admin::ParticipationRequest;
-use virfed::pb::client as pb;
 use virfed::pki::Identity;
 
-fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
-    let c = contact(who, "professional", "secret.person@example.nl");
-    pb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
-}
+/// The professionals' e-mail: it must never appear in the participation report.
+const SECRET_EMAIL: &str = "secret.person@example.nl";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participation_flags_the_quiet_organisation_and_is_only_for_operators_and_the_municipality() {
@@ -31,11 +23,29 @@ async fn participation_flags_the_quiet_organisation_and_is_only_for_operators_an
     for (id, domain) in [("school-a", "education"), ("school-b", "education"), (MATCH_OFFICER_ORG, "other")] {
         region.add_org(id, id, domain, None).await.unwrap();
     }
-    let bsns = virfed::demo::valid_bsns(123_000_000, 3);
-    region.org_client("school-a").await.unwrap().register_signal(req(&bsns[0], "Anna Canary")).await.unwrap();
-    region.org_client("school-b").await.unwrap().register_signal(req(&bsns[1], "Bert Canary")).await.unwrap();
+    let bsns = virfed::kit::fixture::valid_bsns(123_000_000, 3);
+    region
+        .org_client("school-a")
+        .await
+        .unwrap()
+        .register_signal(register_request(&bsns[0], "Anna Canary", SECRET_EMAIL))
+        .await
+        .unwrap();
+    region
+        .org_client("school-b")
+        .await
+        .unwrap()
+        .register_signal(register_request(&bsns[1], "Bert Canary", SECRET_EMAIL))
+        .await
+        .unwrap();
     clock.advance(chrono::Duration::days(200));
-    region.org_client("school-a").await.unwrap().register_signal(req(&bsns[2], "Anna Canary")).await.unwrap();
+    region
+        .org_client("school-a")
+        .await
+        .unwrap()
+        .register_signal(register_request(&bsns[2], "Anna Canary", SECRET_EMAIL))
+        .await
+        .unwrap();
 
     let report = region
         .operator()

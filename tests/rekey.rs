@@ -1,23 +1,17 @@
 //! Re-keying a node's blinding secret (`virfed rekey`) keeps every cross-region match,
 //! makes none twice, and later registrations still match under the new key.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use virfed::domain::SystemClock;
-use virfed::fixture::{contact, FederationFiles, RunningRegion};
+use virfed::kit::fixture::{FederationFiles, RunningRegion};
 use virfed::pb::client as pb;
 
-fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
-    let c = contact(who, "professional", "someone@example.nl");
-    pb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
-}
+use common::req;
 
 /// Notices after `after`: exactly `n` within 10 s each, then none for `quiet`.
 async fn exactly(region: &RunningRegion, org: &str, after: u64, n: usize, quiet: Duration) -> Vec<pb::Notice> {

@@ -6,6 +6,8 @@
 //! - Durability and the CLI run the real `virfed` binary as a child process, on a port
 //!   picked by binding port 0 and releasing it. Readiness is polled, never slept for.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +25,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use virfed::domain::SystemClock;
-use virfed::fixture::{RegionFiles, RunningRegion};
+use virfed::kit::fixture::{RegionFiles, RunningRegion};
 use virfed::pb::admin as admin_pb;
 use virfed::pb::admin::organisations_client::OrganisationsClient;
 use virfed::pb::client as pb;
@@ -31,6 +33,8 @@ use virfed::pb::client::signals_client::SignalsClient;
 use virfed::pki::{client_config, connect, Ca, CertSpec, Identity, TlsMaterial};
 use virfed::server::Node;
 use virfed::store::{Store, StoreOptions, SCHEMA_VERSION};
+
+use common::VIRFED_ENV;
 
 /// The binary under test.
 const VIRFED: &str = env!("CARGO_BIN_EXE_virfed");
@@ -40,24 +44,6 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long any single step (an RPC, a CLI run, a process exit) may take.
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Environment variables that would silently change what a child process does.
-const VIRFED_ENV: &[&str] = &[
-    "VIRFED_CONFIG",
-    "VIRFED_REGION",
-    "VIRFED_DATA_DIR",
-    "VIRFED_LISTEN",
-    "VIRFED_TLS_CA",
-    "VIRFED_TLS_CERT",
-    "VIRFED_TLS_KEY",
-    "VIRFED_MATCH_OFFICER_ORG",
-    "VIRFED_CA_DIR",
-    "VIRFED_NODE",
-    "VIRFED_SERVER_NAME",
-    "VIRFED_CA",
-    "VIRFED_CERT",
-    "VIRFED_KEY",
-];
 
 // ---- helpers --------------------------------------------------------------------------
 
@@ -330,7 +316,7 @@ async fn tls_fixture() -> TlsFixture {
 async fn tls_fixture_from(tmp: tempfile::TempDir, files: RegionFiles) -> TlsFixture {
     let region = RunningRegion::start_with(files, Arc::new(SystemClock)).await.expect("start region");
     region.add_org("jeugdzorg", "Jeugdzorg Rijnmond", "youth-care", None).await.expect("add organisation");
-    let bsn = &virfed::demo::valid_bsns(111_222_333, 1)[0];
+    let bsn = &virfed::kit::fixture::valid_bsns(111_222_333, 1)[0];
     let signal_id = region
         .org_client("jeugdzorg")
         .await
@@ -477,7 +463,7 @@ async fn invariant6_operator_certificate_cannot_use_client_api() {
     let status = signals.list_matches(pb::ListMatchesRequest {}).await.expect_err("an operator listed matches");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("organisation certificate"), "the refusal should say what to use: {status:?}");
-    let bsn = &virfed::demo::valid_bsns(222_333_444, 1)[0];
+    let bsn = &virfed::kit::fixture::valid_bsns(222_333_444, 1)[0];
     let status =
         signals.register_signal(register_request(bsn, "Operator")).await.expect_err("an operator registered a signal");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -607,7 +593,7 @@ async fn invariant4_acknowledged_writes_survive_kill_9() {
         admin.add_organisation(organisation(id, domain)).await.expect("add organisation");
     }
 
-    let bsns = Arc::new(virfed::demo::valid_bsns(100_000_000, 20 * TARGET_ACKS));
+    let bsns = Arc::new(virfed::kit::fixture::valid_bsns(100_000_000, 20 * TARGET_ACKS));
     let next = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let killed = Arc::new(AtomicBool::new(false));

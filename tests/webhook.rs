@@ -2,14 +2,17 @@
 //! organisation is POSTed as JSON with an HMAC signature, retried until the receiver
 //! answers 2xx, delivered once per cursor, and never carries a BSN.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use virfed::domain::SystemClock;
-use virfed::fixture::{contact, RegionFiles, RunningRegion};
-use virfed::pb::client as pb;
+use virfed::kit::fixture::{RegionFiles, RunningRegion};
+
+use common::req;
 
 /// One received POST: its signature header and body.
 #[derive(Clone, Debug)]
@@ -79,16 +82,6 @@ async fn receiver(refuse: usize) -> (String, Arc<Mutex<Vec<Received>>>, Arc<Mute
         }
     });
     (url, got, attempts)
-}
-
-fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
-    let c = contact(who, "professional", "someone@example.nl");
-    pb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

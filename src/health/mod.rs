@@ -13,12 +13,10 @@
 //! - [`http`]: the plain-HTTP port: `/healthz`, `/readyz`, `/metrics`.
 //! - [`sweep`]: `virfed status`: query many nodes in parallel, render the node table, the
 //!   link matrix and warnings, and the exit code; reusable by a dashboard.
-//! - [`bench`]: `virfed bench status`.
 //!
 //! Small-count suppression: a count of signals or matches below 5 is reported as "<5"
 //! (and exported as 0 in metrics), so that no figure points at a child.
 
-pub mod bench;
 pub mod http;
 pub mod metrics;
 pub mod probe;

@@ -7,12 +7,15 @@
 //! - [`ca`]: the CA tooling on rcgen — a CA directory (`ca.pem`, `ca.key`), issuing
 //!   client and server certificates, certificate revocation lists, and the helpers that
 //!   write and check secret files (0600, refused when group/world readable).
-//! - [`tls`]: all rustls configuration, as in linkerd2-proxy: one module builds the
-//!   server config (client certificate required, chained to the federation CA, CRLs
-//!   honoured) and the client config (trusts only that CA), always with the ring
-//!   provider chosen explicitly so no process-wide default can change what we accept.
-//! - [`reload`]: server and client configs built from [`TlsFiles`] that re-read the CA,
-//!   CRLs, certificate and key when those files change, without a restart.
+//! - [`tls`]: all rustls configuration, as in linkerd2-proxy: one policy, one pair of
+//!   builders, [`server_config`] (client certificate required, chained to the CA, CRLs
+//!   honoured) and [`client_config`] / [`client_config_expecting`] (trusts only that CA,
+//!   honours its CRLs, optionally pins the server's identity), for production and tests
+//!   alike, always with the ring provider chosen explicitly so no process-wide default can
+//!   change what we accept, and without session resumption. Each takes a [`TlsSource`]:
+//!   [`TlsFiles`] or in-memory [`TlsMaterial`].
+//! - [`reload`]: [`TlsFiles`] and how they are loaded: the verifiers and certificates
+//!   built from files are re-read when those files change, without a restart.
 //! - [`transport`]: TLS over TCP for tonic — an accept loop that turns verified
 //!   connections into [`TlsConn`]s carrying a [`PeerInfo`] (handlers read it from the
 //!   request extensions), and client channels over the same client config.
@@ -33,8 +36,8 @@ pub use ca::{
     REVOKED_FILE,
 };
 pub use identity::{identity_from_cert, validate_id, Identity};
-pub use reload::{reloading_client_config, reloading_client_config_expecting, reloading_server_config, TlsFiles};
-pub use tls::{client_config, server_config, TlsMaterial};
+pub use reload::TlsFiles;
+pub use tls::{client_config, client_config_expecting, server_config, TlsMaterial, TlsSource};
 pub use transport::{connect, connect_lazy, peer_of, require_region, tls_incoming, PeerInfo, TlsConn};
 
 /// Everything that can go wrong with certificates, keys and TLS set-up.

@@ -1,45 +1,35 @@
-//! TLS configurations that follow their files: revoke a certificate or renew one, and
-//! the running node uses the new files on its next handshake, without a restart.
+//! TLS inputs that follow their files: revoke a certificate or renew one, and the running
+//! node uses the new files on its next handshake, without a restart.
 //!
-//! This file owns [`TlsFiles`] (the paths of a node's CA, certificate, key and CRLs) and
-//! the two builders [`reloading_server_config`] and [`reloading_client_config`]. Each
-//! config gets a verifier (client certificates on the server side, the server
-//! certificate on the client side) and a certificate resolver that wrap a rustls
-//! [`WebPkiClientVerifier`] / [`WebPkiServerVerifier`] / [`CertifiedKey`] held in a
-//! `RwLock<Arc<_>>`.
+//! This file owns [`TlsFiles`] (the paths of a node's CA, certificate, key and CRLs),
+//! how they are loaded, and [`Held`]: a verifier or certificate that is either fixed
+//! (in-memory material) or watched (`Watched`: rebuilt from its files when they change).
+//! The configs themselves, and the verifiers and resolver that read a `Held`, are built
+//! in [`super::tls`], the same for both kinds of source.
 //!
-//! On every handshake each of them calls `metadata()` on its files (a few microseconds,
-//! no read) and compares device, inode, size, modification and change times with what
-//! it last loaded. Only when something changed are the files read and parsed again. A
-//! reload that fails (a half-written file, a key that does not match its certificate,
-//! a key readable by others) logs a warning and keeps the last good configuration, so a
-//! bad edit never locks the federation out; the files are tried again as soon as they
-//! change again (a `chmod` counts, through the change time).
+//! On every handshake each watched value calls `metadata()` on its files (a few
+//! microseconds, no read) and compares device, inode, size, modification and change times
+//! with what it last loaded. Only when something changed are the files read and parsed
+//! again. A reload that fails (a half-written file, a key that does not match its
+//! certificate, a key readable by others) logs a warning and keeps the last good
+//! configuration, so a bad edit never locks the federation out; the files are tried
+//! again as soon as they change again (a `chmod` counts, through the change time).
 //!
-//! Session resumption is switched off on both sides: a resumed TLS 1.3 session skips
-//! certificate verification, which would let a revoked peer back in on an old ticket.
-//! What is not covered here: an already established connection is not closed when its
-//! peer's certificate is revoked; revocation applies from the peer's next handshake.
+//! Session resumption is off on both sides (see [`super::tls`]), so a revoked peer cannot
+//! come back on an old ticket. What is not covered here: an already established
+//! connection is not closed when its peer's certificate is revoked; revocation applies
+//! from the peer's next handshake.
 
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig, SignatureScheme,
-};
 use tracing::{info, warn};
 
 use super::ca::check_secret_file_mode;
-use super::identity::{identity_from_cert, Identity};
-use super::tls::{parse_certs, parse_crls, parse_key, provider, root_store_from, ALPN_H2};
+use super::tls::{certified_key, parse_certs, parse_crls, parse_key, root_store_from, Trust};
 use super::PkiError;
 
 /// Where a node's TLS material lives. Every file is re-read when it changes.
@@ -56,68 +46,16 @@ pub struct TlsFiles {
     pub crls: Vec<PathBuf>,
 }
 
-/// A server config whose client-certificate verifier (client certificate REQUIRED,
-/// chained to `files.ca`, not revoked by `files.crls`) and server certificate follow
-/// the files. Ring provider, ALPN `h2`, no session resumption.
-///
-/// Fails when the files cannot be loaded now; later failures keep the last good state.
-pub fn reloading_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, PkiError> {
-    let verifier = Arc::new(ReloadingClientVerifier {
-        inner: Watched::new("client certificate verifier", trust_files(files), load_client_verifier)?,
-    });
-    let resolver =
-        Arc::new(ReloadingCertKey { inner: Watched::new("server certificate", key_files(files), load_certified_key)? });
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PkiError::Tls(format!("protocol versions: {e}")))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
-}
+impl TlsFiles {
+    /// `[ca, crls...]`: what a verifier is built from (see [`load_trust`]).
+    pub(super) fn trust_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.ca.clone()).chain(self.crls.iter().cloned()).collect()
+    }
 
-/// A client config whose server verifier (chained to `files.ca`, valid for the name we
-/// dial, serverAuth, not revoked by `files.crls`) and client certificate follow the
-/// files. Ring provider, ALPN `h2`, no session resumption.
-pub fn reloading_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, PkiError> {
-    client_config_with(files, None)
-}
-
-/// Like [`reloading_client_config`], and the server's certificate must also name
-/// `expected` (e.g. `Identity::Region("rijnmond")` when dialling the rijnmond node),
-/// so a node cannot answer for another region even if it listens at that address.
-pub fn reloading_client_config_expecting(files: &TlsFiles, expected: Identity) -> Result<Arc<ClientConfig>, PkiError> {
-    client_config_with(files, Some(expected))
-}
-
-fn client_config_with(files: &TlsFiles, expected: Option<Identity>) -> Result<Arc<ClientConfig>, PkiError> {
-    let verifier = Arc::new(ReloadingServerVerifier {
-        inner: Watched::new("server certificate verifier", trust_files(files), load_server_verifier)?,
-        expected,
-    });
-    let resolver =
-        Arc::new(ReloadingCertKey { inner: Watched::new("client certificate", key_files(files), load_certified_key)? });
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PkiError::Tls(format!("protocol versions: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(resolver);
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    config.resumption = Resumption::disabled();
-    Ok(Arc::new(config))
-}
-
-/// `[ca, crls...]`: what a verifier is built from.
-fn trust_files(files: &TlsFiles) -> Vec<PathBuf> {
-    std::iter::once(files.ca.clone()).chain(files.crls.iter().cloned()).collect()
-}
-
-/// `[cert, key]`: what a certificate resolver is built from.
-fn key_files(files: &TlsFiles) -> Vec<PathBuf> {
-    vec![files.cert.clone(), files.key.clone()]
+    /// `[cert, key]`: what a certificate resolver is built from (see [`load_certified_key`]).
+    pub(super) fn key_files(&self) -> Vec<PathBuf> {
+        vec![self.cert.clone(), self.key.clone()]
+    }
 }
 
 fn read(path: &Path, action: &'static str) -> Result<Vec<u8>, PkiError> {
@@ -125,9 +63,7 @@ fn read(path: &Path, action: &'static str) -> Result<Vec<u8>, PkiError> {
 }
 
 /// Roots from `paths[0]`, CRLs from `paths[1..]`.
-fn load_trust(
-    paths: &[PathBuf],
-) -> Result<(Arc<rustls::RootCertStore>, Vec<rustls::pki_types::CertificateRevocationListDer<'static>>), PkiError> {
+pub(super) fn load_trust(paths: &[PathBuf]) -> Result<Trust, PkiError> {
     let (ca, crl_paths) =
         paths.split_first().ok_or_else(|| PkiError::InvalidSpec("no CA certificate file given".into()))?;
     let roots = root_store_from(&read(ca, "read the CA certificate")?, &ca.display().to_string())?;
@@ -139,39 +75,50 @@ fn load_trust(
     Ok((Arc::new(roots), crls))
 }
 
-fn load_client_verifier(paths: &[PathBuf]) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
-    let (roots, crls) = load_trust(paths)?;
-    WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .with_crls(crls)
-        .build()
-        .map_err(|e| PkiError::Tls(format!("client certificate verifier: {e}")))
-}
-
-fn load_server_verifier(paths: &[PathBuf]) -> Result<Arc<WebPkiServerVerifier>, PkiError> {
-    let (roots, crls) = load_trust(paths)?;
-    WebPkiServerVerifier::builder_with_provider(roots, provider())
-        .with_crls(crls)
-        .build()
-        .map_err(|e| PkiError::Tls(format!("server certificate verifier: {e}")))
-}
-
-/// `paths` is `[cert, key]`.
-fn load_certified_key(paths: &[PathBuf]) -> Result<Arc<CertifiedKey>, PkiError> {
+/// `paths` is `[cert, key]`; the key file is refused when group or others can read it.
+pub(super) fn load_certified_key(paths: &[PathBuf]) -> Result<Arc<CertifiedKey>, PkiError> {
     let [cert, key] = paths else {
         return Err(PkiError::InvalidSpec("need a certificate and a key file".into()));
     };
     check_secret_file_mode(key)?;
     let chain = parse_certs(&read(cert, "read the certificate")?, &cert.display().to_string())?;
     let der = parse_key(&read(key, "read the private key")?, &key.display().to_string())?;
-    let certified = CertifiedKey::from_der(chain, der, &provider()).map_err(|e| match e {
+    certified_key(chain, der).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => {
             PkiError::KeyMismatch { key: key.display().to_string(), cert: cert.display().to_string() }
         }
         other => {
             PkiError::Pem { what: key.display().to_string(), reason: format!("not a usable private key ({other})") }
         }
-    })?;
-    Ok(Arc::new(certified))
+    })
+}
+
+/// A verifier or certificate as a config's verifiers and resolver hold it.
+#[derive(Debug)]
+pub(super) enum Held<T> {
+    /// Built once from in-memory material.
+    Fixed(T),
+    /// Rebuilt from its files when they change.
+    Watched(Watched<T>),
+}
+
+impl<T: Clone> Held<T> {
+    /// Loads `load(paths)` now (failing if it cannot) and watches `paths`.
+    pub(super) fn watch(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        load: impl Fn(&[PathBuf]) -> Result<T, PkiError> + Send + Sync + 'static,
+    ) -> Result<Held<T>, PkiError> {
+        Ok(Held::Watched(Watched::new(what, paths, Box::new(load))?))
+    }
+
+    /// The current value, reloaded first if any watched file changed (once per handshake).
+    pub(super) fn get(&self) -> T {
+        match self {
+            Held::Fixed(value) => value.clone(),
+            Held::Watched(watched) => watched.get(),
+        }
+    }
 }
 
 /// What `metadata()` tells about a file, enough to notice any replacement or edit.
@@ -200,12 +147,15 @@ fn stamps(paths: &[PathBuf]) -> Vec<Option<FileStamp>> {
         .collect()
 }
 
+/// Builds a value from its files.
+type Loader<T> = Box<dyn Fn(&[PathBuf]) -> Result<T, PkiError> + Send + Sync>;
+
 /// A value built from files, rebuilt when their stamps change; the last good value is
 /// kept when a rebuild fails.
-struct Watched<T> {
+pub(super) struct Watched<T> {
     what: &'static str,
     paths: Vec<PathBuf>,
-    load: fn(&[PathBuf]) -> Result<T, PkiError>,
+    load: Loader<T>,
     current: RwLock<T>,
     /// The stamps of the last load attempt, good or bad. Held during a reload, so
     /// concurrent handshakes reload once and then all see the new value.
@@ -213,11 +163,7 @@ struct Watched<T> {
 }
 
 impl<T: Clone> Watched<T> {
-    fn new(
-        what: &'static str,
-        paths: Vec<PathBuf>,
-        load: fn(&[PathBuf]) -> Result<T, PkiError>,
-    ) -> Result<Self, PkiError> {
+    fn new(what: &'static str, paths: Vec<PathBuf>, load: Loader<T>) -> Result<Self, PkiError> {
         // Stamp before reading: a change during the read is seen as a change next time.
         let seen = stamps(&paths);
         let value = load(&paths)?;
@@ -256,150 +202,6 @@ impl<T> fmt::Debug for Watched<T> {
     }
 }
 
-/// Server side: verifies client certificates with the current WebPKI verifier.
-#[derive(Debug)]
-struct ReloadingClientVerifier {
-    inner: Watched<Arc<dyn ClientCertVerifier>>,
-}
-
-impl ClientCertVerifier for ReloadingClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    /// No hints: the slice would have to outlive a reload. Hints are optional in TLS,
-    /// and our clients hold exactly one certificate anyway.
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.get().verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().supported_verify_schemes()
-    }
-}
-
-impl ReloadingClientVerifier {
-    /// The current verifier without a file check (signature checks do not depend on
-    /// the files).
-    fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        self.inner.current.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-}
-
-/// Client side: verifies the server certificate with the current WebPKI verifier and,
-/// optionally, that it names the expected identity.
-#[derive(Debug)]
-struct ReloadingServerVerifier {
-    inner: Watched<Arc<WebPkiServerVerifier>>,
-    expected: Option<Identity>,
-}
-
-impl ReloadingServerVerifier {
-    fn current(&self) -> Arc<WebPkiServerVerifier> {
-        self.inner.current.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-}
-
-impl ServerCertVerifier for ReloadingServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified =
-            self.inner.get().verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        if let Some(expected) = &self.expected {
-            let other =
-                |e: PkiError| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
-            let actual = identity_from_cert(end_entity).map_err(other)?;
-            if &actual != expected {
-                return Err(other(PkiError::BadCertificate(format!(
-                    "the server's certificate names {actual}, but we dialled {expected}"
-                ))));
-            }
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().supported_verify_schemes()
-    }
-}
-
-/// Our own certificate and key, for either side.
-#[derive(Debug)]
-struct ReloadingCertKey {
-    inner: Watched<Arc<CertifiedKey>>,
-}
-
-impl ResolvesServerCert for ReloadingCertKey {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.inner.get())
-    }
-}
-
-impl ResolvesClientCert for ReloadingCertKey {
-    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.inner.get())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -414,7 +216,11 @@ mod tests {
 
     use super::*;
     use crate::pki::ca::{cert_serial, write_cert_pair, Ca, CertSpec, CRL_FILE};
+    use crate::pki::identity::{identity_from_cert, Identity};
+    use crate::pki::tls::{client_config, client_config_expecting, server_config};
     use crate::pki::transport::{require_region, tls_incoming, PeerInfo};
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ServerConfig};
 
     const TEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -533,16 +339,16 @@ mod tests {
         let fed = Fed::new();
         let (a, _) = fed.node("rijnmond");
         let (b, _) = fed.node("haaglanden");
-        let (addr_a, mut peers_a) = echo_server(reloading_server_config(&a).expect("server a")).await;
-        let (addr_b, mut peers_b) = echo_server(reloading_server_config(&b).expect("server b")).await;
-        try_echo(addr_a, reloading_client_config(&b).expect("client b")).await.expect("b dials a");
-        try_echo(addr_b, reloading_client_config(&a).expect("client a")).await.expect("a dials b");
+        let (addr_a, mut peers_a) = echo_server(server_config(&a).expect("server a")).await;
+        let (addr_b, mut peers_b) = echo_server(server_config(&b).expect("server b")).await;
+        try_echo(addr_a, client_config(&b).expect("client b")).await.expect("b dials a");
+        try_echo(addr_b, client_config(&a).expect("client a")).await.expect("a dials b");
         assert_eq!(peers_a.recv().await.expect("peer").identity, Identity::Region("haaglanden".into()));
         assert_eq!(peers_b.recv().await.expect("peer").identity, Identity::Region("rijnmond".into()));
         // Identity pinning on the client side.
-        let pinned = reloading_client_config_expecting(&b, Identity::Region("rijnmond".into())).expect("cfg");
+        let pinned = client_config_expecting(&b, Identity::Region("rijnmond".into())).expect("cfg");
         try_echo(addr_a, pinned).await.expect("a is rijnmond");
-        let wrong = reloading_client_config_expecting(&b, Identity::Region("utrecht".into())).expect("cfg");
+        let wrong = client_config_expecting(&b, Identity::Region("utrecht".into())).expect("cfg");
         let err = try_echo(addr_a, wrong).await.expect_err("a answered for utrecht");
         assert!(err.contains("we dialled region utrecht"), "{err}");
     }
@@ -555,14 +361,12 @@ mod tests {
         spec.dns_names = vec!["localhost".into()];
         let (coord, _) = fed.files("nji", &spec);
         let (b, _) = fed.node("haaglanden");
-        let (addr, _peers) = echo_server(reloading_server_config(&coord).expect("server")).await;
-        let err = try_echo(addr, reloading_client_config(&b).expect("client"))
-            .await
-            .expect_err("coordinator served as a node");
+        let (addr, _peers) = echo_server(server_config(&coord).expect("server")).await;
+        let err = try_echo(addr, client_config(&b).expect("client")).await.expect_err("coordinator served as a node");
         assert!(err.contains("extended key usage for server authentication"), "{err}");
         // As a client it is accepted, and it is a coordinator, not a region.
-        let (addr_b, mut peers) = echo_server(reloading_server_config(&b).expect("server b")).await;
-        try_echo(addr_b, reloading_client_config(&coord).expect("client")).await.expect("coordinator as client");
+        let (addr_b, mut peers) = echo_server(server_config(&b).expect("server b")).await;
+        try_echo(addr_b, client_config(&coord).expect("client")).await.expect("coordinator as client");
         assert_eq!(peers.recv().await.expect("peer").identity, Identity::Coordinator("nji".into()));
     }
 
@@ -572,9 +376,9 @@ mod tests {
         let (a, _) = fed.node("rijnmond");
         let (b, b_pem) = fed.node("haaglanden");
         let (c, _) = fed.node("utrecht");
-        let (addr, _peers) = echo_server(reloading_server_config(&a).expect("server")).await;
-        let client_b = reloading_client_config(&b).expect("b");
-        let client_c = reloading_client_config(&c).expect("c");
+        let (addr, _peers) = echo_server(server_config(&a).expect("server")).await;
+        let client_b = client_config(&b).expect("b");
+        let client_c = client_config(&c).expect("c");
         try_echo(addr, client_b.clone()).await.expect("b before revocation");
         try_echo(addr, client_c.clone()).await.expect("c before revocation");
 
@@ -595,7 +399,7 @@ mod tests {
         try_echo(addr, client_c.clone()).await.expect("c served despite a corrupt CRL");
         // The client side honours the CRL too: a client refuses a revoked server.
         Ca::publish_crl(&fed.ca_dir(), 7).expect("republish");
-        let (addr_b, _pb) = echo_server(reloading_server_config(&b).expect("server b")).await;
+        let (addr_b, _pb) = echo_server(server_config(&b).expect("server b")).await;
         let err = try_echo(addr_b, client_c).await.expect_err("c accepted revoked server b");
         assert!(err.contains("invalid peer certificate: Revoked"), "{err}");
     }
@@ -605,8 +409,8 @@ mod tests {
         let fed = Fed::new();
         let (a, a_pem) = fed.node("rijnmond");
         let (b, _) = fed.node("haaglanden");
-        let (addr, _peers) = echo_server(reloading_server_config(&a).expect("server")).await;
-        let client = reloading_client_config(&b).expect("client");
+        let (addr, _peers) = echo_server(server_config(&a).expect("server")).await;
+        let client = client_config(&b).expect("client");
         assert_eq!(try_echo(addr, client.clone()).await.expect("old"), serial(&a_pem));
         let (_, new_pem) = fed.node("rijnmond");
         assert_ne!(serial(&new_pem), serial(&a_pem));
@@ -628,17 +432,15 @@ mod tests {
         let (x, _) = foreign.node("haaglanden");
         // x presents a foreign certificate but trusts our CA: the server refuses it.
         let x_trusting_us = TlsFiles { ca: a.ca.clone(), crls: a.crls.clone(), ..x.clone() };
-        let (addr, mut peers) = echo_server(reloading_server_config(&a).expect("server")).await;
-        let err = try_echo(addr, reloading_client_config(&x_trusting_us).expect("x"))
-            .await
-            .expect_err("foreign client served");
+        let (addr, mut peers) = echo_server(server_config(&a).expect("server")).await;
+        let err = try_echo(addr, client_config(&x_trusting_us).expect("x")).await.expect_err("foreign client served");
         // Both test CAs have the same name: found by name, refused by signature.
         assert!(err.contains("DecryptError"), "{err}");
         // A foreign server is refused by our client.
-        let (addr_x, _px) = echo_server(reloading_server_config(&x).expect("server x")).await;
-        let err = try_echo(addr_x, reloading_client_config(&b).expect("b")).await.expect_err("foreign server accepted");
+        let (addr_x, _px) = echo_server(server_config(&x).expect("server x")).await;
+        let err = try_echo(addr_x, client_config(&b).expect("b")).await.expect_err("foreign server accepted");
         assert!(err.contains("BadSignature"), "{err}");
-        try_echo(addr, reloading_client_config(&b).expect("b")).await.expect("b served");
+        try_echo(addr, client_config(&b).expect("b")).await.expect("b served");
         assert_eq!(peers.recv().await.expect("peer").identity, Identity::Region("haaglanden".into()));
         assert!(peers.try_recv().is_err(), "the foreign client was reported");
     }
@@ -648,10 +450,10 @@ mod tests {
         let fed = Fed::new();
         let (mut a, _) = fed.node("rijnmond");
         std::fs::write(&a.crls[0], b"not a crl").expect("write");
-        let err = reloading_server_config(&a).expect_err("bad CRL accepted");
+        let err = server_config(&a).expect_err("bad CRL accepted");
         assert!(err.to_string().contains("crl.pem"), "{err}");
         a.crls = vec![fed.tmp.path().join("missing.pem")];
-        let err = reloading_client_config(&a).expect_err("missing CRL accepted");
+        let err = client_config(&a).expect_err("missing CRL accepted");
         assert!(err.to_string().contains("missing.pem"), "{err}");
     }
 

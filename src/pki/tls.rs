@@ -1,23 +1,43 @@
-//! Every rustls configuration of the crate is built here, and only here.
+//! Every rustls configuration of the crate is built here, and only here: one policy for
+//! production and tests alike.
 //!
-//! Keeping them in one file (as linkerd2-proxy does) means one place to review what we
-//! accept: the server always requires a client certificate chaining to the federation
-//! CA (and not on a CRL, when CRLs are given); the client trusts that CA alone, never the
-//! system roots, and always presents its own certificate. Both sides pick the ring
-//! provider explicitly rather than relying on a process-wide default provider, and speak
-//! ALPN `h2` because gRPC runs over HTTP/2.
+//! Keeping it in one file (as linkerd2-proxy does) means one place to review what we
+//! accept. [`server_config`] always requires a client certificate chaining to the CA
+//! (and not on a CRL, when CRLs are given). [`client_config`] trusts that CA alone, never
+//! the system roots, honours the same CRLs, and always presents its own certificate;
+//! [`client_config_expecting`] also pins the identity the server's certificate must name.
+//! Both sides pick the ring provider explicitly rather than relying on a process-wide
+//! default provider, speak ALPN `h2` because gRPC runs over HTTP/2, and switch session
+//! resumption off: a resumed TLS 1.3 session skips certificate verification, which
+//! would let a revoked peer back in on an old ticket.
+//!
+//! What a config is built from is a [`TlsSource`]: a node's [`TlsFiles`], re-read when
+//! they change (see [`super::reload`]), or [`TlsMaterial`] held in memory (the CLI, which
+//! reads its files once per run; tests, which mint their certificates). Either way the
+//! config gets the same verifiers and certificate resolver below; only where their
+//! inputs come from differs.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::ca::{check_secret_file_mode, IssuedCert};
+use super::identity::{identity_from_cert, Identity};
+use super::reload::{load_certified_key, load_trust, Held, TlsFiles};
 use super::PkiError;
 
 /// The ALPN protocol both sides offer: gRPC is HTTP/2.
@@ -33,7 +53,7 @@ pub struct TlsMaterial {
     pub cert_pem: Vec<u8>,
     /// Our private key, PEM. Secret.
     pub key_pem: Vec<u8>,
-    /// Certificate revocation lists, PEM each; honoured by [`server_config`].
+    /// Certificate revocation lists, PEM each; honoured on both sides.
     pub crl_pems: Vec<Vec<u8>>,
 }
 
@@ -79,57 +99,177 @@ impl TlsMaterial {
             crl_pems: Vec::new(),
         }
     }
+
+    /// The trust anchors and CRLs of this material.
+    fn trust(&self) -> Result<Trust, PkiError> {
+        let roots = root_store_from(&self.ca_pem, "CA certificate")?;
+        let mut crls = Vec::new();
+        for (i, pem) in self.crl_pems.iter().enumerate() {
+            crls.extend(parse_crls(pem, &format!("certificate revocation list #{}", i + 1))?);
+        }
+        Ok((Arc::new(roots), crls))
+    }
+}
+
+/// What a TLS configuration is built from.
+#[derive(Clone, Debug)]
+pub enum TlsSource {
+    /// A node's files, re-read on the next handshake after they change.
+    Files(TlsFiles),
+    /// PEM read once or minted in memory.
+    Material(TlsMaterial),
+}
+
+impl From<&TlsFiles> for TlsSource {
+    fn from(files: &TlsFiles) -> TlsSource {
+        TlsSource::Files(files.clone())
+    }
+}
+
+impl From<&TlsMaterial> for TlsSource {
+    fn from(material: &TlsMaterial) -> TlsSource {
+        TlsSource::Material(material.clone())
+    }
+}
+
+/// Which end of a connection we are, for naming our certificate in errors.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    fn certificate(self) -> &'static str {
+        match self {
+            Side::Server => "server certificate",
+            Side::Client => "client certificate",
+        }
+    }
+
+    fn private_key(self) -> &'static str {
+        match self {
+            Side::Server => "server private key",
+            Side::Client => "client private key",
+        }
+    }
+}
+
+impl TlsSource {
+    /// A verifier built by `build` from the source's CA and CRLs.
+    fn verifier<V: Clone + 'static>(
+        &self,
+        what: &'static str,
+        build: fn(Trust) -> Result<V, PkiError>,
+    ) -> Result<Held<V>, PkiError> {
+        match self {
+            TlsSource::Files(files) => Held::watch(what, files.trust_files(), move |paths| build(load_trust(paths)?)),
+            TlsSource::Material(m) => Ok(Held::Fixed(build(m.trust()?)?)),
+        }
+    }
+
+    /// Our certificate chain and key.
+    fn certified_key(&self, side: Side) -> Result<Held<Arc<CertifiedKey>>, PkiError> {
+        match self {
+            TlsSource::Files(files) => Held::watch(side.certificate(), files.key_files(), load_certified_key),
+            TlsSource::Material(m) => {
+                let chain = parse_certs(&m.cert_pem, side.certificate())?;
+                let key = parse_key(&m.key_pem, side.private_key())?;
+                let certified = certified_key(chain, key).map_err(|e| {
+                    PkiError::Tls(format!(
+                        "{} and key cannot be used together ({e}); check that the key file belongs to the certificate",
+                        side.certificate()
+                    ))
+                })?;
+                Ok(Held::Fixed(certified))
+            }
+        }
+    }
 }
 
 /// The server side: presents our certificate and REQUIRES a client certificate that
-/// chains to the CA in `m.ca_pem` and is not revoked by any CRL in `m.crl_pems`.
-pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = provider();
-    let roots = Arc::new(root_store(&m.ca_pem)?);
-    let mut crls = Vec::new();
-    for (i, pem) in m.crl_pems.iter().enumerate() {
-        crls.extend(parse_crls(pem, &format!("certificate revocation list #{}", i + 1))?);
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .with_crls(crls)
-        .build()
-        .map_err(|e| PkiError::Tls(format!("client certificate verifier: {e}")))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+/// chains to the source's CA and is not revoked by any of its CRLs. Ring provider, ALPN
+/// `h2`, no session resumption.
+///
+/// Fails when the source cannot be loaded now; with [`TlsFiles`], later failures keep the
+/// last good state.
+pub fn server_config(source: impl Into<TlsSource>) -> Result<Arc<ServerConfig>, PkiError> {
+    let source = source.into();
+    let verifier = Arc::new(ClientVerifier {
+        inner: source.verifier("client certificate verifier", client_verifier)?,
+        algs: signature_algorithms(),
+    });
+    let resolver = Arc::new(CertKey { inner: source.certified_key(Side::Server)? });
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Tls(format!("protocol versions: {e}")))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            parse_certs(&m.cert_pem, "server certificate")?,
-            parse_key(&m.key_pem, "server private key")?,
-        )
-        .map_err(|e| {
-            PkiError::Tls(format!(
-                "server certificate and key cannot be used together ({e}); check that the key file belongs to the certificate"
-            ))
-        })?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
-/// The client side: trusts only the CA in `m.ca_pem` and authenticates with our
-/// certificate and key.
-pub fn client_config(m: &TlsMaterial) -> Result<Arc<ClientConfig>, PkiError> {
-    let roots = root_store(&m.ca_pem)?;
+/// The client side: trusts only the source's CA, refuses a server certificate on its
+/// CRLs, not valid for the name we dial or without serverAuth, and authenticates with
+/// our certificate and key. Ring provider, ALPN `h2`, no session resumption.
+pub fn client_config(source: impl Into<TlsSource>) -> Result<Arc<ClientConfig>, PkiError> {
+    client_config_with(source.into(), None)
+}
+
+/// Like [`client_config`], and the server's certificate must also name `expected` (e.g.
+/// `Identity::Region("rijnmond")` when dialling the rijnmond node), so a node cannot
+/// answer for another region even if it listens at that address.
+pub fn client_config_expecting(
+    source: impl Into<TlsSource>,
+    expected: Identity,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    client_config_with(source.into(), Some(expected))
+}
+
+fn client_config_with(source: TlsSource, expected: Option<Identity>) -> Result<Arc<ClientConfig>, PkiError> {
+    let verifier = Arc::new(ServerVerifier {
+        inner: source.verifier("server certificate verifier", server_verifier)?,
+        expected,
+        algs: signature_algorithms(),
+    });
+    let resolver = Arc::new(CertKey { inner: source.certified_key(Side::Client)? });
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Tls(format!("protocol versions: {e}")))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            parse_certs(&m.cert_pem, "client certificate")?,
-            parse_key(&m.key_pem, "client private key")?,
-        )
-        .map_err(|e| {
-            PkiError::Tls(format!(
-                "client certificate and key cannot be used together ({e}); check that the key file belongs to the certificate"
-            ))
-        })?;
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// Trust anchors and the CRLs to check against.
+pub(super) type Trust = (Arc<RootCertStore>, Vec<CertificateRevocationListDer<'static>>);
+
+fn client_verifier((roots, crls): Trust) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| PkiError::Tls(format!("client certificate verifier: {e}")))
+}
+
+fn server_verifier((roots, crls): Trust) -> Result<Arc<WebPkiServerVerifier>, PkiError> {
+    WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| PkiError::Tls(format!("server certificate verifier: {e}")))
+}
+
+/// Our chain and key as rustls signs with them; fails when the key does not belong to
+/// the certificate (`rustls::Error::InconsistentKeys`).
+pub(super) fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, rustls::Error> {
+    CertifiedKey::from_der(chain, key, &provider()).map(Arc::new)
 }
 
 /// The crypto provider of every config: ring, chosen explicitly.
@@ -137,8 +277,9 @@ pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn root_store(ca_pem: &[u8]) -> Result<RootCertStore, PkiError> {
-    root_store_from(ca_pem, "CA certificate")
+/// The handshake signature algorithms of [`provider`].
+fn signature_algorithms() -> WebPkiSupportedAlgorithms {
+    provider().signature_verification_algorithms
 }
 
 /// A trust store of every certificate in `ca_pem`; `what` names the input in errors.
@@ -186,6 +327,127 @@ pub(super) fn parse_crls(pem: &[u8], what: &str) -> Result<Vec<CertificateRevoca
     Ok(crls)
 }
 
+/// The signature checks both verifier traits require, the same on both sides and the same
+/// as rustls' WebPKI verifiers do them: with the provider's algorithms, which do not
+/// depend on the trust files, so they need no file check.
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algs.supported_schemes()
+        }
+    };
+}
+
+/// Server side: verifies client certificates with the current WebPKI verifier.
+#[derive(Debug)]
+struct ClientVerifier {
+    inner: Held<Arc<dyn ClientCertVerifier>>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// No hints: the slice would have to outlive a reload. Hints are optional in TLS,
+    /// and our clients hold exactly one certificate anyway.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner.get().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    signature_checks!();
+}
+
+/// Client side: verifies the server certificate with the current WebPKI verifier and,
+/// optionally, that it names the expected identity.
+#[derive(Debug)]
+struct ServerVerifier {
+    inner: Held<Arc<WebPkiServerVerifier>>,
+    expected: Option<Identity>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner.get().verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if let Some(expected) = &self.expected {
+            let other =
+                |e: PkiError| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
+            let actual = identity_from_cert(end_entity).map_err(other)?;
+            if &actual != expected {
+                return Err(other(PkiError::BadCertificate(format!(
+                    "the server's certificate names {actual}, but we dialled {expected}"
+                ))));
+            }
+        }
+        Ok(verified)
+    }
+
+    signature_checks!();
+}
+
+/// Our own certificate and key, for either side.
+#[derive(Debug)]
+struct CertKey {
+    inner: Held<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for CertKey {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.inner.get())
+    }
+}
+
+impl ResolvesClientCert for CertKey {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.inner.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -205,6 +467,25 @@ mod tests {
         let m = org_material(&ca);
         assert_eq!(client_config(&m).expect("client").alpn_protocols, [b"h2"]);
         assert_eq!(server_config(&m).expect("server").alpn_protocols, [b"h2"]);
+    }
+
+    #[test]
+    fn files_and_material_get_the_same_policy() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::init(tmp.path(), "root", 30).expect("CA");
+        let issued = ca.issue(&CertSpec::node("rijnmond", vec!["localhost".into()], 1)).expect("issue");
+        let (cert, key) = write_cert_pair(tmp.path(), "node", &issued, false).expect("write");
+        let files = TlsFiles { ca: tmp.path().join("ca.pem"), cert, key, crls: Vec::new() };
+        let material = TlsMaterial::from_issued(&ca.cert_pem(), &issued);
+        for server in [server_config(&files).expect("files"), server_config(&material).expect("material")] {
+            assert_eq!(server.alpn_protocols, [b"h2"]);
+            assert_eq!(server.send_tls13_tickets, 0, "session tickets would skip certificate checks");
+            assert!(!server.session_storage.can_cache(), "session ids would skip certificate checks");
+        }
+        for client in [client_config(&files).expect("files"), client_config(&material).expect("material")] {
+            assert_eq!(client.alpn_protocols, [b"h2"]);
+            assert!(client.client_auth_cert_resolver.has_certs());
+        }
     }
 
     #[test]

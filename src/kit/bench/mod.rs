@@ -11,24 +11,43 @@
 //!   floor (scalar multiplications needed × their cost ÷ cores).
 //! - `latency`: cross-region match latency p50/p99 on loopback, beside one flush plus one
 //!   mTLS round trip.
+//! - `status` ([`status`](status())): a status sweep over N nodes beside N health checks,
+//!   and the cost of a `/metrics` scrape.
+//!
+//! The raw floors measure the storage engine itself, beneath the store, through
+//! `store::engine::Floor` (so sled stays named in one file).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::demo::{register_request, valid_bsns};
+use super::fixture::{contact, register_request, valid_bsns, FederationFiles, RegionFiles, RunningRegion};
+use super::{KitError, KitResult};
 use crate::domain::SystemClock;
-use crate::fixture::{contact, RunningRegion};
 use crate::pb::client as pb;
+
+mod status;
+pub use status::status;
 
 /// Raw floor: `total` inserts of `value_len` bytes into the bare storage engine, flushed
 /// every `batch` inserts.
-fn sled_floor(batch: usize, total: usize, value_len: usize) -> anyhow::Result<f64> {
+fn sled_floor(batch: usize, total: usize, value_len: usize) -> KitResult<f64> {
     let dir = tempfile::tempdir()?;
     Ok(crate::store::engine::Floor::open(dir.path())?.insert_flush_rate(batch, total, value_len)?)
 }
 
+/// Raw floor of one durable write: a bare engine database under `dir`, and a writer that
+/// inserts 400 bytes under key `i` and flushes.
+fn flush_floor_db(dir: &std::path::Path) -> KitResult<impl FnMut(u64) -> KitResult<()>> {
+    let floor = crate::store::engine::Floor::open(dir)?;
+    Ok(move |i: u64| {
+        floor.insert(i, &[0u8; 400])?;
+        floor.flush()?;
+        Ok(())
+    })
+}
+
 /// Registrations per second through the store alone (no gRPC, no TLS), `clients` tasks.
-async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
+async fn store_rate(clients: usize, total: usize) -> KitResult<f64> {
     use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
     let dir = tempfile::tempdir()?;
     let store = crate::store::Store::open(dir.path(), &Default::default())?;
@@ -61,7 +80,7 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
                 };
                 registry.register(&new, "bench").await?;
             }
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, super::KitError>(())
         }));
     }
     for t in tasks {
@@ -80,7 +99,7 @@ async fn store_rate(clients: usize, total: usize) -> anyhow::Result<f64> {
 }
 
 /// `virfed bench register`.
-pub async fn register(per_level: usize) -> anyhow::Result<()> {
+pub async fn register(per_level: usize) -> KitResult<()> {
     let dir = tempfile::Builder::new().prefix("virfed-bench-").tempdir()?;
     let region = RunningRegion::start(&dir.path().join("bench"), "bench", Arc::new(SystemClock)).await?;
     region.add_org("org-a", "Org A", "youth-care", None).await?;
@@ -180,8 +199,7 @@ pub fn crypto(n: usize) {
 }
 
 /// `virfed bench join`: a new region joins `regions` regions of `signals` children each.
-pub async fn join(regions: usize, signals: usize) -> anyhow::Result<()> {
-    use crate::fixture::FederationFiles;
+pub async fn join(regions: usize, signals: usize) -> KitResult<()> {
     let dir = tempfile::Builder::new().prefix("virfed-bench-join-").tempdir()?;
     let mut names: Vec<String> = (0..regions).map(|i| format!("region-{i:02}")).collect();
     names.push("newcomer".into());
@@ -245,13 +263,14 @@ pub async fn join(regions: usize, signals: usize) -> anyhow::Result<()> {
 }
 
 /// Registers `bsns` in the region's store directly (the node is not running yet).
-async fn prefill(region: &crate::fixture::RegionFiles, bsns: &[&String]) -> anyhow::Result<()> {
+async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
     use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
     let config = &region.config;
     std::fs::create_dir_all(&config.data_dir)?;
     let store = crate::store::Store::open(&config.store_path(), &Default::default())?;
     let local = crate::pseudonym::LocalKey::load_or_create(&config.local_key_path())?;
-    let blind = crate::server::load_blind_key(config, &store).await?;
+    let blind =
+        crate::federation::rekey::load_blind_key(config, &store).await.map_err(crate::server::NodeError::from)?;
     // Federation on, but no peers yet: points are stored, nothing is queued; the join
     // after start publishes everything, as when a region is added to a running federation.
     let pairs = crate::federation::Pairs::new(Vec::new(), local.clone());
@@ -278,7 +297,7 @@ async fn prefill(region: &crate::fixture::RegionFiles, bsns: &[&String]) -> anyh
                 point: Some(blind.blind_bsn(&bsn)),
             };
             registry.register(&new, "bench").await?;
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, super::KitError>(())
         }
     });
     for r in futures::future::join_all(jobs).await {
@@ -289,8 +308,7 @@ async fn prefill(region: &crate::fixture::RegionFiles, bsns: &[&String]) -> anyh
 
 /// `virfed bench latency`: register in one region a child the other already holds, and
 /// time until the registering professional's watch stream shows the cross-region match.
-pub async fn latency(samples: usize) -> anyhow::Result<()> {
-    use crate::fixture::FederationFiles;
+pub async fn latency(samples: usize) -> KitResult<()> {
     use tokio_stream::StreamExt;
     let dir = tempfile::Builder::new().prefix("virfed-bench-latency-").tempdir()?;
     let files = FederationFiles::create(dir.path(), &["alpha", "beta"])?;
@@ -316,8 +334,8 @@ pub async fn latency(samples: usize) -> anyhow::Result<()> {
         loop {
             let notice = tokio::time::timeout(Duration::from_secs(10), watch.next())
                 .await
-                .map_err(|_| anyhow::anyhow!("no match notice within 10 s"))?
-                .ok_or_else(|| anyhow::anyhow!("watch ended"))??;
+                .map_err(|_| KitError::Failed("no match notice within 10 s".into()))?
+                .ok_or_else(|| KitError::Failed("watch ended".into()))??;
             if notice.kind == pb::NoticeKind::MatchCreated as i32 {
                 break;
             }
@@ -329,16 +347,14 @@ pub async fn latency(samples: usize) -> anyhow::Result<()> {
     let mut peer = crate::pb::federation::peer_client::PeerClient::new(
         a.channel(crate::pki::Identity::Region("beta".into()))
             .await
-            .ok()
-            .ok_or_else(|| anyhow::anyhow!("peer channel"))?,
+            .map_err(|_| KitError::Failed("peer channel".into()))?,
     );
     let _ = peer.ping(crate::pb::federation::PingRequest { from_region: "beta".into(), ..Default::default() }).await;
     let floor_dir = tempfile::tempdir()?;
-    let floor = crate::store::engine::Floor::open(floor_dir.path())?;
+    let mut durable_write = flush_floor_db(floor_dir.path())?;
     for i in 0..samples {
         let started = Instant::now();
-        floor.insert(i as u64, &[0u8; 400])?;
-        floor.flush()?;
+        durable_write(i as u64)?;
         let _ =
             peer.ping(crate::pb::federation::PingRequest { from_region: "beta".into(), ..Default::default() }).await;
         floor_times.push(started.elapsed());

@@ -1,4 +1,4 @@
-//! `virfed demo` and `virfed bench`: programs, not library code, so they use anyhow.
+//! `virfed demo`: a walkthrough of the federation, for people.
 //!
 //! The demo starts a federation of three regions in a temp dir (a federation CA and node
 //! certificates minted on the fly, mTLS on loopback, sled on disk), registers
@@ -6,47 +6,27 @@
 //! all three regions, a withdrawal that ends a match on both sides, and a region that goes
 //! down and catches up when it returns. Every step reads the notices from the watch
 //! streams, as a regional application would.
-//!
-//! The benchmark measures durable registrations per second through the whole stack
-//! (gRPC over mTLS, validation, transaction, audit chain, group-commit flush) with 4, 16
-//! and 64 concurrent clients, next to the floor measured in the same run: raw sled inserts
-//! flushed in batches of the same size.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio_stream::StreamExt;
 
+use super::fixture::{contact, register_request, FederationFiles, RunningRegion, MATCH_OFFICER_ORG};
+use super::{fail, KitError, KitResult};
 use crate::client::format_notice;
 use crate::domain::SystemClock;
-use crate::fixture::{contact, FederationFiles, RunningRegion, MATCH_OFFICER_ORG};
 use crate::pb::client as pb;
 
-/// The first `n` valid BSNs at or after `start` (11-proef), as 9-digit strings.
-pub fn valid_bsns(start: u32, n: usize) -> Vec<String> {
-    (start..999_999_999).map(|x| format!("{x:09}")).filter(|s| crate::domain::Bsn::parse(s).is_ok()).take(n).collect()
-}
-
-pub(crate) fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequest {
-    let c = contact(who, "professional", email);
-    pb::RegisterSignalRequest {
-        bsn: bsn.into(),
-        date_of_birth: "2014-05-01".into(),
-        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
-        removal_date: String::new(),
-    }
-}
-
 /// Reads exactly `n` notices after `after` from the org's watch stream (15 s at most each).
-async fn next_notices(region: &RunningRegion, org: &str, after: u64, n: usize) -> anyhow::Result<Vec<pb::Notice>> {
+async fn next_notices(region: &RunningRegion, org: &str, after: u64, n: usize) -> KitResult<Vec<pb::Notice>> {
     let mut client = region.org_client(org).await?;
     let mut stream = client.watch(pb::WatchRequest { after_cursor: after }).await?.into_inner();
     let mut out = Vec::new();
     while out.len() < n {
         match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
             Ok(Some(item)) => out.push(item?),
-            _ => anyhow::bail!("{org} in {} expected {n} notices, got {}", region.files.config.region, out.len()),
+            _ => fail!("{org} in {} expected {n} notices, got {}", region.files.config.region, out.len()),
         }
     }
     Ok(out)
@@ -58,14 +38,14 @@ fn show(region: &RunningRegion, org: &str, notices: &[pb::Notice]) {
     }
 }
 
-async fn register(region: &RunningRegion, org: &str, bsn: &str, who: &str) -> anyhow::Result<String> {
+async fn register(region: &RunningRegion, org: &str, bsn: &str, who: &str) -> KitResult<String> {
     let email = format!("{}@{org}.example", who.to_lowercase().replace([' ', '.'], ""));
     let resp = region.org_client(org).await?.register_signal(register_request(bsn, who, &email)).await?.into_inner();
     Ok(resp.signal.map(|s| s.signal_id).unwrap_or_default())
 }
 
 /// The walkthrough behind `cargo run --release -- demo`: three regions on loopback.
-pub async fn run(keep_running: bool) -> anyhow::Result<()> {
+pub async fn run(keep_running: bool) -> KitResult<()> {
     let dir = tempfile::Builder::new().prefix("virfed-demo-").tempdir()?;
     let names = ["rotterdam", "utrecht", "zwolle"];
     println!("== virfed demo: a federation of {} regions on loopback", names.len());
@@ -126,7 +106,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     println!("\n4. Zwolle signals a third child, then goes down; Rotterdam signals the same child meanwhile.");
     register(&regions[2], "jeugdzorg-zwolle", child_c, "T. de Boer").await?;
     let zwolle_before = next_notices_after_all(&regions[2], "jeugdzorg-zwolle").await?;
-    let zwolle = regions.pop().context("three regions")?;
+    let Some(zwolle) = regions.pop() else { fail!("the demo starts three regions") };
     let zwolle_files = zwolle.stop().await?;
     println!("   zwolle stopped");
     let before = next_notices_after_all(&regions[0], "jeugdzorg-rotterdam").await?;
@@ -168,7 +148,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             cert.display(),
             key.display()
         );
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c().await.map_err(|e| KitError::context("waiting for Ctrl-C", e))?;
     }
     for r in regions {
         r.stop().await?;
@@ -177,7 +157,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
 }
 
 /// The org's latest notice cursor (0 if none).
-async fn next_notices_after_all(region: &RunningRegion, org: &str) -> anyhow::Result<u64> {
+async fn next_notices_after_all(region: &RunningRegion, org: &str) -> KitResult<u64> {
     let id = crate::domain::OrgId::parse(org)?;
     Ok(region.handle.store().notices_after(&id, 0, usize::MAX)?.last().map(|(c, _)| *c).unwrap_or(0))
 }
@@ -188,7 +168,7 @@ async fn collect_until_parties(
     org: &str,
     after: u64,
     regions: usize,
-) -> anyhow::Result<Vec<pb::Notice>> {
+) -> KitResult<Vec<pb::Notice>> {
     let mut out: Vec<pb::Notice> = Vec::new();
     let mut cursor = after;
     loop {
@@ -206,12 +186,7 @@ async fn collect_until_parties(
 }
 
 /// Notices after `after` until one names a party of `from`.
-async fn collect_until_region(
-    region: &RunningRegion,
-    org: &str,
-    after: u64,
-    from: &str,
-) -> anyhow::Result<Vec<pb::Notice>> {
+async fn collect_until_region(region: &RunningRegion, org: &str, after: u64, from: &str) -> KitResult<Vec<pb::Notice>> {
     let mut cursor = after;
     loop {
         let next = next_notices(region, org, cursor, 1).await?;

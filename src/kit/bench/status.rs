@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::domain::SystemClock;
-use crate::fixture::{FederationFiles, RunningRegion};
+use crate::health::{http, metrics, sweep};
+use crate::kit::fixture::{FederationFiles, RunningRegion};
+use crate::kit::{fail, KitError, KitResult};
 use crate::pki::{client_config, connect, Ca, CertSpec, TlsMaterial};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -20,7 +22,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Runs the benchmark and prints its figures.
-pub async fn status(nodes: usize, scrapes: usize) -> anyhow::Result<()> {
+pub async fn status(nodes: usize, scrapes: usize) -> KitResult<()> {
     let dir = tempfile::tempdir()?;
     let names: Vec<String> = (0..nodes).map(|i| format!("r{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -31,7 +33,7 @@ pub async fn status(nodes: usize, scrapes: usize) -> anyhow::Result<()> {
     let regions = RunningRegion::start_federation(files, Arc::new(SystemClock)).await?;
     let addrs: Vec<String> = regions
         .iter()
-        .map(|r| r.handle.peer_addr().map(|a| a.to_string()).ok_or_else(|| anyhow::anyhow!("no peer port")))
+        .map(|r| r.handle.peer_addr().map(|a| a.to_string()).ok_or_else(|| KitError::Failed("no peer port".into())))
         .collect::<Result<_, _>>()?;
     println!("status sweep over {nodes} in-process nodes (fresh mTLS connection per node, as `virfed status`)");
     let rounds = 15;
@@ -39,10 +41,10 @@ pub async fn status(nodes: usize, scrapes: usize) -> anyhow::Result<()> {
     // One warm-up of each, then alternate so both see the same machine state.
     for round in 0..=rounds {
         let started = Instant::now();
-        let sweep = super::sweep::sweep(&addrs, tls.clone()).await;
+        let sweep = sweep::sweep(&addrs, tls.clone()).await;
         let took = started.elapsed();
         if let Some((addr, e)) = sweep.unreachable().first() {
-            anyhow::bail!("{addr} did not answer: {e}");
+            fail!("{addr} did not answer: {e}");
         }
         let started = Instant::now();
         let checks = addrs.iter().map(|addr| {
@@ -52,7 +54,7 @@ pub async fn status(nodes: usize, scrapes: usize) -> anyhow::Result<()> {
                 tonic_health::pb::health_client::HealthClient::new(channel)
                     .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
                     .await?;
-                Ok::<_, anyhow::Error>(())
+                Ok::<_, KitError>(())
             }
         });
         for r in futures::future::join_all(checks).await {
@@ -75,13 +77,15 @@ pub async fn status(nodes: usize, scrapes: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut bytes = 0;
     for _ in 0..scrapes {
-        bytes = super::metrics::render(&health, &status).len();
+        bytes = metrics::render(&health, &status).len();
     }
     let render = started.elapsed() / scrapes as u32;
     let started = Instant::now();
     for _ in 0..scrapes {
-        let (code, _) = super::http::get_text(node.http_addr(), "/metrics").await?;
-        anyhow::ensure!(code == 200, "/metrics answered {code}");
+        let (code, _) = http::get_text(node.http_addr(), "/metrics").await?;
+        if code != 200 {
+            fail!("/metrics answered {code}");
+        }
     }
     let scrape = started.elapsed() / scrapes as u32;
     println!("/metrics of an idle node ({bytes} bytes, {scrapes} sequential scrapes)");

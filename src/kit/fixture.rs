@@ -1,13 +1,13 @@
 //! A real region on loopback: a fresh CA, certificates and config written to a directory,
 //! and a node started in this process (or by the caller as a child process). The demo,
 //! the benchmark and the integration tests all use it, so they exercise the same real
-//! TLS, sockets and sled files an operator runs.
+//! TLS, sockets and sled files an operator runs. Also the small builders they share:
+//! valid test BSNs, a plausible contact, a registration request.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -16,9 +16,12 @@ use crate::config::Config;
 use crate::domain::{Clock, Contact};
 use crate::pb::admin as admin_pb;
 use crate::pb::admin::organisations_client::OrganisationsClient;
+use crate::pb::client as pb;
 use crate::pb::client::signals_client::SignalsClient;
 use crate::pki::{client_config, connect, write_cert_pair, Ca, CertSpec, Identity, TlsMaterial};
 use crate::server::{Node, NodeError, NodeHandle};
+
+use super::{fail, KitError, KitResult};
 
 /// The match officer organisation every fixture region configures.
 pub const MATCH_OFFICER_ORG: &str = "gemeente";
@@ -34,7 +37,7 @@ pub struct RegionFiles {
 impl RegionFiles {
     /// Writes a CA, a server certificate for localhost/127.0.0.1 and a node config under
     /// `dir`, listening on `listen` (use port 0 for in-process nodes).
-    pub fn create(dir: &Path, region: &str, listen: SocketAddr) -> anyhow::Result<RegionFiles> {
+    pub fn create(dir: &Path, region: &str, listen: SocketAddr) -> KitResult<RegionFiles> {
         std::fs::create_dir_all(dir)?;
         let ca_dir = dir.join("ca");
         let ca = Ca::init(&ca_dir, &format!("virfed {region} region CA"), 3650)?;
@@ -49,18 +52,18 @@ impl RegionFiles {
         );
         let config_path = dir.join("node.toml");
         std::fs::write(&config_path, &text)?;
-        let config = Config::parse(&text).map_err(anyhow::Error::msg)?;
+        let config = Config::parse(&text).map_err(KitError::Failed)?;
         Ok(RegionFiles { dir: dir.to_owned(), ca, config, config_path })
     }
 
     /// TLS material for a client with `identity`, issued by this region's CA.
-    pub fn client_material(&self, identity: Identity) -> anyhow::Result<TlsMaterial> {
+    pub fn client_material(&self, identity: Identity) -> KitResult<TlsMaterial> {
         let issued = self.ca.issue(&CertSpec::client(identity, 30))?;
         Ok(TlsMaterial::from_issued(&self.ca.cert_pem(), &issued))
     }
 
     /// Writes a client certificate pair `<stem>.pem`/`<stem>.key` under the region dir.
-    pub fn write_client(&self, stem: &str, identity: Identity) -> anyhow::Result<(PathBuf, PathBuf)> {
+    pub fn write_client(&self, stem: &str, identity: Identity) -> KitResult<(PathBuf, PathBuf)> {
         let issued = self.ca.issue(&CertSpec::client(identity, 30))?;
         Ok(write_cert_pair(&self.dir, stem, &issued, true)?)
     }
@@ -69,7 +72,7 @@ impl RegionFiles {
 /// A free loopback port for configs that must name their port. Chosen below Linux's
 /// ephemeral range (32768-60999), so no outgoing connection (a peer dialling a node that
 /// is down) can take it between this check and a node's (re)start.
-pub fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> KitResult<u16> {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     for _ in 0..1000 {
@@ -78,7 +81,7 @@ pub fn free_port() -> anyhow::Result<u16> {
             return Ok(port);
         }
     }
-    anyhow::bail!("no free port found between 20000 and 32000")
+    fail!("no free port found between 20000 and 32000")
 }
 
 /// A federation's files: one federation CA and, per region, the region's own files with
@@ -93,26 +96,22 @@ pub struct FederationFiles {
 
 impl FederationFiles {
     /// Every region a peer of every other.
-    pub fn create(dir: &Path, regions: &[&str]) -> anyhow::Result<FederationFiles> {
+    pub fn create(dir: &Path, regions: &[&str]) -> KitResult<FederationFiles> {
         Self::create_with(dir, regions, |_, _| true)
     }
 
     /// Every region a peer of `hub` only (and the hub of all).
-    pub fn create_star(dir: &Path, regions: &[&str], hub: &str) -> anyhow::Result<FederationFiles> {
+    pub fn create_star(dir: &Path, regions: &[&str], hub: &str) -> KitResult<FederationFiles> {
         Self::create_with(dir, regions, |a, b| a == hub || b == hub)
     }
 
     /// `peers(a, b)` says whether region `a` lists `b` as a peer.
-    pub fn create_with(
-        dir: &Path,
-        regions: &[&str],
-        peers: impl Fn(&str, &str) -> bool,
-    ) -> anyhow::Result<FederationFiles> {
+    pub fn create_with(dir: &Path, regions: &[&str], peers: impl Fn(&str, &str) -> bool) -> KitResult<FederationFiles> {
         let ca_dir = dir.join("federation-ca");
         let ca = Ca::init(&ca_dir, "virfed federation root (test)", 3650)?;
         Ca::publish_crl(&ca_dir, 30)?;
         let mut taken = std::collections::HashSet::new();
-        let mut pick = || -> anyhow::Result<u16> {
+        let mut pick = || -> KitResult<u16> {
             loop {
                 let port = free_port()?;
                 if taken.insert(port) {
@@ -149,7 +148,7 @@ impl FederationFiles {
                 }
             }
             std::fs::write(&region_files.config_path, &text)?;
-            region_files.config = Config::parse(&text).map_err(anyhow::Error::msg)?;
+            region_files.config = Config::parse(&text).map_err(KitError::Failed)?;
             files.push(region_files);
         }
         Ok(FederationFiles { dir: dir.to_owned(), ca, ca_dir, regions: files })
@@ -167,7 +166,7 @@ pub struct RunningRegion {
 
 impl RunningRegion {
     /// Starts every region of a federation in this process.
-    pub async fn start_federation(files: FederationFiles, clock: Arc<dyn Clock>) -> anyhow::Result<Vec<RunningRegion>> {
+    pub async fn start_federation(files: FederationFiles, clock: Arc<dyn Clock>) -> KitResult<Vec<RunningRegion>> {
         // Bind every node first, so no node dials a peer that is not listening yet.
         let mut bound = Vec::new();
         for region in files.regions {
@@ -178,13 +177,13 @@ impl RunningRegion {
     }
 
     /// Creates the region's files under `dir` and starts its node on 127.0.0.1:0.
-    pub async fn start(dir: &Path, region: &str, clock: Arc<dyn Clock>) -> anyhow::Result<RunningRegion> {
+    pub async fn start(dir: &Path, region: &str, clock: Arc<dyn Clock>) -> KitResult<RunningRegion> {
         let files = RegionFiles::create(dir, region, SocketAddr::from(([127, 0, 0, 1], 0)))?;
         Self::start_with(files, clock).await
     }
 
     /// Starts a node from existing files (e.g. again after [`RunningRegion::stop`]).
-    pub async fn start_with(files: RegionFiles, clock: Arc<dyn Clock>) -> anyhow::Result<RunningRegion> {
+    pub async fn start_with(files: RegionFiles, clock: Arc<dyn Clock>) -> KitResult<RunningRegion> {
         let node = Node::bind(files.config.clone(), clock).await?;
         Ok(Self::run_bound(files, node))
     }
@@ -200,29 +199,23 @@ impl RunningRegion {
     }
 
     /// An mTLS channel to the node as `identity`.
-    pub async fn channel(&self, identity: Identity) -> anyhow::Result<Channel> {
+    pub async fn channel(&self, identity: Identity) -> KitResult<Channel> {
         let config = client_config(&self.files.client_material(identity)?)?;
         Ok(connect(&self.addr.to_string(), "localhost", config).await?)
     }
 
     /// The client API as organisation `org`.
-    pub async fn org_client(&self, org: &str) -> anyhow::Result<SignalsClient<Channel>> {
+    pub async fn org_client(&self, org: &str) -> KitResult<SignalsClient<Channel>> {
         Ok(SignalsClient::new(self.channel(Identity::Organisation(org.into())).await?))
     }
 
     /// The admin API as an operator.
-    pub async fn operator(&self) -> anyhow::Result<OrganisationsClient<Channel>> {
+    pub async fn operator(&self) -> KitResult<OrganisationsClient<Channel>> {
         Ok(OrganisationsClient::new(self.channel(Identity::Operator("ops".into())).await?))
     }
 
     /// Registers an organisation through the admin API.
-    pub async fn add_org(
-        &self,
-        id: &str,
-        name: &str,
-        domain: &str,
-        coordinator: Option<Contact>,
-    ) -> anyhow::Result<()> {
+    pub async fn add_org(&self, id: &str, name: &str, domain: &str, coordinator: Option<Contact>) -> KitResult<()> {
         let coordinator =
             coordinator.map(|c| admin_pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email });
         self.operator()
@@ -234,12 +227,12 @@ impl RunningRegion {
                 coordinator,
             })
             .await
-            .with_context(|| format!("adding organisation {id}"))?;
+            .map_err(|e| KitError::context(format!("adding organisation {id}"), e))?;
         Ok(())
     }
 
     /// Stops the node (drains, flushes) and returns its files for a restart.
-    pub async fn stop(mut self) -> anyhow::Result<RegionFiles> {
+    pub async fn stop(mut self) -> KitResult<RegionFiles> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -253,4 +246,21 @@ impl RunningRegion {
 /// A plausible contact for demos and tests.
 pub fn contact(name: &str, role: &str, email: &str) -> Contact {
     Contact { name: name.into(), role: role.into(), phone: "+31 10 555 0100".into(), email: email.into() }
+}
+
+/// The first `n` valid BSNs at or after `start` (11-proef), as 9-digit strings.
+pub fn valid_bsns(start: u32, n: usize) -> Vec<String> {
+    (start..999_999_999).map(|x| format!("{x:09}")).filter(|s| crate::domain::Bsn::parse(s).is_ok()).take(n).collect()
+}
+
+/// A registration of `bsn` (born 2014-05-01, default removal date) by professional `who`
+/// with e-mail `email`.
+pub fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignalRequest {
+    let c = contact(who, "professional", email);
+    pb::RegisterSignalRequest {
+        bsn: bsn.into(),
+        date_of_birth: "2014-05-01".into(),
+        professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
+        removal_date: String::new(),
+    }
 }

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests (`mod common;` in each file that needs them).
+//!
+//! Each test file is its own crate and uses only some of these, hence the `dead_code`
+//! allowance. What a node, a region or a federation is comes from `virfed::kit`; this
+//! module holds only the small builders the test files would otherwise each repeat.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use virfed::kit::fixture::register_request;
+use virfed::pb::client as pb;
+
+/// A registration of `bsn` by professional `who` (e-mail someone@example.nl).
+pub fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
+    register_request(bsn, who, "someone@example.nl")
+}
+
+/// The e-mail address of professional `who`: `"A. de Vries"` → `adevries@example.nl`,
+/// unique per name, so a test can look for it in what a region stores or sends.
+pub fn email_of(who: &str) -> String {
+    format!("{}@example.nl", who.to_lowercase().replace([' ', '.'], ""))
+}
+
+/// A registration of `bsn` by professional `who` with the e-mail [`email_of`] `who`.
+pub fn req_by(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
+    register_request(bsn, who, &email_of(who))
+}
+
+/// Every file below `dir`, recursively, appended to `out`.
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Environment variables that would silently change what a `virfed` child process does;
+/// tests remove them from every child's environment.
+pub const VIRFED_ENV: &[&str] = &[
+    "VIRFED_CONFIG",
+    "VIRFED_REGION",
+    "VIRFED_DATA_DIR",
+    "VIRFED_LISTEN",
+    "VIRFED_TLS_CA",
+    "VIRFED_TLS_CERT",
+    "VIRFED_TLS_KEY",
+    "VIRFED_MATCH_OFFICER_ORG",
+    "VIRFED_CA_DIR",
+    "VIRFED_NODE",
+    "VIRFED_SERVER_NAME",
+    "VIRFED_CA",
+    "VIRFED_CERT",
+    "VIRFED_KEY",
+];
