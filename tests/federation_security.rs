@@ -231,6 +231,7 @@ impl fpb::peer_server::Peer for FakePeer {
                 },
                 gone: false,
                 contacts: Vec::new(),
+                contacts_archived: false,
             })
             .collect();
         self.received.lock().unwrap().push(r);
@@ -559,6 +560,127 @@ async fn invariant5_duplicated_and_replayed_exchange_changes_nothing() {
     utrecht.exchange(request("utrecht", epoch + 1, false, vec![publish_item(1, &h1, &point, true)])).await.unwrap();
     assert_eq!(store.peer_index_len("utrecht"), 1);
     assert_eq!(audit_count(&rdam, "federation.match"), 2);
+    rdam.stop().await.unwrap();
+}
+
+/// A rogue peer with a valid certificate sends contact details for a child of the victim
+/// without the pair the victim would have to detect itself: none is applied, no notice is
+/// made, and every attempt is audited. The same contacts for a pair the victim detected
+/// are applied (the control: the check is what refuses, not a broken path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant3_contacts_without_a_pair_the_victim_detected_are_refused_and_audited() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    register(&rdam, "jeugdzorg", CHILD).await;
+    eventually(20, "rotterdam's publish delivered", || fake.items_from("rotterdam").len() == 1).await;
+    let Some(Body::Publish(p)) = &fake.items_from("rotterdam")[0].body else { panic!("expected a publish") };
+    let victim_handle = p.handle.clone();
+    let epoch = 0xbad;
+    let archived = |mut item: fpb::Item| {
+        if let Some(Body::Contacts(c)) = &mut item.body {
+            c.archived = true;
+        }
+        item
+    };
+    let refused = || audit_count(&rdam, "federation.contacts-refused");
+    let any_notice = |kind| {
+        ["jeugdzorg", "gemeente"].iter().map(|o| notices(&rdam, o, kind, Addressee::Professional)).sum::<usize>()
+            + notices(&rdam, "gemeente", kind, Addressee::MatchOfficer)
+    };
+
+    // 1. Live and archived contacts from a handle the victim never indexed.
+    let h_unknown = [1u8; 16];
+    let items = vec![
+        contacts_item(1, &h_unknown, &victim_handle, "school"),
+        archived(contacts_item(2, &h_unknown, &victim_handle, "school")),
+    ];
+    let answer = rogue.exchange(request("utrecht", epoch, false, items)).await.unwrap().into_inner();
+    assert!(answer.results.iter().all(|r| r.gone && r.contacts.is_empty()), "{answer:?}");
+    assert_eq!(refused(), 2);
+
+    // 2. A published child that is another child (no pair): live and archived refused.
+    let other = Bsn::parse("123456782").unwrap();
+    let h_other = [2u8; 16];
+    let items = vec![
+        publish_item(3, &h_other, &fake.key.blind_bsn(&other), false),
+        contacts_item(4, &h_other, &victim_handle, "school"),
+        archived(contacts_item(5, &h_other, &victim_handle, "school")),
+    ];
+    let answer = rogue.exchange(request("utrecht", epoch, false, items)).await.unwrap().into_inner();
+    assert!(answer.results[1].gone && answer.results[2].gone);
+    assert_eq!(refused(), 4);
+
+    // 3. The same child, active at the rogue: history contacts for it are refused (an active
+    //    child at the sender is a match, not history); live ones are for the matched pair.
+    let child = Bsn::parse(CHILD).unwrap();
+    let h_child = [3u8; 16];
+    let items = vec![
+        publish_item(6, &h_child, &fake.key.blind_bsn(&child), true),
+        archived(contacts_item(7, &h_child, &victim_handle, "school")),
+    ];
+    let answer = rogue.exchange(request("utrecht", epoch, false, items)).await.unwrap().into_inner();
+    assert!(answer.results[1].gone, "history contacts for an active child are refused");
+    assert_eq!(refused(), 5);
+    assert_eq!(any_notice(NoticeKind::History), 0, "no history notice from a peer's say-so");
+    assert_eq!(any_notice(NoticeKind::MatchCreated), 0, "no match notice without contacts for a detected pair");
+    assert!(
+        !store.notices_after(&OrgId::parse("jeugdzorg").unwrap(), 0, 100).unwrap().iter().any(|(_, n)| n
+            .counterparts
+            .iter()
+            .any(|p| p.professional.email.contains("school-utrecht"))),
+        "the rogue's contact details reached nobody"
+    );
+
+    // Control: contacts for the pair the victim detected (seq 6 made it) are applied, and the
+    // answer carries the victim's own contacts for that pair only.
+    let answer = rogue
+        .exchange(request("utrecht", epoch, false, vec![contacts_item(8, &h_child, &victim_handle, "school")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.results[0].gone);
+    assert_eq!(answer.results[0].contacts.len(), 1, "the victim's one reporter on the matched child");
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional), 1);
+    assert_eq!(refused(), 5);
+    rdam.stop().await.unwrap();
+}
+
+/// A replayed sequence number is no way round the applied path: a replay with another
+/// point under the same handle gets no blinded answer, and replays are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant2_a_replayed_publish_with_another_point_is_not_answered() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (_fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    let (_, first_point) = point_of(CHILD);
+    let (_, guess) = point_of("123456782");
+    let h = [9u8; 16];
+    let first = rogue
+        .exchange(request("utrecht", 7, false, vec![publish_item(1, &h, &first_point, true)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.results[0].blinded.len(), 32);
+    let same = rogue
+        .exchange(request("utrecht", 7, false, vec![publish_item(1, &h, &first_point, true)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.results[0].blinded, first.results[0].blinded, "an honest replay gets the stored answer");
+    let other = rogue
+        .exchange(request("utrecht", 7, false, vec![publish_item(1, &h, &guess, true)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.results[0].blinded.is_empty(), "a replay with another point is not blinded");
+    assert_eq!(audit_count(&rdam, "federation.replay"), 2);
+    assert_eq!(audit_count(&rdam, "federation.exchange"), 1, "only the first was applied");
     rdam.stop().await.unwrap();
 }
 

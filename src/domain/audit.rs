@@ -59,6 +59,8 @@ actions! {
     FederationRekey => "federation.rekey", "The blinding key was replaced.";
     FederationRefused => "federation.refused", "A peer request was refused (identity).";
     FederationBudgetExceeded => "federation.budget-exceeded", "A peer went over its blind budget.";
+    FederationContactsRefused => "federation.contacts-refused", "Contact details from a peer for a pair this node did not detect.";
+    FederationReplay => "federation.replay", "A peer replayed an already applied publish.";
 }
 
 impl fmt::Display for AuditAction {

@@ -195,14 +195,24 @@ fn pair_answers(
                 _ => None,
             };
             let contacts = match &out.item {
-                Item::Publish(_) => r
+                Item::Publish(_) | Item::Contacts { .. } => r
                     .contacts
                     .into_iter()
                     .map(|p| super::party_in(p, region).map_err(|e| format!("peer sent bad contacts: {e}")))
                     .collect::<Result<Vec<_>, _>>()?,
                 _ => Vec::new(),
             };
-            Ok((out, ItemAnswer { seq: r.seq, blinded, gone: r.gone, contacts, resync_requested: false }))
+            Ok((
+                out,
+                ItemAnswer {
+                    seq: r.seq,
+                    blinded,
+                    gone: r.gone,
+                    contacts,
+                    contacts_archived: r.contacts_archived,
+                    resync_requested: false,
+                },
+            ))
         })
         .collect()
 }

@@ -96,8 +96,11 @@ pub struct ItemAnswer {
     pub seq: u64,
     pub blinded: Option<Blinded>,
     pub gone: bool,
-    /// For a publish that completed a pair at the receiver: its contacts (D5).
+    /// The receiver's contacts for a pair it detected itself: for a publish that completed
+    /// a match (D5) or met an archived-only child (D6, `contacts_archived`), or for a
+    /// contacts item it applied (its own, in reply).
     pub contacts: Vec<Party>,
+    pub contacts_archived: bool,
     /// The sender asked for a resync (local only: the receiver then re-joins it).
     pub resync_requested: bool,
 }
@@ -107,6 +110,7 @@ pub struct ItemAnswer {
 pub struct Incoming {
     pub gone: bool,
     pub contacts: Vec<Party>,
+    pub contacts_archived: bool,
     pub resync_requested: bool,
 }
 

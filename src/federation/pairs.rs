@@ -19,6 +19,24 @@ use crate::registry::notices::{self, Notify};
 use crate::registry::{ChildChange, ChildState, FederationHook};
 use crate::store::{ChildRecord, CrossPair, PairState, RemoteEntry, StoreError, Tx, TxResult};
 
+/// Contacts a reconcile sent to the peer: for a match (D5) or, `archived`, my earlier
+/// reporters for the peer's new one (D6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub parties: Vec<Party>,
+    pub archived: bool,
+}
+
+/// What became of contact details a peer sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContactsOutcome {
+    Applied,
+    /// I have no active signal on the child (any more).
+    Gone,
+    /// Not for a pair this node detected: audited, nothing applied.
+    Refused,
+}
+
 /// What the pair rules need to speak for this node: its peers and its local key (for
 /// per-peer handles). Cheap to clone.
 #[derive(Clone)]
@@ -100,8 +118,9 @@ impl Pairs {
     }
 
     /// Re-evaluates the pair of my child with whatever the peer holds under `d`: forms a
-    /// match (and sends my contacts) when both are active, ends it when either stopped.
-    /// Returns the contacts sent when it formed the match.
+    /// match (and sends my contacts) when both are active, ends it when either stopped,
+    /// and tells an active peer child about my archived-only one (D6). Returns the contacts
+    /// it sent, if any.
     pub fn reconcile(
         &self,
         tx: &Tx<'_>,
@@ -110,7 +129,7 @@ impl Pairs {
         d: &Blinded,
         record: &ChildRecord,
         at: DateTime<Utc>,
-    ) -> TxResult<Option<Vec<Party>>> {
+    ) -> TxResult<Option<Sent>> {
         let notify = Notify::new(tx, at);
         let mut sent = None;
         let remote = tx.remote(peer, d)?;
@@ -130,18 +149,12 @@ impl Pairs {
                         parties: parties.clone(),
                     };
                     tx.enqueue(peer, &item)?;
-                    sent = Some(parties);
-                    tx.log(
-                        at,
-                        "system:matcher",
-                        AuditAction::FederationMatch,
-                        &format!("region {peer}"),
-                        "pair matched",
-                    )?;
-                    let pending = std::mem::take(&mut p.pending);
-                    if !pending.is_empty() {
-                        self.add_remote_parties(&notify, &mut p, record, pending)?;
-                    }
+                    sent = Some(Sent { parties, archived: false });
+                    let region = format!("region {peer}");
+                    tx.log(at, "system:matcher", AuditAction::FederationMatch, &region, "pair matched")?;
+                    // Contacts are only taken for a pair this node detected, never held from
+                    // before it did; stores of earlier versions may still hold some.
+                    p.pending.clear();
                 }
                 tx.put_pair(child, peer, &p)?;
             }
@@ -152,10 +165,14 @@ impl Pairs {
                 let was_matched = pair.as_ref().is_some_and(CrossPair::is_matched);
                 if !was_matched {
                     let parties = self.local_parties(&notify, tx, &record.archived)?;
-                    tx.enqueue(
-                        peer,
-                        &OutItem::Contacts { from: my_handle, to: entry.handle, archived: true, parties },
-                    )?;
+                    let item = OutItem::Contacts {
+                        from: my_handle,
+                        to: entry.handle,
+                        archived: true,
+                        parties: parties.clone(),
+                    };
+                    tx.enqueue(peer, &item)?;
+                    sent = Some(Sent { parties, archived: true });
                 }
                 if let Some(mut p) = pair {
                     if was_matched {
@@ -241,7 +258,10 @@ impl Pairs {
                 tx.put_remote_handle(peer, &p.handle, &p.blinded)?;
                 // When this publish completes a pair, my contacts go back with the answer
                 // (and, for reliability, through the outbox as well; duplicates are no-ops).
-                done.contacts = self.reconcile_remote(tx, peer, &p.blinded, at)?.unwrap_or_default();
+                if let Some(sent) = self.reconcile_remote(tx, peer, &p.blinded, at)? {
+                    done.contacts = sent.parties;
+                    done.contacts_archived = sent.archived;
+                }
             }
             Item::State { handle, active } => {
                 if let Some(d) = tx.remote_handle(peer, handle)? {
@@ -259,8 +279,17 @@ impl Pairs {
                     self.reconcile_remote(tx, peer, &d, at)?;
                 }
             }
-            Item::Contacts { to, archived, parties, .. } => {
-                done.gone = self.receive_contacts(tx, peer, to, *archived, parties, at)?;
+            Item::Contacts { from, to, archived, parties } => {
+                let outcome = self.receive_contacts(tx, peer, from, to, *archived, parties, at)?;
+                done.gone = outcome != ContactsOutcome::Applied;
+                if outcome == ContactsOutcome::Applied && !*archived {
+                    // In reply, my own contacts for the pair: if the peer detected the match
+                    // first, my Contacts to it may have been refused as early.
+                    if let Some(child) = tx.own_handle(peer, to)? {
+                        let record = tx.child(&child)?;
+                        done.contacts = self.local_parties(&Notify::new(tx, at), tx, &record.active)?;
+                    }
+                }
             }
             Item::Reblind { to, blinded } => {
                 // The sender re-keyed: my child now has a new D towards it. Only ever forms
@@ -280,7 +309,6 @@ impl Pairs {
                     return Ok(done);
                 };
                 if let Some(mut pair) = tx.pair(&child, peer)? {
-                    pair.pending.retain(|p| p.org_id != *org);
                     let (gone_parties, kept): (Vec<Party>, Vec<Party>) =
                         std::mem::take(&mut pair.remote_parties).into_iter().partition(|p| p.org_id == *org);
                     pair.remote_parties = kept;
@@ -307,23 +335,45 @@ impl Pairs {
         }
     }
 
-    /// Contact details from the peer for my child under handle `to` (D5, or D6 when
-    /// `archived`). Returns true ("gone") when I have no active signal on the child.
+    /// Contact details from the peer's child under its handle `from` for my child under
+    /// handle `to` (D5, or D6 when `archived`). Applied only to a pair this node detected
+    /// itself: the peer's child is in my index under `from` and blinds to the same `D` as my
+    /// child does towards the peer, and its state allows it (both active and matched for
+    /// live contacts; the peer's child archived-only for history contacts). "Gone" when I
+    /// have no active signal on the child; anything else is refused and audited, and no
+    /// notice is made.
+    #[allow(clippy::too_many_arguments)]
     pub fn receive_contacts(
         &self,
         tx: &Tx<'_>,
         peer: &str,
+        from: &Handle,
         to: &Handle,
         archived: bool,
         parties: &[Party],
         at: DateTime<Utc>,
-    ) -> TxResult<bool> {
+    ) -> TxResult<ContactsOutcome> {
         let Some(child) = tx.own_handle(peer, to)? else {
-            return Ok(true);
+            return Ok(ContactsOutcome::Gone);
         };
         let record = tx.child(&child)?;
         if ChildState::of(&record) != ChildState::Active {
-            return Ok(true);
+            return Ok(ContactsOutcome::Gone);
+        }
+        let refuse = |why: &str| -> TxResult<ContactsOutcome> {
+            let action = AuditAction::FederationContactsRefused;
+            tx.log(at, &format!("region:{peer}"), action, &format!("region {peer}"), why)?;
+            tracing::warn!(peer, why, "contact details from a peer refused: no pair detected here");
+            Ok(ContactsOutcome::Refused)
+        };
+        let Some(d) = tx.remote_handle(peer, from)? else {
+            return refuse("the sender's child is not in this node's index");
+        };
+        let Some(entry) = tx.remote(peer, &d)?.filter(|e| e.handle == *from) else {
+            return refuse("the sender's child is not in this node's index");
+        };
+        if tx.own_blinded(peer, &d)? != Some(child) {
+            return refuse("the sender's child and this node's child are not a pair");
         }
         let region = RegionId::parse(peer).ok();
         let parties: Vec<Party> = parties
@@ -335,30 +385,25 @@ impl Pairs {
             })
             .collect();
         let notify = Notify::new(tx, at);
-        let mut pair = tx.pair(&child, peer)?.unwrap_or_else(|| CrossPair::idle([0; 16]));
         if archived {
-            self.history_notices(&notify, tx, &mut pair, &record, &parties)?;
-        } else if pair.is_matched() {
-            self.add_remote_parties(&notify, &mut pair, &record, parties)?;
-        } else {
-            // The peer saw the match first; hold its contacts until this side does.
-            for party in parties {
-                pair.pending.retain(|p| p.org_id != party.org_id);
-                pair.pending.push(party);
+            if entry.active {
+                return refuse("history contacts for a child the sender has active signals on");
             }
+            let mut pair = tx.pair(&child, peer)?.unwrap_or_else(|| CrossPair::idle(*from));
+            self.history_notices(&notify, tx, &mut pair, &record, &parties)?;
+            tx.put_pair(&child, peer, &pair)?;
+        } else {
+            let Some(mut pair) = tx.pair(&child, peer)?.filter(|p| p.is_matched() && p.peer_handle == *from) else {
+                return refuse("contacts for a pair that is not matched here");
+            };
+            self.add_remote_parties(&notify, &mut pair, &record, parties)?;
+            tx.put_pair(&child, peer, &pair)?;
         }
-        tx.put_pair(&child, peer, &pair)?;
-        Ok(false)
+        Ok(ContactsOutcome::Applied)
     }
 
     /// After a change to the peer's entry `d`: re-evaluate my child under `d`, if any.
-    fn reconcile_remote(
-        &self,
-        tx: &Tx<'_>,
-        peer: &str,
-        d: &Blinded,
-        at: DateTime<Utc>,
-    ) -> TxResult<Option<Vec<Party>>> {
+    fn reconcile_remote(&self, tx: &Tx<'_>, peer: &str, d: &Blinded, at: DateTime<Utc>) -> TxResult<Option<Sent>> {
         if let Some(child) = tx.own_blinded(peer, d)? {
             let record = tx.child(&child)?;
             return self.reconcile(tx, peer, &child, d, &record, at);

@@ -174,6 +174,7 @@ impl PeerService {
                     blinded: a.blinded.map(|b| b.to_vec()).unwrap_or_default(),
                     gone: a.gone,
                     contacts: a.contacts.iter().map(party_out).collect(),
+                    contacts_archived: a.contacts_archived,
                 })
                 .collect(),
         })

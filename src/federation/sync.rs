@@ -59,23 +59,49 @@ impl Federation {
                 }
                 let mut answers = Vec::with_capacity(items.len());
                 let mut applied = 0u64;
+                let mut replayed = 0u64;
                 for (seq, item) in &items {
-                    let blinded = item.publish().map(|p| p.blinded);
-                    let mut answer =
-                        ItemAnswer { seq: *seq, blinded, gone: false, contacts: Vec::new(), resync_requested: false };
+                    let mut answer = ItemAnswer { seq: *seq, ..ItemAnswer::default() };
                     if *seq > seen.last_seq {
                         let done = pairs.apply_incoming(tx, &peer, item, now)?;
+                        answer.blinded = item.publish().map(|p| p.blinded);
                         answer.gone = done.gone;
                         answer.contacts = done.contacts;
+                        answer.contacts_archived = done.contacts_archived;
                         answer.resync_requested = done.resync_requested;
                         seen.last_seq = *seq;
                         applied += 1;
-                    } else if let Some(d) = blinded {
-                        // A replayed publish: answer as the first time, contacts included when
-                        // the pair is matched (the first answer may be what got lost).
-                        answer.contacts = pairs.matched_contacts(tx, peer.as_str(), &d, now)?;
+                    } else if let Some(p) = item.publish() {
+                        // A replayed publish is answered from what the first one stored: the
+                        // same D, and my contacts when the pair is matched (the first answer
+                        // may be what got lost). A replay that changes the point gets no D: a
+                        // replay is no way round the applied, audited path.
+                        replayed += 1;
+                        let stored = match tx.remote_handle(peer.as_str(), &p.handle)? {
+                            Some(d) => tx.remote(peer.as_str(), &d)?.map(|e| (d, e.point)),
+                            None => None,
+                        };
+                        answer.blinded = match stored {
+                            Some((d, point)) if point == p.point => Some(d),
+                            Some(_) => None,
+                            // Removed since: the entry is gone, the answer is the point's D
+                            // (blinded and counted against the budget like any publish).
+                            None => Some(p.blinded),
+                        };
+                        if let Some(d) = answer.blinded {
+                            answer.contacts = pairs.matched_contacts(tx, peer.as_str(), &d, now)?;
+                        }
                     }
                     answers.push(answer);
+                }
+                if replayed > 0 {
+                    tx.log(
+                        now,
+                        &format!("region:{peer}"),
+                        AuditAction::FederationReplay,
+                        &format!("region {peer}"),
+                        &format!("{replayed} publishes replayed"),
+                    )?;
                 }
                 tx.put_peer_seen(peer.as_str(), &seen)?;
                 if applied > 0 {
@@ -107,11 +133,25 @@ impl Federation {
                     tx.remove_outbox(&peer, out.seq)?;
                     // A "gone" answer is not acted on: it may describe an older state than the
                     // pair now has; the peer's in-order State or Remove ends the match.
-                    if let (Item::Publish(p), Some(d)) = (&out.item, answer.blinded) {
-                        pairs.apply_publish_answer(tx, &peer, &p.child, &d, now)?;
-                        if !answer.contacts.is_empty() {
-                            pairs.receive_contacts(tx, &peer, &p.handle, false, &answer.contacts, now)?;
+                    match &out.item {
+                        Item::Publish(p) => {
+                            let Some(d) = answer.blinded else { continue };
+                            pairs.apply_publish_answer(tx, &peer, &p.child, &d, now)?;
+                            if answer.contacts.is_empty() {
+                                continue;
+                            }
+                            // The peer's contacts for the pair it detected, from its child that
+                            // blinds to the same D; applied only if this node now detects the
+                            // same pair itself.
+                            let Some(entry) = tx.remote(&peer, &d)? else { continue };
+                            let (contacts, archived) = (&answer.contacts, answer.contacts_archived);
+                            pairs.receive_contacts(tx, &peer, &entry.handle, &p.handle, archived, contacts, now)?;
                         }
+                        // The peer's own contacts in reply to mine (see `Pairs::apply_incoming`).
+                        Item::Contacts { from, to, archived: false, .. } if !answer.contacts.is_empty() => {
+                            pairs.receive_contacts(tx, &peer, to, from, false, &answer.contacts, now)?;
+                        }
+                        _ => {}
                     }
                 }
                 Ok(())
