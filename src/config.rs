@@ -81,11 +81,20 @@ pub struct Federation {
     /// Blinding key file (created 0600 on first start); default `<data_dir>/blind.key`.
     #[serde(default)]
     pub blind_key: Option<PathBuf>,
-    /// Blind requests (new children) a peer may send per hour before it is refused
-    /// with RESOURCE_EXHAUSTED: a peer that probes is stopped and reported.
+    /// The oracle budget's capacity: the most blind requests (new children) a peer may
+    /// send in one burst. Each takes a token from the peer's bucket, which refills at
+    /// `oracle_refill_per_hour` and is kept in the store (a restart does not refill it); a
+    /// request needing more tokens than are left is refused with RESOURCE_EXHAUSTED,
+    /// audited and counted: a peer that probes is stopped and reported. (The name is from
+    /// when this was a fixed hourly window.)
     #[serde(default = "default_oracle_budget")]
     pub oracle_budget_per_hour: u64,
-    /// Budget for bulk resync (a peer joining or re-keying), counted separately, per day.
+    /// Tokens added to each peer's oracle budget per hour: the sustained rate of new
+    /// children a peer may have blinded here.
+    #[serde(default = "default_oracle_refill")]
+    pub oracle_refill_per_hour: u64,
+    /// Budget for bulk resync (a peer joining or re-keying), counted separately: a bucket of
+    /// this capacity that refills by the same amount per day.
     #[serde(default = "default_resync_budget")]
     pub resync_budget_per_day: u64,
     /// The other regions.
@@ -119,10 +128,17 @@ impl Peer {
 fn default_peer_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7444))
 }
-// About 8,000 new children a year per region (D10) is ~1 an hour; 1,000 an hour leaves room
-// for bursts at ten times the national volume while stopping a bulk guessing run.
+// D10: ~240,000 new signals a year over 25-35 regions is ~1 new child an hour per region,
+// ~10 an hour at ten times the scale. A burst of 500 is two days of that at ten times the
+// scale, so a peer whose link was down for two days catches up at once (and the bucket of a
+// peer that was quiet is full again by then anyway).
 fn default_oracle_budget() -> u64 {
-    1_000
+    500
+}
+// Six times the ten-times-scale rate: honest traffic never drains the bucket, while a peer
+// that guesses gets at most 500 + 60 an hour (~1,900 a day, against 10^9 BSNs).
+fn default_oracle_refill() -> u64 {
+    60
 }
 // A joining peer publishes every child it holds: ~50,000 per region at ten times scale.
 fn default_resync_budget() -> u64 {
@@ -271,6 +287,17 @@ impl Config {
                     return Err(format!("federation.peers.address {:?}: give host:port", peer.address));
                 }
             }
+            for (field, value) in [
+                ("oracle_budget_per_hour", fed.oracle_budget_per_hour),
+                ("oracle_refill_per_hour", fed.oracle_refill_per_hour),
+                ("resync_budget_per_day", fed.resync_budget_per_day),
+            ] {
+                if value == 0 {
+                    return Err(format!(
+                        "federation.{field} must be at least 1, or peers can never publish a new child here"
+                    ));
+                }
+            }
         }
         if self.sweeper.interval_secs == 0 {
             return Err("sweeper.interval_secs must be at least 1".into());
@@ -343,6 +370,31 @@ mod tests {
         assert_eq!(config.region.as_str(), "rotterdam");
         assert_eq!(config.sweeper.interval_secs, 3600);
         assert_eq!(config.http_listen, SocketAddr::from(([127, 0, 0, 1], 9464)));
+        let fed = config.federation.unwrap();
+        assert_eq!(
+            (fed.oracle_budget_per_hour, fed.oracle_refill_per_hour, fed.resync_budget_per_day),
+            (default_oracle_budget(), default_oracle_refill(), default_resync_budget()),
+            "the sample shows the defaults"
+        );
+    }
+
+    #[test]
+    fn budget_defaults_apply_and_a_zero_budget_is_refused() {
+        let base = include_str!("../deploy/node.example.toml");
+        let bare: String = base.lines().filter(|l| !l.contains("_per_hour") && !l.contains("_per_day")).fold(
+            String::new(),
+            |mut out, l| {
+                out.push_str(l);
+                out.push('\n');
+                out
+            },
+        );
+        let fed = Config::parse(&bare).unwrap().federation.unwrap();
+        assert_eq!((fed.oracle_budget_per_hour, fed.oracle_refill_per_hour), (500, 60));
+        let zero = base.replace("oracle_refill_per_hour = 60", "oracle_refill_per_hour = 0");
+        assert_ne!(zero, base);
+        let err = Config::parse(&zero).unwrap_err();
+        assert!(err.contains("federation.oracle_refill_per_hour must be at least 1"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,9 @@
 //!   retention, the audit vocabulary, the injected clock), [`pseudonym`] (keyed
 //!   pseudonyms, blinding), [`pki`] (CA tooling, rustls configs, identities from
 //!   certificates), [`config`] (TOML with environment overrides; ids typed as it loads).
+//! - [`dleq`]: batched DLEQ proofs (RFC 9497 §2.2, ristretto255-SHA512) that a peer's blinded
+//!   answers were made with the key it published; a node applies them only with a valid proof
+//!   (invariant 9). Beside [`pseudonym`], whose blinding it proves.
 //! - `kit` (cargo feature `kit`, on by default, off in production builds): the test and
 //!   demo kit above everything else: `kit::fixture` (a real region on loopback: CA,
 //!   certificates, config, node), `kit::demo` (`virfed demo`), `kit::bench` (`virfed
@@ -44,6 +47,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod dashboard;
+pub mod dleq;
 pub mod domain;
 pub mod federation;
 pub mod health;

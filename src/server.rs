@@ -352,15 +352,17 @@ fn start_federation(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, NodeError> {
     let PeerSide { listener, tls, files, blind_key, counters, .. } = side;
     let peers = fed.peers.iter().map(|p| p.region.to_string()).collect();
+    let (oracle, resync) = PeerService::limits(fed);
     let service = PeerService::new(
         federation.clone(),
         config.region.to_string(),
         fed.cert.clone(),
         blind_key,
         peers,
-        fed.oracle_budget_per_hour,
-        fed.resync_budget_per_day,
+        oracle,
+        resync,
         counters.clone(),
+        state.clock.clone(),
     );
     let peer_services = vec![PEER_SERVICE, STATUS_SERVICE];
     let peer_health = reporters.add_port(peer_services.clone());

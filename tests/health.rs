@@ -235,9 +235,9 @@ async fn virfed_status_exit_codes_healthy_warnings_unreachable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_is_for_node_and_coordinator_certificates_only() {
+async fn status_is_for_configured_peers_and_coordinator_certificates_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let files = FederationFiles::create_with(tmp.path(), &["amsterdam"], |_, _| false).unwrap();
+    let files = FederationFiles::create_with(tmp.path(), &["amsterdam", "rotterdam"], |_, _| true).unwrap();
     let ca_dir = files.ca_dir.clone();
     let regions = RunningRegion::start_federation(files, Arc::new(SystemClock)).await.unwrap();
     let addr = peer_addr(&regions[0]);
@@ -245,6 +245,11 @@ async fn status_is_for_node_and_coordinator_certificates_only() {
         let status = get_status(&addr, federation_tls(&ca_dir, identity.clone())).await;
         assert_eq!(status.unwrap_or_else(|e| panic!("{identity}: {e}")).region, "amsterdam");
     }
+    // A valid node certificate of a region that is not a peer of this node reads nothing
+    // (issue 9: any region certificate could read the status API).
+    let err = get_status(&addr, federation_tls(&ca_dir, Identity::Region("zwolle".into()))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("not a configured peer"), "{}", err.message());
     for identity in [Identity::Organisation("jz".into()), Identity::Operator("ops".into())] {
         let err = get_status(&addr, federation_tls(&ca_dir, identity.clone())).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{identity}: {err}");

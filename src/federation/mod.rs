@@ -8,8 +8,9 @@
 //! - [`service`]: [`PeerService`] (`virfed.federation.v1.Peer`) answers other regions. The
 //!   caller's region comes from its node certificate ([`crate::pki::require_region`]); a
 //!   region named in the body must equal it, and only configured peers are served.
-//!   Publishes are counted against the peer's hourly oracle budget ([`Budget`]); bulk
-//!   resync (join, re-key) against a separate daily budget, and audited.
+//!   Publishes are counted, before anything is blinded, against the peer's oracle budget
+//!   (a token bucket kept in the store, [`budget`]); bulk resync (join, re-key) against a
+//!   separate daily bucket, and audited.
 //! - [`delivery`] drains each peer's durable outbox in order, retrying with jittered,
 //!   bounded exponential backoff, so a peer that was down for days is caught up.
 //! - [`error`]: every refusal and its one mapping to `tonic::Status`.
@@ -30,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use budget::Budget;
+pub use budget::{Bucket, Limit};
 pub(crate) use convert::{item_out, party_in};
 pub use error::FederationError;
 pub use item::{InItem, Item, ItemAnswer, OutItem, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
@@ -43,6 +44,10 @@ pub use sync::Federation;
 pub struct PeerCounters {
     /// Blind requests refused because the peer was over its budget.
     pub budget_rejections: AtomicU64,
+    /// Blind operations granted to the peer from its oracle budget (new children).
+    pub oracle_blinds: AtomicU64,
+    /// Blind operations granted to the peer from its resync budget (join, re-key).
+    pub resync_blinds: AtomicU64,
     /// Items this node received from the peer.
     pub items_received: AtomicU64,
     /// Items delivered to the peer.

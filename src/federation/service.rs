@@ -1,22 +1,23 @@
 //! [`PeerService`]: the peer API (`virfed.federation.v1.Peer`) other regions call.
 //!
 //! The caller's region comes from its node certificate, never from the message; only
-//! configured peers are served; an exchange is validated whole, blinded as one batch,
-//! counted against the peer's budget and applied in one transaction. Refusals are
+//! configured peers are served; an exchange is validated whole, counted against the
+//! peer's budget (a token bucket in the store, [`super::budget`]) *before* anything is
+//! blinded, then blinded as one batch and applied in one transaction. Refusals are
 //! [`FederationError`]s, audited where they concern the peer's conduct.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
+use super::budget::{Bucket, Limit};
 use super::convert::{item_in, party_out};
 use super::item::{Item, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
-use super::{cert_not_after, Budget, Counters, Federation, FederationError};
-use crate::domain::{AuditAction, RegionId};
+use super::{cert_not_after, Counters, Federation, FederationError};
+use crate::domain::{AuditAction, Clock, RegionId};
 use crate::pb::federation as pb;
 use crate::pki::require_region;
 use crate::pseudonym::{BlindKey, Blinded};
@@ -34,9 +35,11 @@ struct Inner {
     cert_file: std::path::PathBuf,
     blind_key: BlindKey,
     peers: HashSet<String>,
-    oracle: Budget,
-    resync: Budget,
+    oracle: Limit,
+    resync: Limit,
     counters: Counters,
+    /// The node's clock: budget refills and audit times.
+    clock: Arc<dyn Clock>,
 }
 
 impl PeerService {
@@ -47,24 +50,66 @@ impl PeerService {
         cert_file: std::path::PathBuf,
         blind_key: BlindKey,
         peers: HashSet<String>,
-        oracle_per_hour: u64,
-        resync_per_day: u64,
+        oracle: Limit,
+        resync: Limit,
         counters: Counters,
+        clock: Arc<dyn Clock>,
     ) -> PeerService {
         PeerService {
-            inner: Arc::new(Inner {
-                federation,
-                region,
-                cert_file,
-                blind_key,
-                peers,
-                oracle: Budget::new(oracle_per_hour, Duration::from_secs(3600)),
-                // The flag is the peer's claim, so the bulk budget is per day: a join or a
-                // re-key a day, not a standing allowance for a peer that probes.
-                resync: Budget::new(resync_per_day, Duration::from_secs(24 * 3600)),
-                counters,
-            }),
+            inner: Arc::new(Inner { federation, region, cert_file, blind_key, peers, oracle, resync, counters, clock }),
         }
+    }
+
+    /// The buckets of a node's `[federation]` config. The resync flag is the peer's claim,
+    /// so the bulk budget is per day: a join or a re-key a day, not a standing allowance
+    /// for a peer that probes.
+    pub fn limits(fed: &crate::config::Federation) -> (Limit, Limit) {
+        (
+            Limit::per_hour(fed.oracle_budget_per_hour, fed.oracle_refill_per_hour),
+            Limit::per_day(fed.resync_budget_per_day, fed.resync_budget_per_day),
+        )
+    }
+
+    /// Takes `n` tokens from the peer's `kind` bucket, in one store write: the bucket is
+    /// stored when granted (with the `federation.resync` audit entry for a resync); when
+    /// refused nothing is taken and the `federation.budget-exceeded` entry is written
+    /// instead. The writer runs one job at a time and each reads what the one before
+    /// wrote, so concurrent exchanges of one peer never spend the same token twice.
+    async fn take_budget(&self, region: &str, kind: &'static str, n: u64) -> Result<bool, FederationError> {
+        let limit = if kind == "resync" { self.inner.resync } else { self.inner.oracle };
+        let now = self.inner.clock.now();
+        let now_ms = now.timestamp_millis();
+        let (peer, actor, subject) = (region.to_owned(), format!("region:{region}"), format!("region {region}"));
+        let granted = self
+            .inner
+            .federation
+            .store()
+            .write(move |tx| {
+                let stored = tx.budget(&peer, kind)?.map(|(tokens, at_ms)| Bucket { tokens, at_ms });
+                match limit.take(stored, now_ms, n) {
+                    Ok(b) => {
+                        tx.put_budget(&peer, kind, b.tokens, b.at_ms)?;
+                        if kind == "resync" {
+                            let detail = format!("{n} children blinded for a join or re-key");
+                            tx.log(now, &actor, AuditAction::FederationResync, &subject, &detail)?;
+                        }
+                        Ok(true)
+                    }
+                    Err(left) => {
+                        let detail = format!(
+                            "{kind} budget: {n} blind requests refused, {} tokens left (capacity {}, {} per {})",
+                            left.floor(),
+                            limit.capacity,
+                            limit.refill,
+                            if kind == "resync" { "day" } else { "hour" },
+                        );
+                        tx.log(now, &actor, AuditAction::FederationBudgetExceeded, &subject, &detail)?;
+                        Ok(false)
+                    }
+                }
+            })
+            .await?;
+        Ok(granted)
     }
 
     /// The calling region: from the certificate, and one of the configured peers.
@@ -96,7 +141,7 @@ impl PeerService {
         self.inner.federation.store().audit_event(&format!("region:{region}"), action, subject, detail).await
     }
 
-    /// One exchange: validate everything, blind the batch, take the budget, apply.
+    /// One exchange: validate everything, take the budget, blind the batch, apply.
     async fn exchange(&self, req: Request<pb::ExchangeRequest>) -> Result<pb::ExchangeResponse, FederationError> {
         let claimed = req.get_ref().from_region.clone();
         let region = self.caller(&req, &claimed).await?;
@@ -112,7 +157,7 @@ impl PeerService {
             return Err(FederationError::bad(format!("at most {MAX_ITEMS} items per exchange")));
         }
         let counters = self.inner.counters.get(region.as_str()).cloned().unwrap_or_default();
-        // Validate and blind everything first: a bad item refuses the request, unchanged.
+        // Validate everything first: a bad item refuses the request, unchanged.
         let mut items = Vec::with_capacity(r.items.len());
         let mut last_seq = 0;
         for item in r.items {
@@ -124,6 +169,20 @@ impl PeerService {
         }
         let points: Vec<Blinded> = items.iter().filter_map(|(_, i)| i.publish().map(|p| p.point)).collect();
         let publishes = points.len() as u64;
+        // A bad point is bad input: refused before it costs the peer a token.
+        if !points.iter().all(valid_point) {
+            return Err(FederationError::bad("publish.point is not a valid ristretto255 point"));
+        }
+        // The budget before any blinding: a refused request gets no blinded value back,
+        // and no scalar multiplication is spent on it.
+        let kind = if r.resync { "resync" } else { "oracle" };
+        if publishes > 0 && !self.take_budget(region.as_str(), kind, publishes).await? {
+            counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %region, publishes, kind, "peer over its blind budget; refused and audited");
+            return Err(FederationError::OverBudget { region: region.to_string(), kind });
+        }
+        let granted = if r.resync { &counters.resync_blinds } else { &counters.oracle_blinds };
+        granted.fetch_add(publishes, Ordering::Relaxed);
         let mut blinded = self
             .inner
             .blind_key
@@ -134,20 +193,6 @@ impl PeerService {
             if let Item::Publish(p) = item {
                 p.blinded = blinded.next().ok_or_else(|| FederationError::bad("blinding lost an item"))?;
             }
-        }
-        let budget = if r.resync { &self.inner.resync } else { &self.inner.oracle };
-        let kind = if r.resync { "resync" } else { "oracle" };
-        let subject = format!("region {region}");
-        if publishes > 0 && !budget.take(region.as_str(), publishes) {
-            counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %region, publishes, kind, "peer over its blind budget; refused");
-            let detail = format!("{kind} budget, {publishes} blind requests refused");
-            let _ = self.audit(region.as_str(), AuditAction::FederationBudgetExceeded, &subject, &detail).await;
-            return Err(FederationError::OverBudget { region: region.to_string(), kind });
-        }
-        if r.resync && publishes > 0 {
-            let detail = format!("{publishes} children blinded for a join or re-key");
-            let _ = self.audit(region.as_str(), AuditAction::FederationResync, &subject, &detail).await;
         }
         counters.items_received.fetch_add(items.len() as u64, Ordering::Relaxed);
         let answers = self.inner.federation.apply_exchange(&region, r.epoch, items).await.inspect_err(|e| {
@@ -179,6 +224,13 @@ impl PeerService {
                 .collect(),
         })
     }
+}
+
+/// Whether `point` decodes to a ristretto255 point other than the identity (what
+/// [`BlindKey::blind_points`] accepts), checked without blinding it.
+fn valid_point(point: &Blinded) -> bool {
+    use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+    CompressedRistretto(*point).decompress().is_some_and(|q| q != RistrettoPoint::default())
 }
 
 #[tonic::async_trait]

@@ -48,6 +48,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ("virfed_peer_items_received_total", "items received from the peer"),
     ("virfed_peer_delivery_failures_total", "failed outbox delivery attempts to the peer"),
     ("virfed_peer_budget_rejections_total", "blind requests of the peer refused over its oracle or resync budget"),
+    ("virfed_peer_blinds_total", "blind operations granted to the peer, label kind=oracle|resync (its budget use)"),
     ("virfed_peer_cert_expiry_days", "days until the peer's node certificate expires, as the peer reports it"),
     ("virfed_peer_protocol_version", "the peer's protocol version from its last ping (0 unknown)"),
     ("virfed_grpc_requests_total", "gRPC requests by port=client|peer, method and code"),
@@ -291,6 +292,17 @@ pub fn render(health: &NodeHealth, status: &pb::NodeStatus) -> String {
         attempts.get_or_create(&vec![("peer", p.region.clone())]).inc_by(p.delivery_attempts);
     }
     r.register("peer_delivery_attempts", help("peer_delivery_attempts"), attempts);
+    // Budget use, not only refusals: a peer that keeps spending just under its refill is
+    // visible too. From the counters (since this process started), per configured peer.
+    let blinds: Family<Labels, Counter> = Family::default();
+    for peer in &health.peers {
+        let c = health.counters.get(&peer.region).cloned().unwrap_or_default();
+        for (kind, n) in [("oracle", &c.oracle_blinds), ("resync", &c.resync_blinds)] {
+            let l = vec![("peer", peer.region.clone()), ("kind", kind.to_string())];
+            blinds.get_or_create(&l).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+    r.register("peer_blinds", help("peer_blinds"), blinds);
     let quiet: Family<Labels, Gauge> = Family::default();
     for (org, flagged) in health.quiet_orgs() {
         quiet.get_or_create(&vec![("org", org)]).set(flagged as i64);

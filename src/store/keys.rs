@@ -25,6 +25,9 @@ pub mod meta {
     pub const JOINED: &str = "joined/";
     /// Prefix of `webhook_cursor/<org>`: the last notice delivered to the org's webhook.
     pub const WEBHOOK_CURSOR: &str = "webhook_cursor/";
+    /// Prefix of `budget/<peer>/<kind>`: a peer's blind budget (tokens, time), kept across
+    /// restarts and in backups (`federation::budget`).
+    pub const BUDGET: &str = "budget/";
 
     pub fn joined(peer: &str) -> Vec<u8> {
         format!("{JOINED}{peer}").into_bytes()
@@ -32,6 +35,11 @@ pub mod meta {
 
     pub fn webhook_cursor(org: &str) -> Vec<u8> {
         format!("{WEBHOOK_CURSOR}{org}").into_bytes()
+    }
+
+    /// Region ids are `[a-z0-9-]` and kinds are fixed words, so `/` separates them.
+    pub fn budget(peer: &str, kind: &str) -> Vec<u8> {
+        format!("{BUDGET}{peer}/{kind}").into_bytes()
     }
 }
 
@@ -234,6 +242,8 @@ mod tests {
     fn meta_keys_per_owner() {
         assert_eq!(meta::joined("utrecht"), b"joined/utrecht");
         assert_eq!(meta::webhook_cursor("ggd"), b"webhook_cursor/ggd");
+        assert_eq!(meta::budget("utrecht", "oracle"), b"budget/utrecht/oracle");
+        assert_ne!(meta::budget("utrecht", "oracle"), meta::budget("utrecht", "resync"));
         assert_eq!(u64_value(Some(&42u64.to_be_bytes())), 42);
         assert_eq!(u64_value(None), 0);
         assert_eq!(u64_value(Some(b"bad")), 0);

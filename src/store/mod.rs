@@ -339,6 +339,11 @@ impl Store {
         self.write(move |tx| tx.set_blind_fingerprint(&fp)).await
     }
 
+    /// A peer's blind budget of `kind` as last stored: (tokens, Unix ms); see [`Tx::budget`].
+    pub fn budget(&self, peer: &str, kind: &str) -> Result<Option<(f64, i64)>, StoreError> {
+        self.get(Table::Meta, &meta::budget(peer, kind), "blind budget")
+    }
+
     /// The last notice delivered to the organisation's webhook (0: none yet).
     pub fn webhook_cursor(&self, org: &OrgId) -> Result<u64, StoreError> {
         self.meta_u64(&meta::webhook_cursor(org.as_str()))

@@ -208,6 +208,16 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// A peer's blind budget of `kind`: (tokens, Unix ms when they were counted); `None`
+    /// for a peer never budgeted here.
+    pub fn budget(&self, peer: &str, kind: &str) -> TxResult<Option<(f64, i64)>> {
+        self.get(Table::Meta, &meta::budget(peer, kind), "blind budget")
+    }
+
+    pub fn put_budget(&self, peer: &str, kind: &str, tokens: f64, at_ms: i64) -> TxResult<()> {
+        self.put(Table::Meta, &meta::budget(peer, kind), &(tokens, at_ms))
+    }
+
     pub fn set_probe(&self, value: u64) -> TxResult<()> {
         self.t(Table::Meta).insert(meta::PROBE, value.to_be_bytes())?;
         Ok(())

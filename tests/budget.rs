@@ -1,0 +1,288 @@
+//! The peer oracle budget (invariants 2 and 9 of DESIGN.md) and who may read the status
+//! API (invariant 6), from the outside: a rogue peer with a valid node certificate of the
+//! federation CA sends crafted `Exchange` requests over real mutual TLS to a victim node
+//! started from the same fixture an operator's config would come from. The victim runs on
+//! a `ManualClock`, so refills happen exactly when the test moves time.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use tonic::transport::Channel;
+use tonic::Code;
+use virfed::config::Config;
+use virfed::domain::{Bsn, Clock, ManualClock};
+use virfed::federation::{PROTOCOL_MINOR, PROTOCOL_VERSION};
+use virfed::kit::fixture::{valid_bsns, FederationFiles, RegionFiles, RunningRegion};
+use virfed::pb::admin as admin_pb;
+use virfed::pb::admin::status_client::StatusClient;
+use virfed::pb::federation as fpb;
+use virfed::pb::federation::item::Body;
+use virfed::pb::federation::peer_client::PeerClient;
+use virfed::pki::{client_config, connect, Ca, CertSpec, Identity, TlsMaterial};
+use virfed::pseudonym::BlindKey;
+
+// ---- fixture -------------------------------------------------------------------------------
+
+fn clock() -> ManualClock {
+    ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap())
+}
+
+/// A federation of rotterdam (the victim) and utrecht (played by the test), with
+/// rotterdam's oracle bucket set to `capacity` and `refill_per_hour`.
+fn victim_files(dir: &Path, capacity: u64, refill_per_hour: u64) -> (FederationFiles, RegionFiles) {
+    let mut files = FederationFiles::create(dir, &["rotterdam", "utrecht"]).unwrap();
+    let mut rdam = files.regions.remove(0);
+    let text = std::fs::read_to_string(&rdam.config_path).unwrap();
+    assert!(text.contains("\n[federation]\n"));
+    let budget =
+        format!("\n[federation]\noracle_budget_per_hour = {capacity}\noracle_refill_per_hour = {refill_per_hour}\n");
+    let text = text.replacen("\n[federation]\n", &budget, 1);
+    std::fs::write(&rdam.config_path, text).unwrap();
+    rdam.config = Config::load(&rdam.config_path).unwrap();
+    let fed = rdam.config.federation.as_ref().unwrap();
+    assert_eq!((fed.oracle_budget_per_hour, fed.oracle_refill_per_hour), (capacity, refill_per_hour));
+    (files, rdam)
+}
+
+fn peer_listen(files: &RegionFiles) -> SocketAddr {
+    files.config.federation.as_ref().unwrap().listen
+}
+
+/// TLS material of a node certificate of `region` from the federation CA in `ca_dir`.
+fn node_material(ca_dir: &Path, region: &str) -> TlsMaterial {
+    let ca = Ca::load(ca_dir).unwrap();
+    let issued = ca.issue(&CertSpec::node(region, vec!["localhost".into()], 30)).unwrap();
+    TlsMaterial::from_issued(&ca.cert_pem(), &issued)
+}
+
+async fn channel(addr: SocketAddr, material: &TlsMaterial) -> Channel {
+    let config = client_config(material).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connect(&addr.to_string(), "localhost", config))
+        .await
+        .expect("connect timed out")
+        .unwrap()
+}
+
+/// The rogue: utrecht's genuine node certificate, guessing BSNs one publish at a time.
+struct Rogue {
+    client: PeerClient<Channel>,
+    key: BlindKey,
+    guesses: Vec<String>,
+    seq: u64,
+}
+
+impl Rogue {
+    async fn connect(addr: SocketAddr, ca_dir: &Path) -> Rogue {
+        Rogue {
+            client: PeerClient::new(channel(addr, &node_material(ca_dir, "utrecht")).await),
+            key: BlindKey::random(),
+            guesses: valid_bsns(123_000_000, 64),
+            seq: 0,
+        }
+    }
+
+    /// One exchange of `n` publishes of fresh guesses: the blinded values it got back.
+    async fn guess(&mut self, n: usize) -> Result<Vec<Vec<u8>>, tonic::Status> {
+        let items = (0..n)
+            .map(|_| {
+                self.seq += 1;
+                let bsn = Bsn::parse(&self.guesses[self.seq as usize]).unwrap();
+                let point = self.key.blind_bsn(&bsn).to_vec();
+                let handle = vec![self.seq as u8; 16];
+                fpb::Item { seq: self.seq, body: Some(Body::Publish(fpb::Publish { handle, point, active: true })) }
+            })
+            .collect();
+        let request = fpb::ExchangeRequest {
+            protocol_version: PROTOCOL_VERSION,
+            protocol_minor: PROTOCOL_MINOR,
+            from_region: "utrecht".into(),
+            epoch: 42,
+            resync: false,
+            items,
+        };
+        let answer = self.client.exchange(request).await?.into_inner();
+        Ok(answer.results.into_iter().map(|r| r.blinded).filter(|b| !b.is_empty()).collect())
+    }
+}
+
+fn assert_over_budget(result: Result<Vec<Vec<u8>>, tonic::Status>) {
+    let status = result.expect_err("the guess should have been refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("utrecht") && status.message().contains("reported to the coordinators"),
+        "{}",
+        status.message()
+    );
+}
+
+fn exceeded(region: &RunningRegion) -> Vec<virfed::store::AuditEntry> {
+    let entries = region.handle.store().audit_entries().unwrap();
+    entries.into_iter().filter(|e| e.action == "federation.budget-exceeded").collect()
+}
+
+fn tokens(region: &RunningRegion) -> f64 {
+    region.handle.store().budget("utrecht", "oracle").unwrap().expect("a stored bucket").0
+}
+
+fn counter(region: &RunningRegion, pick: impl Fn(&virfed::federation::PeerCounters) -> u64) -> u64 {
+    pick(&region.handle.peer_counters()["utrecht"])
+}
+
+// ---- invariant 2: the budget ---------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant_2_budget_exhausted_stays_exhausted_across_a_victim_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 3, 60);
+    let clock = clock();
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock.clone())).await.unwrap();
+    let addr = peer_listen(&rdam.files);
+    let mut rogue = Rogue::connect(addr, &files.ca_dir).await;
+    for _ in 0..3 {
+        assert_eq!(rogue.guess(1).await.unwrap().len(), 1);
+    }
+    assert_over_budget(rogue.guess(1).await);
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 3);
+    assert_eq!(exceeded(&rdam).len(), 1);
+
+    // The victim restarts from the same data directory, 10 s later (1/6 of a token at 60
+    // an hour): the bucket is where it was, not full again.
+    let rdam_files = rdam.stop().await.unwrap();
+    clock.advance(chrono::Duration::seconds(10));
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock.clone())).await.unwrap();
+    let mut rogue =
+        Rogue { client: PeerClient::new(channel(addr, &node_material(&files.ca_dir, "utrecht")).await), ..rogue };
+    for _ in 0..3 {
+        assert_over_budget(rogue.guess(1).await);
+    }
+    // Nothing blinded: no index entry, no blind granted, the bucket untouched.
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 3);
+    assert_eq!(counter(&rdam, |c| c.oracle_blinds.load(Ordering::Relaxed)), 0);
+    assert_eq!(counter(&rdam, |c| c.budget_rejections.load(Ordering::Relaxed)), 3);
+    assert!(tokens(&rdam) < 1.0, "{}", tokens(&rdam));
+    // Audited, before and after the restart, with the peer named by its certificate.
+    let entries = exceeded(&rdam);
+    assert_eq!(entries.len(), 4, "{entries:?}");
+    assert!(entries.iter().all(|e| e.actor == "region:utrecht" && e.detail.contains("oracle budget")), "{entries:?}");
+    assert!(rdam.handle.store().verify_audit().unwrap().is_ok());
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant_2_the_budget_is_checked_before_blinding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 4, 60);
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock())).await.unwrap();
+    let mut rogue = Rogue::connect(peer_listen(&rdam.files), &files.ca_dir).await;
+    assert_eq!(rogue.guess(2).await.unwrap().len(), 2, "control: within budget, the answers are blinded");
+    assert_eq!(tokens(&rdam), 2.0);
+    // Three guesses against two tokens: refused whole. No blinded value comes back, none
+    // is granted or applied, and the refusal takes nothing from the bucket.
+    assert_over_budget(rogue.guess(3).await);
+    assert_eq!(counter(&rdam, |c| c.oracle_blinds.load(Ordering::Relaxed)), 2);
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 2);
+    assert_eq!(tokens(&rdam), 2.0);
+    assert_eq!(exceeded(&rdam).len(), 1);
+    // So what fits still passes, in full.
+    assert_eq!(rogue.guess(2).await.unwrap().len(), 2);
+    assert_eq!(counter(&rdam, |c| c.oracle_blinds.load(Ordering::Relaxed)), 4);
+    assert_over_budget(rogue.guess(1).await);
+    // Budget use is exported, not only refusals.
+    let (code, metrics) = virfed::health::http::get_text(rdam.handle.http_addr(), "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("virfed_peer_blinds_total{peer=\"utrecht\",kind=\"oracle\"} 4"), "{metrics}");
+    assert!(metrics.contains("virfed_peer_budget_rejections_total{peer=\"utrecht\"} 2"), "{metrics}");
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_refills_at_the_configured_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 3, 60);
+    let clock = clock();
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock.clone())).await.unwrap();
+    let mut rogue = Rogue::connect(peer_listen(&rdam.files), &files.ca_dir).await;
+    rogue.guess(3).await.unwrap();
+    assert_over_budget(rogue.guess(1).await);
+    // 60 an hour is one a minute: not yet after 59 s, one after 60 s.
+    clock.advance(chrono::Duration::seconds(59));
+    assert_over_budget(rogue.guess(1).await);
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(rogue.guess(1).await.unwrap().len(), 1);
+    assert_over_budget(rogue.guess(1).await);
+    // An hour is 60 tokens of refill, but the bucket holds 3: no burst beyond the capacity.
+    clock.advance(chrono::Duration::hours(1));
+    assert_over_budget(rogue.guess(4).await);
+    assert_eq!(rogue.guess(3).await.unwrap().len(), 3);
+    assert_over_budget(rogue.guess(1).await);
+    let stored = rdam.handle.store().budget("utrecht", "oracle").unwrap().unwrap();
+    assert_eq!(stored, (0.0, clock.now().timestamp_millis()));
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 7);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn budget_state_is_kept_in_a_backup() {
+    // A restore must not hand a probing peer a full bucket: the state travels with the
+    // data (its time is wall-clock time, valid in any copy; refills since then still count).
+    let dir = tempfile::tempdir().unwrap();
+    let store = virfed::store::Store::open(&dir.path().join("store"), &Default::default()).unwrap();
+    store.write(|tx| tx.put_budget("utrecht", "oracle", 1.5, 1_700_000_000_000)).await.unwrap();
+    let backup = dir.path().join("backup");
+    store.backup_to(&backup).await.unwrap();
+    drop(store);
+    let restored = dir.path().join("restored");
+    virfed::store::backup::restore(&restored, &backup, false).unwrap();
+    // sled's flusher thread may hold the restored store's lock for a moment after restore.
+    let mut opened = virfed::store::Store::open(&restored, &Default::default());
+    for _ in 0..100 {
+        if opened.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        opened = virfed::store::Store::open(&restored, &Default::default());
+    }
+    let store = opened.unwrap();
+    assert_eq!(store.budget("utrecht", "oracle").unwrap(), Some((1.5, 1_700_000_000_000)));
+    assert_eq!(store.budget("utrecht", "resync").unwrap(), None);
+}
+
+// ---- invariant 6: status only for configured peers and coordinators ------------------------
+
+async fn get_status(addr: SocketAddr, material: &TlsMaterial) -> Result<admin_pb::NodeStatus, tonic::Status> {
+    StatusClient::new(channel(addr, material).await)
+        .get_status(admin_pb::GetStatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant_6_status_refuses_an_unconfigured_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 3, 60);
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock())).await.unwrap();
+    let addr = peer_listen(&rdam.files);
+    // Served: the configured peer's node certificate and a coordinator's.
+    assert_eq!(get_status(addr, &node_material(&files.ca_dir, "utrecht")).await.unwrap().region, "rotterdam");
+    let ca = Ca::load(&files.ca_dir).unwrap();
+    let coordinator = ca.issue(&CertSpec::coordinator("landelijk", 30)).unwrap();
+    let coordinator = TlsMaterial::from_issued(&ca.cert_pem(), &coordinator);
+    assert_eq!(get_status(addr, &coordinator).await.unwrap().region, "rotterdam");
+    // Refused: a perfectly valid node certificate of a region rotterdam does not peer with.
+    let err = get_status(addr, &node_material(&files.ca_dir, "zwolle")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("zwolle") && err.message().contains("not a configured peer"), "{}", err.message());
+    let refused: Vec<_> =
+        rdam.handle.store().audit_entries().unwrap().into_iter().filter(|e| e.action == "federation.refused").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor, "region:zwolle");
+    // Organisation certificates stay refused.
+    let org = ca.issue(&CertSpec::client(Identity::Organisation("jz".into()), 30)).unwrap();
+    let err = get_status(addr, &TlsMaterial::from_issued(&ca.cert_pem(), &org)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    rdam.stop().await.unwrap();
+}
