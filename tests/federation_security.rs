@@ -628,10 +628,11 @@ async fn invariant3_contacts_without_a_pair_the_victim_detected_are_refused_and_
     assert_eq!(any_notice(NoticeKind::History), 0, "no history notice from a peer's say-so");
     assert_eq!(any_notice(NoticeKind::MatchCreated), 0, "no match notice without contacts for a detected pair");
     assert!(
-        !store.notices_after(&OrgId::parse("jeugdzorg").unwrap(), 0, 100).unwrap().iter().any(|(_, n)| n
-            .counterparts
+        !store
+            .notices_after(&OrgId::parse("jeugdzorg").unwrap(), 0, 100)
+            .unwrap()
             .iter()
-            .any(|p| p.professional.email.contains("school-utrecht"))),
+            .any(|(_, n)| n.counterparts.iter().any(|p| p.professional.email.contains("school-utrecht"))),
         "the rogue's contact details reached nobody"
     );
 
