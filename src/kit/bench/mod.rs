@@ -196,6 +196,75 @@ pub fn crypto(n: usize) {
     println!("peer blind operations per second per core vs raw ristretto255 scalar multiplications");
     println!("{:>16} {:>16} {:>8}", "blind ops/s", "scalar mults/s", "ratio");
     println!("{blind:>16.0} {raw:>16.0} {:>8.2}", blind / raw);
+    let proven = proof_rates(n);
+    println!();
+    println!("proven answers (RFC 9497 batched DLEQ, batches of {PROOF_BATCH}), per item per core");
+    println!("{:>22} {:>14} {:>14}", "", "items/s", "µs/item");
+    for (name, rate) in [
+        ("blind", proven.blind),
+        ("blind + prove", proven.blind_and_prove),
+        ("verify", proven.verify),
+        ("raw scalar mult", raw),
+    ] {
+        println!("{name:>22} {rate:>14.0} {:>14.2}", 1e6 / rate);
+    }
+    // A verified exchange costs the answerer blind + prove and the asker verify.
+    let verified = 1.0 / (1.0 / proven.blind_and_prove + 1.0 / proven.verify);
+    println!(
+        "{:>22} {verified:>14.0} {:>14.2}   ratio to unverified (blind only): {:.2} (target ≥ 0.5)",
+        "verified exchange",
+        1e6 / verified,
+        verified / proven.blind
+    );
+}
+
+/// Items per batch in the proof benchmark: a full exchange.
+const PROOF_BATCH: usize = 256;
+
+/// Per-item rates of blinding a batch, blinding and proving it, and verifying the proof.
+pub struct ProofRates {
+    pub blind: f64,
+    pub blind_and_prove: f64,
+    pub verify: f64,
+}
+
+/// Measures [`ProofRates`] over about `n` items, best of alternating rounds.
+pub fn proof_rates(n: usize) -> ProofRates {
+    use crate::pseudonym::BlindKey;
+    let key = BlindKey::random();
+    let public = crate::dleq::public_key(&key);
+    let inputs: Vec<[u8; 32]> = valid_bsns(210_000_000, PROOF_BATCH)
+        .iter()
+        .filter_map(|b| crate::domain::Bsn::parse(b).ok())
+        .map(|b| BlindKey::random().blind_bsn(&b))
+        .collect();
+    let context = crate::dleq::virfed_context("utrecht", "rotterdam", 7).unwrap_or_default();
+    let mut rng = rand::thread_rng();
+    let rounds = (n / PROOF_BATCH / 4).clamp(1, 64);
+    let (mut blind, mut proved, mut verified) = (0f64, 0f64, 0f64);
+    for _ in 0..4 {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(key.blind_points(&inputs).ok());
+        }
+        blind = blind.max((rounds * inputs.len()) as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let mut last = None;
+        for _ in 0..rounds {
+            let answers = key.blind_points(&inputs).unwrap_or_default();
+            let proof = crate::dleq::prove_blinded(&key, &inputs, &answers, &context, &mut rng).ok();
+            last = proof.map(|p| (answers, p.to_bytes()));
+        }
+        proved = proved.max((rounds * inputs.len()) as f64 / started.elapsed().as_secs_f64());
+        let Some((answers, proof)) = last else { continue };
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let ok = crate::dleq::verify_blinded(&public, &inputs, &answers, &proof, &context).is_ok();
+            std::hint::black_box(ok);
+        }
+        verified = verified.max((rounds * inputs.len()) as f64 / started.elapsed().as_secs_f64());
+    }
+    ProofRates { blind, blind_and_prove: proved, verify: verified }
 }
 
 /// `virfed bench join`: a new region joins `regions` regions of `signals` children each.
