@@ -43,6 +43,18 @@ pub struct Config {
     /// the remaining connections, flushes and exits.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
+    /// Seconds a connection to the client and admin API may live. Then the node asks the
+    /// client to reconnect (HTTP/2 GOAWAY): no new requests on it, and open `Watch`
+    /// streams end with UNAVAILABLE ("reconnect with your last cursor") within the same
+    /// time again, after which the connection is closed. Every reconnect is a new TLS
+    /// handshake, so a certificate revoked by a CRL update loses its connections within about
+    /// twice this time. 300 s costs an honest client one handshake per five minutes.
+    #[serde(default = "default_client_max_connection_age")]
+    pub client_max_connection_age_secs: u64,
+    /// How many signals each organisation may register: a token bucket per organisation,
+    /// so that a stolen organisation certificate cannot flood the region's index.
+    #[serde(default)]
+    pub registration_limits: RegistrationLimits,
     /// Certificates: the region CA and the node's server certificate.
     pub tls: TlsConfig,
     /// The municipal match officer (D5).
@@ -145,6 +157,71 @@ fn default_resync_budget() -> u64 {
     200_000
 }
 
+/// The registration rate limit: every organisation's bucket holds `burst` registrations
+/// and refills by `per_hour`; `overrides` give single organisations other figures. The
+/// buckets are in memory (a restart refills them): the point is to cap a flood from a stolen
+/// certificate, not to meter honest use.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationLimits {
+    /// The most registrations an organisation may send at once (the bucket's capacity).
+    #[serde(default = "default_registration_burst")]
+    pub burst: u64,
+    /// Registrations added back to each organisation's bucket per hour: its sustained rate.
+    #[serde(default = "default_registration_per_hour")]
+    pub per_hour: u64,
+    /// Other limits for single organisations (`[[registration_limits.overrides]]`).
+    #[serde(default)]
+    pub overrides: Vec<OrgRegistrationLimit>,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        RegistrationLimits {
+            burst: default_registration_burst(),
+            per_hour: default_registration_per_hour(),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl RegistrationLimits {
+    /// The limit of `org`: its override, or the default.
+    pub fn for_org(&self, org: &OrgId) -> (u64, u64) {
+        self.overrides.iter().find(|o| &o.org == org).map_or((self.burst, self.per_hour), |o| (o.burst, o.per_hour))
+    }
+}
+
+/// One organisation's registration limit, instead of the default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgRegistrationLimit {
+    /// The organisation id, as in its client certificate.
+    #[serde(deserialize_with = "registration_limit_org")]
+    pub org: OrgId,
+    /// Its burst (bucket capacity).
+    pub burst: u64,
+    /// Its refill per hour.
+    pub per_hour: u64,
+}
+
+// D10: ~240,000 new signals a year over 25-35 regions is ~25 a day per region; at ten times
+// that scale ~250, and a large organisation (a youth-care provider) may send half of them,
+// often in batches (after a case conference, a backlog after an outage). A burst of 200
+// takes such an organisation's whole day at once, and 100 an hour refills it in two hours
+// (2,400 a day, far above any honest day), so honest use never meets the limit, while a
+// stolen certificate gets at most 200 + 100 an hour into the index, and its refusals are
+// audited, counted and alerted on.
+fn default_registration_burst() -> u64 {
+    200
+}
+fn default_registration_per_hour() -> u64 {
+    100
+}
+fn default_client_max_connection_age() -> u64 {
+    300
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -230,6 +307,10 @@ fn webhook_org<'de, D: Deserializer<'de>>(de: D) -> Result<OrgId, D::Error> {
     id_field(de, "webhooks.org", OrgId::parse)
 }
 
+fn registration_limit_org<'de, D: Deserializer<'de>>(de: D) -> Result<OrgId, D::Error> {
+    id_field(de, "registration_limits.overrides.org", OrgId::parse)
+}
+
 fn match_officer_org<'de, D: Deserializer<'de>>(de: D) -> Result<Option<OrgId>, D::Error> {
     id_field(de, "match_officer.org", OrgId::parse).map(Some)
 }
@@ -302,6 +383,29 @@ impl Config {
         if self.sweeper.interval_secs == 0 {
             return Err("sweeper.interval_secs must be at least 1".into());
         }
+        if self.client_max_connection_age_secs == 0 {
+            return Err("client_max_connection_age_secs must be at least 1 (300 is the default)".into());
+        }
+        let limits = &self.registration_limits;
+        let mut seen = std::collections::HashSet::new();
+        let figures = std::iter::once(("registration_limits".to_string(), limits.burst, limits.per_hour)).chain(
+            limits
+                .overrides
+                .iter()
+                .map(|o| (format!("registration_limits.overrides ({})", o.org), o.burst, o.per_hour)),
+        );
+        for (what, burst, per_hour) in figures {
+            if burst == 0 || per_hour == 0 {
+                return Err(format!(
+                    "{what}: burst and per_hour must be at least 1, or the organisation can never register a signal"
+                ));
+            }
+        }
+        for o in &limits.overrides {
+            if !seen.insert(&o.org) {
+                return Err(format!("registration_limits.overrides: organisation {} is listed twice", o.org));
+            }
+        }
         Ok(())
     }
 
@@ -370,6 +474,15 @@ mod tests {
         assert_eq!(config.region.as_str(), "rotterdam");
         assert_eq!(config.sweeper.interval_secs, 3600);
         assert_eq!(config.http_listen, SocketAddr::from(([127, 0, 0, 1], 9464)));
+        assert_eq!(
+            (
+                config.registration_limits.burst,
+                config.registration_limits.per_hour,
+                config.client_max_connection_age_secs
+            ),
+            (default_registration_burst(), default_registration_per_hour(), default_client_max_connection_age()),
+            "the sample shows the defaults"
+        );
         let fed = config.federation.unwrap();
         assert_eq!(
             (fed.oracle_budget_per_hour, fed.oracle_refill_per_hour, fed.resync_budget_per_day),

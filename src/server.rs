@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-use crate::api::{ApiState, OrganisationsService, SignalsService, MAX_REQUEST_BYTES};
+use crate::api::{ApiState, OrganisationsService, RegistrationLimiter, SignalsService, MAX_REQUEST_BYTES};
 use crate::config::Config;
 use crate::domain::Clock;
 use crate::federation::delivery::{self, PeerLink};
@@ -200,14 +200,6 @@ impl Node {
         info!(addr = %http_addr, "HTTP health port bound: /healthz, /readyz, /metrics");
         let (shutdown_tx, shutdown_rx) = Trigger::new();
         let (sweep_tx, sweep_rx) = mpsc::channel(4);
-        let state = Arc::new(ApiState {
-            registry,
-            local_key,
-            blind_key: Some(blind_key),
-            clock,
-            match_officer,
-            shutdown: shutdown_rx,
-        });
         let counters = peer.as_ref().map(|p| p.counters.clone()).unwrap_or_default();
         let health = Arc::new(NodeHealth::new(
             config.region.to_string(),
@@ -222,6 +214,28 @@ impl Node {
             config.tls.cert.clone(),
             config.federation.as_ref().map(|f| f.cert.clone()),
         ));
+        let rpc = health.rpc.clone();
+        let registration_limits = RegistrationLimiter::new(
+            config.registration_limits.clone(),
+            Box::new(move |org| rpc.registration_rate_limited(org.as_str())),
+        );
+        info!(
+            burst = config.registration_limits.burst,
+            per_hour = config.registration_limits.per_hour,
+            overrides = config.registration_limits.overrides.len(),
+            max_connection_age_secs = config.client_max_connection_age_secs,
+            "client API limits: registrations per organisation, connection age"
+        );
+        let state = Arc::new(ApiState {
+            registry,
+            local_key,
+            blind_key: Some(blind_key),
+            clock,
+            match_officer,
+            shutdown: shutdown_rx,
+            registration_limits,
+            watch_max_age: Duration::from_secs(config.client_max_connection_age_secs),
+        });
         let peer_addr = peer.as_ref().map(|p| p.addr);
         Ok(Node {
             config,
@@ -307,8 +321,14 @@ impl Node {
             draining.recv().await;
             tokio::time::sleep(grace).await;
         };
+        // A certificate revoked by a CRL update keeps no connection: at this age the client
+        // is told to reconnect (a new handshake); open Watch streams end at the same age
+        // (UNAVAILABLE, resumable by cursor), and what is left is closed a little after.
+        let age = Duration::from_secs(config.client_max_connection_age_secs);
         let server = Server::builder()
             .timeout(Duration::from_secs(30))
+            .max_connection_age(age)
+            .max_connection_age_grace(age + Duration::from_secs(10))
             .layer(RpcMetricsLayer::new(health.rpc.clone(), "client"))
             .add_routes(tonic::service::Routes::from(crate::api::pages::routes(state.clone())))
             .add_service(signals)

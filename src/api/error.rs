@@ -21,6 +21,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Over a rate limit (the organisation's registration limit): nothing was changed.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("the node could not complete the request: {0}")]
     Internal(String),
 }
@@ -76,6 +79,7 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -8,25 +8,35 @@
 //! Identity always comes from the TLS connection ([`crate::pki::peer_of`]), never from a
 //! message. Requests are validated completely before the store is touched, so a refused
 //! request changes nothing (invariant 7).
+//!
+//! A stolen organisation certificate is contained twice over: [`RegistrationLimiter`] caps
+//! how many signals one organisation may register (a token bucket each), and the server
+//! gives every client connection a maximum age, so a certificate revoked by a CRL update
+//! must handshake again soon; [`SignalsService`]'s `Watch` streams end with UNAVAILABLE at
+//! that age, and the client resumes from its last cursor.
 
 mod convert;
 mod error;
 pub mod pages;
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use error::ApiError;
 
+use crate::config::RegistrationLimits;
+use crate::domain::bucket::{Bucket, Limit};
 use crate::domain::retention::removal_date_for_registration;
 use crate::domain::{
-    parse_date, Bsn, Clock, Contact, OrgDomain, OrgId, Organisation, SignalId, WithdrawReason, Withdrawer,
+    parse_date, AuditAction, Bsn, Clock, Contact, OrgDomain, OrgId, Organisation, SignalId, WithdrawReason, Withdrawer,
 };
 use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
@@ -50,11 +60,95 @@ pub struct ApiState {
     pub match_officer: Option<OrgId>,
     /// Flips to true when the node shuts down, ending watch streams.
     pub shutdown: Shutdown,
+    /// Each organisation's registration rate limit.
+    pub registration_limits: RegistrationLimiter,
+    /// How long one `Watch` stream lives before it ends with UNAVAILABLE (the client API's
+    /// maximum connection age, so that the stream does not hold a revoked certificate's
+    /// connection open).
+    pub watch_max_age: Duration,
 }
 
 impl ApiState {
     pub fn store(&self) -> &Store {
         self.registry.store()
+    }
+}
+
+/// Called once for every registration refused over the limit (the server counts it in
+/// `virfed_registrations_rate_limited_total`); the API itself knows no metrics.
+pub type RefusalHook = Box<dyn Fn(&OrgId) + Send + Sync>;
+
+/// At most one audit entry per organisation per this many milliseconds while it stays over
+/// its limit: a flood of refusals must not become a flood of audit writes. The first
+/// refusal is logged at once; later ones are counted into the next entry's detail.
+const RATE_LIMIT_AUDIT_EVERY_MS: i64 = 60_000;
+
+/// The registration rate limit: a token bucket per organisation ([`crate::domain::bucket`]),
+/// with the figures of `[registration_limits]` in the config. Every `RegisterSignal` that
+/// passes validation takes a token, a repeat registration (D2) too: telling a repeat from
+/// a new signal needs the store, and the point is to cap requests from a stolen certificate
+/// before they reach it; an honest client's retries fit in the burst.
+///
+/// In memory: a restart refills every bucket. That is acceptable because this limit caps a
+/// flood, it does not meter honest use, and the refusals before the restart are audited.
+/// Buckets exist only for registered organisations (the caller is checked first), so the
+/// map is as small as the region's organisation list.
+pub struct RegistrationLimiter {
+    limits: RegistrationLimits,
+    orgs: Mutex<HashMap<OrgId, OrgBucket>>,
+    on_refusal: RefusalHook,
+}
+
+#[derive(Default)]
+struct OrgBucket {
+    bucket: Option<Bucket>,
+    /// Refusals not yet in an audit entry.
+    unaudited: u64,
+    last_audit_ms: Option<i64>,
+}
+
+/// A registration over the limit: nothing was taken.
+#[derive(Debug, PartialEq)]
+pub struct Refused {
+    pub limit: Limit,
+    /// Some(n): write an audit entry now, for n refusals (this one included).
+    pub audit: Option<u64>,
+}
+
+impl RegistrationLimiter {
+    pub fn new(limits: RegistrationLimits, on_refusal: RefusalHook) -> RegistrationLimiter {
+        RegistrationLimiter { limits, orgs: Mutex::new(HashMap::new()), on_refusal }
+    }
+
+    /// The limit that applies to `org`: its override, or the default.
+    pub fn limit(&self, org: &OrgId) -> Limit {
+        let (burst, per_hour) = self.limits.for_org(org);
+        Limit::per_hour(burst, per_hour)
+    }
+
+    /// Takes one registration's token for `org` at `now_ms` (Unix milliseconds).
+    pub fn take(&self, org: &OrgId, now_ms: i64) -> Result<(), Refused> {
+        let limit = self.limit(org);
+        let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        let state = orgs.entry(org.clone()).or_default();
+        match limit.take(state.bucket, now_ms, 1) {
+            Ok(bucket) => {
+                state.bucket = Some(bucket);
+                Ok(())
+            }
+            Err(_) => {
+                state.bucket = Some(limit.refilled(state.bucket, now_ms));
+                state.unaudited += 1;
+                let due = state.last_audit_ms.is_none_or(|at| now_ms.saturating_sub(at) >= RATE_LIMIT_AUDIT_EVERY_MS);
+                let audit = due.then(|| {
+                    state.last_audit_ms = Some(now_ms);
+                    std::mem::take(&mut state.unaudited)
+                });
+                drop(orgs);
+                (self.on_refusal)(org);
+                Err(Refused { limit, audit })
+            }
+        }
     }
 }
 
@@ -86,6 +180,31 @@ impl SignalsService {
         })
     }
 
+    /// A registration refused over the organisation's limit: audited (coalesced, see
+    /// [`RATE_LIMIT_AUDIT_EVERY_MS`]) and answered with RESOURCE_EXHAUSTED.
+    async fn rate_limited(&self, org: &OrgId, refused: Refused) -> ApiError {
+        let Limit { capacity, refill, .. } = refused.limit;
+        if let Some(n) = refused.audit {
+            let detail = format!("{n} registration(s) refused; limit burst {capacity}, {refill} per hour");
+            let logged = self
+                .state
+                .store()
+                .audit_event(&format!("org:{org}"), AuditAction::SignalRegisterRateLimited, org.as_str(), &detail)
+                .await;
+            if let Err(e) = logged {
+                warn!(org = %org, error = %e, "writing the audit entry of a rate-limited registration failed");
+            }
+            warn!(org = %org, refused = n, burst = capacity, per_hour = refill, "registrations refused over the organisation's rate limit");
+        }
+        let every = (3600.0 / refill.max(1) as f64).ceil();
+        ApiError::ResourceExhausted(format!(
+            "organisation {org} is over its registration limit ({capacity} at once, {refill} more per hour); nothing was registered. \
+             Wait and retry (one more registration is allowed about every {every} s), or, if this volume is expected, ask the \
+             regional VIR operator to raise registration_limits for {org}. If your organisation did not send these, report \
+             the certificate as possibly stolen."
+        ))
+    }
+
     fn signal_id(raw: &str) -> Result<SignalId, ApiError> {
         SignalId::parse(raw).map_err(|_| {
             ApiError::InvalidArgument(format!(
@@ -115,6 +234,9 @@ impl pb::signals_server::Signals for SignalsService {
         let now = self.state.clock.now();
         let today = self.state.clock.today();
         let removal_date = removal_date_for_registration(dob, removal, today).map_err(ApiError::from)?;
+        if let Err(refused) = self.state.registration_limits.take(&org.id, now.timestamp_millis()) {
+            return Err(self.rate_limited(&org.id, refused).await.into());
+        }
         let new = NewSignal {
             child: self.state.local_key.child_key(&bsn),
             org: org.id.clone(),
@@ -205,7 +327,10 @@ impl pb::signals_server::Signals for SignalsService {
         let mut durable = store.subscribe_notices();
         let mut shutdown = self.state.shutdown.clone();
         let (tx, rx) = mpsc::channel(64);
+        // Ends before the connection's maximum age closes it, with a status to resume from.
+        let aged = tokio::time::sleep(self.state.watch_max_age);
         tokio::spawn(async move {
+            tokio::pin!(aged);
             loop {
                 durable.borrow_and_update();
                 let batch = match store.notices_after(&org.id, cursor, 256) {
@@ -223,6 +348,12 @@ impl pb::signals_server::Signals for SignalsService {
                             return;
                         }
                         _ = tx.closed() => return,
+                        _ = &mut aged => {
+                            let _ = tx.send(Err(Status::unavailable(
+                                "the stream reached the connection's maximum age; reconnect with your last cursor (watch --after)",
+                            ))).await;
+                            return;
+                        }
                     }
                     continue;
                 }

@@ -41,6 +41,7 @@ actions! {
     OrgUpdate => "org.update", "An organisation's details changed.";
     SignalRegister => "signal.register", "A new signal (D1).";
     SignalRegisterRepeat => "signal.register.repeat", "A repeat registration, answered with the existing signal (D2).";
+    SignalRegisterRateLimited => "signal.register.rate-limited", "Registrations refused over the organisation's rate limit.";
     SignalWithdrawMadeInError => "signal.withdraw.made-in-error", "Withdrawn as made in error: deleted (D4).";
     SignalWithdrawConcernResolved => "signal.withdraw.concern-resolved", "Withdrawn as the concern is resolved: archived (D4).";
     SignalExpire => "signal.expire", "The removal date was reached: archived (D4).";

@@ -5,9 +5,11 @@
 //! - [`retention`]: age limit (D3) and retention (D4) as pure date functions.
 //! - [`clock`]: injected time.
 //! - [`audit`]: the audit log's vocabulary (D8).
+//! - [`bucket`]: token-bucket arithmetic over explicit times (oracle budget, registration limit).
 
 pub mod audit;
 pub mod bsn;
+pub mod bucket;
 pub mod clock;
 pub mod model;
 pub mod retention;

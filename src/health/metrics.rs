@@ -4,7 +4,7 @@
 //! the same figures as the status API, plus the long-lived RPC counters and the store
 //! writer's flush counters. Labels are the peer region, the port, the RPC method (from the
 //! protos; anything else is `other`), the gRPC code, a certificate kind or a count's
-//! state — never anything personal. Small-count suppressed figures ("<5") are exported as
+//! state, a registered organisation's id — never anything personal. Small-count suppressed figures ("<5") are exported as
 //! 0. The names below are stable; [`METRICS`] is the documented list (README, alert rules
 //! and the Grafana dashboard use only these).
 
@@ -55,6 +55,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ("virfed_grpc_request_duration_seconds", "gRPC request latency until response headers, by port and method"),
     ("virfed_peer_delivery_attempts_total", "outbox exchanges sent to the peer (successful or not)"),
     ("virfed_org_quiet", "1 for an organisation the participation report flags as quiet (default period), label org"),
+    (
+        "virfed_registrations_rate_limited_total",
+        "registrations refused over the organisation's registration limit, label org (registered organisations only)",
+    ),
 ];
 
 /// Metrics other parts of virfed will export; alert rules may already use them.
@@ -62,10 +66,14 @@ pub const PLANNED_METRICS: &[(&str, &str)] = &[];
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Request counts and latencies of both gRPC ports, kept for the node's lifetime.
+/// Request counts and latencies of both gRPC ports, and the client API's refusals over the
+/// registration limit, kept for the node's lifetime (since this process started).
 pub struct RpcMetrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Per organisation; only the API's limiter increments it, after it has checked that
+    /// the caller is a registered organisation, so the label set is the organisation list.
+    rate_limited: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -75,7 +83,11 @@ fn latency_histogram() -> Histogram {
 
 impl Default for RpcMetrics {
     fn default() -> Self {
-        RpcMetrics { requests: Family::default(), latency: Family::new_with_constructor(latency_histogram) }
+        RpcMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            rate_limited: Family::default(),
+        }
     }
 }
 
@@ -86,6 +98,16 @@ impl RpcMetrics {
             .get_or_create(&vec![("port", port.into()), ("method", method.into()), ("code", code.into())])
             .inc();
         self.latency.get_or_create(&vec![("port", port.into()), ("method", method.into())]).observe(seconds);
+    }
+
+    /// Counts one registration of registered organisation `org` refused over its limit.
+    pub fn registration_rate_limited(&self, org: &str) {
+        self.rate_limited.get_or_create(&vec![("org", org.into())]).inc();
+    }
+
+    /// Refusals over the registration limit so far for `org`.
+    pub fn registrations_rate_limited(&self, org: &str) -> u64 {
+        self.rate_limited.get(&vec![("org", org.into())]).map_or(0, |c| c.get())
     }
 }
 
@@ -307,7 +329,13 @@ pub fn render(health: &NodeHealth, status: &pb::NodeStatus) -> String {
     for (org, flagged) in health.quiet_orgs() {
         quiet.get_or_create(&vec![("org", org)]).set(flagged as i64);
     }
+    // Every registered organisation has a series (0 until refused), so `increase()` in the
+    // alert rule sees the first refusal.
+    for (org, _) in health.quiet_orgs() {
+        let _ = health.rpc.rate_limited.get_or_create(&vec![("org", org)]);
+    }
     r.register("org_quiet", help("org_quiet"), quiet);
+    r.register("registrations_rate_limited", help("registrations_rate_limited"), health.rpc.rate_limited.clone());
     r.register("grpc_requests", help("grpc_requests"), health.rpc.requests.clone());
     r.register("grpc_request_duration_seconds", help("grpc_request_duration_seconds"), health.rpc.latency.clone());
     let mut out = String::new();
