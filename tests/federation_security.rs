@@ -197,9 +197,19 @@ struct FakePeer {
     region: String,
     key: BlindKey,
     received: Arc<Mutex<Vec<fpb::ExchangeRequest>>>,
+    /// When set, every publish is answered with this `D` (a rogue's forged answer).
+    forge: Arc<Mutex<Option<[u8; 32]>>>,
 }
 
 impl FakePeer {
+    /// The fake's answer to a published point: honest (`point·k`) unless told to forge.
+    fn answer(&self, point: &[u8]) -> Vec<u8> {
+        if let Some(forged) = *self.forge.lock().unwrap() {
+            return forged.to_vec();
+        }
+        self.key.blind_point(point).map(|b| b.to_vec()).unwrap_or_default()
+    }
+
     fn received(&self) -> Vec<fpb::ExchangeRequest> {
         self.received.lock().unwrap().clone()
     }
@@ -220,13 +230,13 @@ impl FakePeer {
 impl fpb::peer_server::Peer for FakePeer {
     async fn exchange(&self, req: Request<fpb::ExchangeRequest>) -> Result<Response<fpb::ExchangeResponse>, Status> {
         let r = req.into_inner();
-        let results = r
+        let results: Vec<fpb::ItemResult> = r
             .items
             .iter()
             .map(|item| fpb::ItemResult {
                 seq: item.seq,
                 blinded: match &item.body {
-                    Some(Body::Publish(p)) => self.key.blind_point(&p.point).map(|b| b.to_vec()).unwrap_or_default(),
+                    Some(Body::Publish(p)) => self.answer(&p.point),
                     _ => Vec::new(),
                 },
                 gone: false,
@@ -234,8 +244,33 @@ impl fpb::peer_server::Peer for FakePeer {
                 contacts_archived: false,
             })
             .collect();
+        // The fake proves its answers like a node (RFC 9497 DLEQ), so whatever it answers is
+        // checked by the victim exactly as a real peer's answers are.
+        let (inputs, outputs): (Vec<[u8; 32]>, Vec<[u8; 32]>) = r
+            .items
+            .iter()
+            .zip(&results)
+            .filter_map(|(item, res)| match &item.body {
+                Some(Body::Publish(p)) => {
+                    let point: [u8; 32] = p.point.as_slice().try_into().ok()?;
+                    let answer: [u8; 32] = res.blinded.as_slice().try_into().ok()?;
+                    Some((point, answer))
+                }
+                _ => None,
+            })
+            .unzip();
+        let proof = if inputs.is_empty() {
+            Vec::new()
+        } else {
+            let context = virfed::dleq::virfed_context(&self.region, &r.from_region, r.epoch).unwrap();
+            virfed::dleq::prove_blinded(&self.key, &inputs, &outputs, &context, &mut rand::thread_rng())
+                .unwrap()
+                .to_bytes()
+                .to_vec()
+        };
         self.received.lock().unwrap().push(r);
-        Ok(Response::new(fpb::ExchangeResponse { results }))
+        let public_key = virfed::dleq::public_key(&self.key).to_vec();
+        Ok(Response::new(fpb::ExchangeResponse { results, public_key, proof }))
     }
 
     async fn ping(&self, _: Request<fpb::PingRequest>) -> Result<Response<fpb::PingResponse>, Status> {
@@ -251,7 +286,8 @@ impl fpb::peer_server::Peer for FakePeer {
 
 /// Binds a fake `region` on `listen` with a node certificate from the federation CA.
 async fn serve_fake(ca_dir: &Path, region: &str, listen: SocketAddr) -> (FakePeer, oneshot::Sender<()>) {
-    let fake = FakePeer { region: region.into(), key: BlindKey::random(), received: Arc::default() };
+    let fake =
+        FakePeer { region: region.into(), key: BlindKey::random(), received: Arc::default(), forge: Arc::default() };
     let tls = server_config(&node_material(ca_dir, region)).unwrap();
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -512,7 +548,20 @@ async fn invariant5_duplicated_and_replayed_exchange_changes_nothing() {
     let first = request("utrecht", epoch, false, vec![publish_item(1, &h1, &point, true)]);
     let answer = utrecht.exchange(first.clone()).await.unwrap().into_inner();
     let replay = utrecht.exchange(first.clone()).await.unwrap().into_inner();
-    assert_eq!(answer, replay, "a replay gets the same answer");
+    // The same answer; its proof is made afresh (a proof's nonce is never reused: that
+    // would disclose the key), and both prove the same statement.
+    assert_eq!(
+        (&answer.results, &answer.public_key),
+        (&replay.results, &replay.public_key),
+        "a replay gets the same answer"
+    );
+    let context = virfed::dleq::virfed_context("rotterdam", "utrecht", epoch).unwrap();
+    let d: [u8; 32] = answer.results[0].blinded.as_slice().try_into().unwrap();
+    let q: [u8; 32] = point.as_slice().try_into().unwrap();
+    let y: [u8; 32] = answer.public_key.as_slice().try_into().unwrap();
+    for proof in [&answer.proof, &replay.proof] {
+        virfed::dleq::verify_blinded(&y, &[q], &[d], proof, &context).expect("the answer is proven");
+    }
     assert_eq!(answer.results.len(), 1);
     assert_eq!(answer.results[0].blinded.len(), 32);
     assert_eq!(store.peer_index_len("utrecht"), 1);
@@ -682,6 +731,106 @@ async fn invariant2_a_replayed_publish_with_another_point_is_not_answered() {
     assert!(other.results[0].blinded.is_empty(), "a replay with another point is not blinded");
     assert_eq!(audit_count(&rdam, "federation.replay"), 2);
     assert_eq!(audit_count(&rdam, "federation.exchange"), 1, "only the first was applied");
+    rdam.stop().await.unwrap();
+}
+
+/// The forced-match attack: a rogue peer with a valid certificate publishes a point `X`,
+/// gets `X·a` back, then answers the victim's publish of its child with `X·a`, so that the
+/// victim's child would "match" the rogue's `X` and the victim would send the rogue its
+/// reporters' contact details. The answer cannot carry a valid proof (it is not the
+/// victim's point times the rogue's key): the batch is refused whole, nothing is applied,
+/// the attempt is audited and counted, and no contact detail leaves the victim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant9_forged_answers_are_refused_whole_and_nothing_is_applied() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    let (_, x) = point_of("123456782");
+    let xa = rogue
+        .exchange(request("utrecht", 3, false, vec![publish_item(1, &[4u8; 16], &x, true)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results[0]
+        .blinded
+        .clone();
+    *fake.forge.lock().unwrap() = Some(xa.as_slice().try_into().unwrap());
+    register(&rdam, "jeugdzorg", CHILD).await;
+    eventually(20, "the forged answer refused", || audit_count(&rdam, "federation.proof-refused") >= 1).await;
+    assert!(store.outbox_depth("utrecht") >= 1, "the refused publish stays queued: nothing applied");
+    assert_eq!(audit_count(&rdam, "federation.match"), 0, "no pair from a forged D");
+    assert!(
+        !fake.items_from("rotterdam").iter().any(|i| matches!(i.body, Some(Body::Contacts(_)))),
+        "no contact detail left the victim"
+    );
+    let counters = rdam.handle.peer_counters().get("utrecht").cloned().unwrap();
+    assert!(counters.proof_failures.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional), 0);
+
+    // Control: once the peer answers honestly, the same publish is delivered and proven.
+    *fake.forge.lock().unwrap() = None;
+    eventually(30, "the honest answer accepted", || store.outbox_depth("utrecht") == 0).await;
+    assert_eq!(audit_count(&rdam, "federation.match"), 0, "X is another child: still no pair");
+    rdam.stop().await.unwrap();
+}
+
+/// A forged re-key: a rogue re-blinds the victim's child to a `D` of its choosing. Without
+/// a proof (protocol 1's form) or with a proof that does not hold, it is refused and audited,
+/// and no pair forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant9_forged_reblind_is_refused_and_audited() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    register(&rdam, "jeugdzorg", CHILD).await;
+    eventually(20, "rotterdam's publish delivered", || fake.items_from("rotterdam").len() == 1).await;
+    let Some(Body::Publish(p)) = &fake.items_from("rotterdam")[0].body else { panic!("expected a publish") };
+    let victim_handle = p.handle.clone();
+    // The rogue's own child X, indexed at the victim as X·a.
+    let (_, x) = point_of("123456782");
+    let xa = rogue
+        .exchange(request("utrecht", 5, false, vec![publish_item(1, &[6u8; 16], &x, true)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results[0]
+        .blinded
+        .clone();
+    let reblind = |seq, public_key: Vec<u8>, proof: Vec<u8>| fpb::Item {
+        seq,
+        body: Some(Body::Reblind(fpb::Reblind {
+            to_handle: victim_handle.clone(),
+            blinded: xa.clone(),
+            public_key,
+            proof,
+        })),
+    };
+    // Unproven, then with a proof for another statement (the rogue's key, the wrong point).
+    let rogue_key = BlindKey::random();
+    let context = virfed::dleq::virfed_context("utrecht", "rotterdam", 5).unwrap();
+    let wrong = virfed::dleq::prove_blinded(
+        &rogue_key,
+        &[x.as_slice().try_into().unwrap()],
+        &[xa.as_slice().try_into().unwrap()],
+        &context,
+        &mut rand::thread_rng(),
+    )
+    .unwrap();
+    let items = vec![
+        reblind(2, Vec::new(), Vec::new()),
+        reblind(3, virfed::dleq::public_key(&rogue_key).to_vec(), wrong.to_bytes().to_vec()),
+    ];
+    let answer = rogue.exchange(request("utrecht", 5, false, items)).await.unwrap().into_inner();
+    assert!(answer.results.iter().all(|r| r.gone), "{answer:?}");
+    assert_eq!(audit_count(&rdam, "federation.proof-refused"), 2);
+    assert_eq!(audit_count(&rdam, "federation.match"), 0, "no pair from a forged re-key");
+    eventually(5, "no contacts queued for the rogue", || rdam.handle.store().outbox_depth("utrecht") == 0).await;
+    assert!(!fake.items_from("rotterdam").iter().any(|i| matches!(i.body, Some(Body::Contacts(_)))));
     rdam.stop().await.unwrap();
 }
 

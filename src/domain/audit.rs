@@ -62,6 +62,7 @@ actions! {
     FederationBudgetExceeded => "federation.budget-exceeded", "A peer went over its blind budget.";
     FederationContactsRefused => "federation.contacts-refused", "Contact details from a peer for a pair this node did not detect.";
     FederationReplay => "federation.replay", "A peer replayed an already applied publish.";
+    FederationProofRefused => "federation.proof-refused", "A peer's blinded answers or re-key failed their proof.";
 }
 
 impl fmt::Display for AuditAction {

@@ -71,9 +71,18 @@ pub fn item_out(seq: u64, item: &OutItem) -> pb::Item {
             to_handle: to.to_vec(),
             organisation_id: org.to_string(),
         }),
-        Item::Reblind { to, blinded } => {
-            Body::Reblind(pb::Reblind { to_handle: to.to_vec(), blinded: blinded.to_vec() })
-        }
+        Item::Reblind { to, blinded } => Body::Reblind(pb::Reblind {
+            to_handle: to.to_vec(),
+            blinded: blinded.to_vec(),
+            public_key: Vec::new(),
+            proof: Vec::new(),
+        }),
+        Item::ProvenReblind { to, blinded, public_key, proof } => Body::Reblind(pb::Reblind {
+            to_handle: to.to_vec(),
+            blinded: blinded.to_vec(),
+            public_key: public_key.to_vec(),
+            proof: proof.clone(),
+        }),
         Item::ResyncRequest => Body::ResyncRequest(pb::ResyncRequest {}),
         // Never queued; an empty body is what a newer minor's unknown kind looks like.
         Item::Unknown => return pb::Item { seq, body: None },
@@ -106,9 +115,15 @@ pub fn item_in(body: Option<pb::item::Body>, from: &RegionId, newer_minor: bool)
             to: handle_in(&g.to_handle, "party_gone.to_handle")?,
             org: OrgId::parse(&g.organisation_id).map_err(|e| FederationError::bad(e.to_string()))?,
         },
-        Some(Body::Reblind(r)) => Item::Reblind {
+        Some(Body::Reblind(r)) if r.proof.is_empty() => Item::Reblind {
             to: handle_in(&r.to_handle, "reblind.to_handle")?,
             blinded: point_in(&r.blinded, "reblind.blinded")?,
+        },
+        Some(Body::Reblind(r)) => Item::ProvenReblind {
+            to: handle_in(&r.to_handle, "reblind.to_handle")?,
+            blinded: point_in(&r.blinded, "reblind.blinded")?,
+            public_key: point_in(&r.public_key, "reblind.public_key")?,
+            proof: r.proof,
         },
         Some(Body::ResyncRequest(_)) => Item::ResyncRequest,
         None if newer_minor => Item::Unknown,

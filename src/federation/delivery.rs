@@ -87,11 +87,22 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
         };
         let failure = match sent {
             Ok(resp) => {
-                let results = resp.into_inner().results;
-                match crate::domain::RegionId::parse(&link.region)
+                let resp = resp.into_inner();
+                let paired = crate::domain::RegionId::parse(&link.region)
                     .map_err(|e| e.to_string())
-                    .and_then(|region| pair_answers(batch, results, &region))
-                {
+                    .and_then(|region| pair_answers(batch, resp.results, &region))
+                    .and_then(|delivered| {
+                        verify_answers(&delivered, &resp.public_key, &resp.proof, &link, epoch).map(|()| delivered)
+                    });
+                if let Err(why) = &paired {
+                    if why.starts_with(PROOF_REFUSED) {
+                        link.counters.proof_failures.fetch_add(1, Ordering::Relaxed);
+                        let (actor, subject) = (format!("region:{}", link.region), format!("region {}", link.region));
+                        let action = crate::domain::AuditAction::FederationProofRefused;
+                        let _ = store.audit_event(&actor, action, &subject, why).await;
+                    }
+                }
+                match paired {
                     Ok(delivered) => {
                         let n = delivered.len() as u64;
                         match federation.apply_delivery(&link.region, delivered).await {
@@ -169,6 +180,36 @@ pub async fn ping(link: &mut PeerLink) {
         Ok(Err(status)) => link.counters.failed(format!("ping: {:?}: {}", status.code(), status.message())),
         Err(_) => link.counters.failed("ping: no answer within 10 s".into()),
     }
+}
+
+/// How a refused proof's failure text starts (counted and audited apart from transport errors).
+const PROOF_REFUSED: &str = "the peer's blinded answers are not proven";
+
+/// Checks the one DLEQ proof of an exchange's answers (RFC 9497 §2.2): every blinded answer
+/// to a publish is the published point times the key behind the peer's public key. A batch
+/// that fails is refused whole; nothing of it is applied.
+fn verify_answers(
+    delivered: &[(Outgoing<OutItem>, ItemAnswer)],
+    public_key: &[u8],
+    proof: &[u8],
+    link: &PeerLink,
+    epoch: u64,
+) -> Result<(), String> {
+    let (inputs, outputs): (Vec<[u8; 32]>, Vec<[u8; 32]>) = delivered
+        .iter()
+        .filter_map(|(out, answer)| match (&out.item, answer.blinded) {
+            (Item::Publish(p), Some(d)) => Some((p.point, d)),
+            _ => None,
+        })
+        .unzip();
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let refused = |e: String| format!("{PROOF_REFUSED}: {e}; nothing applied, the batch is retried");
+    let public_key: [u8; 32] = public_key.try_into().map_err(|_| refused("no public key in the answer".into()))?;
+    let context =
+        crate::dleq::virfed_context(&link.region, &link.own_region, epoch).map_err(|e| refused(e.to_string()))?;
+    crate::dleq::verify_blinded(&public_key, &inputs, &outputs, proof, &context).map_err(|e| refused(e.to_string()))
 }
 
 /// Matches the peer's answers to the items sent, refusing an answer that does not fit.

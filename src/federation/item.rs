@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{ChildKey, OrgId, Party};
 use crate::pseudonym::{Blinded, Handle};
 
-/// Major version of the peer protocol: nodes of different majors do not talk.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Major version of the peer protocol: nodes of different majors do not talk. Version 2:
+/// every blinded answer carries a DLEQ proof, and a re-key's `Reblind` too.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Minor version: nodes one minor apart interoperate (unknown item kinds are
 /// acknowledged, not applied).
@@ -42,7 +43,7 @@ pub enum Item<P> {
         to: Handle,
         org: OrgId,
     },
-    /// After a re-key: the peer's child under its handle `to` now blinds to `blinded`.
+    /// Protocol 1's unproven re-key item: still decoded (old outboxes), never applied.
     Reblind {
         to: Handle,
         blinded: Blinded,
@@ -52,6 +53,15 @@ pub enum Item<P> {
     /// An item kind from a newer protocol minor version: acknowledged, not applied.
     /// Never queued.
     Unknown,
+    /// After a re-key: the peer's child under its handle `to` now blinds to `blinded`, with
+    /// the sender's new public key and a DLEQ proof that `blinded` is the peer's own point
+    /// times the new key. (`Reblind` above is the unproven form of protocol 1: refused.)
+    ProvenReblind {
+        to: Handle,
+        blinded: Blinded,
+        public_key: Blinded,
+        proof: Vec<u8>,
+    },
 }
 
 /// A publish as queued at the sender.

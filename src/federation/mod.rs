@@ -42,6 +42,8 @@ pub use sync::Federation;
 /// Per-peer counters, readable by status and metrics.
 #[derive(Debug, Default)]
 pub struct PeerCounters {
+    /// Exchanges whose answers failed their proof (refused whole).
+    pub proof_failures: AtomicU64,
     /// Blind requests refused because the peer was over its budget.
     pub budget_rejections: AtomicU64,
     /// Blind operations granted to the peer from its oracle budget (new children).

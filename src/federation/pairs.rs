@@ -243,7 +243,16 @@ impl Pairs {
     }
 
     /// Applies one item from `peer` (already de-duplicated by sequence number).
-    pub fn apply_incoming(&self, tx: &Tx<'_>, peer: &RegionId, item: &InItem, at: DateTime<Utc>) -> TxResult<Incoming> {
+    /// `context` is the DLEQ context of the peer's proofs in this exchange
+    /// ([`crate::dleq::virfed_context`] of the peer, this node and the peer's epoch).
+    pub fn apply_incoming(
+        &self,
+        tx: &Tx<'_>,
+        peer: &RegionId,
+        item: &InItem,
+        context: &[u8],
+        at: DateTime<Utc>,
+    ) -> TxResult<Incoming> {
         let peer = peer.as_str();
         let mut done = Incoming::default();
         match item {
@@ -291,12 +300,40 @@ impl Pairs {
                     }
                 }
             }
-            Item::Reblind { to, blinded } => {
-                // The sender re-keyed: my child now has a new D towards it. Only ever forms
-                // a pair; a pair ends only on an explicit State, Remove or local change.
-                if let Some(child) = tx.own_handle(peer, to)? {
-                    self.apply_publish_answer(tx, peer, &child, blinded, at)?;
+            Item::ProvenReblind { to, blinded, public_key, proof } => {
+                // The sender re-keyed: my child now has a new D towards it, applied only with
+                // a proof that D is my own published point times the sender's new key (so no
+                // peer can re-blind my child to a D of its choosing). Only ever forms a pair;
+                // a pair ends only on an explicit State, Remove or local change.
+                let Some(child) = tx.own_handle(peer, to)? else { return Ok(done) };
+                let Some(point) = tx.point(&child)? else { return Ok(done) };
+                match crate::dleq::verify_blinded(public_key, &[point], &[*blinded], proof, context) {
+                    Ok(()) => self.apply_publish_answer(tx, peer, &child, blinded, at)?,
+                    Err(e) => {
+                        let why = format!("re-key item refused: {e}");
+                        tx.log(
+                            at,
+                            &format!("region:{peer}"),
+                            AuditAction::FederationProofRefused,
+                            &format!("region {peer}"),
+                            &why,
+                        )?;
+                        tracing::warn!(peer, error = %e, "a peer's re-key item failed its proof; refused");
+                        done.gone = true;
+                    }
                 }
+            }
+            Item::Reblind { .. } => {
+                // Protocol 1's unproven form: never applied.
+                let why = "re-key item without a proof refused";
+                tx.log(
+                    at,
+                    &format!("region:{peer}"),
+                    AuditAction::FederationProofRefused,
+                    &format!("region {peer}"),
+                    why,
+                )?;
+                done.gone = true;
             }
             Item::Unknown => {}
             Item::ResyncRequest => {
@@ -461,6 +498,8 @@ impl Pairs {
     /// Re-keys everything that depends on this node's blinding key (see `docs/protocol.md`):
     /// my published points, my index of every peer, and queues the exchange that updates
     /// the peers. Pairs are keyed by child and peer, so no match is lost or made twice.
+    /// `context(peer)` is the DLEQ context of this node's proofs towards `peer`: each
+    /// re-blinded entry goes out with a proof under the new key.
     pub fn rekey(
         &self,
         tx: &Tx<'_>,
@@ -468,6 +507,7 @@ impl Pairs {
         new: &BlindKey,
         points: &[(ChildKey, Blinded)],
         entries: &[(String, Blinded, RemoteEntry)],
+        context: &dyn Fn(&str) -> Vec<u8>,
     ) -> TxResult<(u64, u64)> {
         let bad = || StoreError::Failed("a stored point is not a valid ristretto255 point".into());
         let mut children = 0;
@@ -486,7 +526,17 @@ impl Pairs {
             tx.remove_remote(peer, d)?;
             tx.put_remote(peer, &fresh, entry)?;
             tx.put_remote_handle(peer, &entry.handle, &fresh)?;
-            tx.enqueue(peer, &OutItem::Reblind { to: entry.handle, blinded: fresh })?;
+            let proof =
+                crate::dleq::prove_blinded(new, &[entry.point], &[fresh], &context(peer), &mut rand::thread_rng())
+                    .map_err(|e| StoreError::Failed(format!("proving a re-blinded entry: {e}")))?;
+            let public_key = crate::dleq::public_key(new);
+            let item = OutItem::ProvenReblind {
+                to: entry.handle,
+                blinded: fresh,
+                public_key,
+                proof: proof.to_bytes().to_vec(),
+            };
+            tx.enqueue(peer, &item)?;
             remote += 1;
         }
         Ok((children, remote))

@@ -108,7 +108,7 @@ pub async fn rekey(config: &Config) -> Result<Rekeyed, RekeyError> {
     let pending = pending_path(&key_path);
     let new = BlindKey::random();
     write_key(&pending, &new).map_err(|source| RekeyError::WritePending { path: pending.clone(), source })?;
-    let (children, entries) = federation.rekey(&old, &new).await?;
+    let (children, entries) = federation.rekey(config.region.as_str(), &old, &new).await?;
     std::fs::rename(&pending, &key_path).map_err(|source| RekeyError::Install { path: key_path, source })?;
     let queued = peers.iter().map(|p| store.outbox_depth(p)).sum();
     Ok(Rekeyed { children, entries, queued, peers: peers.len() })

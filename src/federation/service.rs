@@ -195,7 +195,10 @@ impl PeerService {
             }
         }
         counters.items_received.fetch_add(items.len() as u64, Ordering::Relaxed);
-        let answers = self.inner.federation.apply_exchange(&region, r.epoch, items).await.inspect_err(|e| {
+        let points: std::collections::HashMap<u64, Blinded> =
+            items.iter().filter_map(|(seq, i)| i.publish().map(|p| (*seq, p.point))).collect();
+        let own = self.inner.region.as_str();
+        let answers = self.inner.federation.apply_exchange(&region, own, r.epoch, items).await.inspect_err(|e| {
             if let FederationError::Store(e) = e {
                 warn!(peer = %region, error = %e, "applying a peer exchange failed");
             }
@@ -211,7 +214,23 @@ impl PeerService {
                 }
             });
         }
+        // One proof for every blinded answer, in order: that each is its publish's point
+        // times this node's key (invariant 9: the asker applies nothing it cannot verify).
+        let (inputs, outputs): (Vec<Blinded>, Vec<Blinded>) =
+            answers.iter().filter_map(|a| Some((*points.get(&a.seq)?, a.blinded?))).unzip();
+        let proof = if inputs.is_empty() {
+            Vec::new()
+        } else {
+            let context = crate::dleq::virfed_context(own, region.as_str(), r.epoch)
+                .map_err(|e| FederationError::bad(format!("proof context: {e}")))?;
+            crate::dleq::prove_blinded(&self.inner.blind_key, &inputs, &outputs, &context, &mut rand::thread_rng())
+                .map_err(|e| FederationError::Store(crate::store::StoreError::Failed(format!("proving answers: {e}"))))?
+                .to_bytes()
+                .to_vec()
+        };
         Ok(pb::ExchangeResponse {
+            public_key: crate::dleq::public_key(&self.inner.blind_key).to_vec(),
+            proof,
             results: answers
                 .into_iter()
                 .map(|a| pb::ItemResult {

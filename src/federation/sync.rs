@@ -35,12 +35,16 @@ impl Federation {
 
     /// Applies items received from `peer`, skipping those already applied (same epoch,
     /// sequence number not above the last applied), all in one transaction.
+    /// `own_region` names this node in the context of the peer's proofs.
     pub async fn apply_exchange(
         &self,
         peer: &RegionId,
+        own_region: &str,
         epoch: u64,
         items: Vec<(u64, InItem)>,
     ) -> Result<Vec<ItemAnswer>, FederationError> {
+        let context = crate::dleq::virfed_context(peer.as_str(), own_region, epoch)
+            .map_err(|e| FederationError::bad(format!("proof context: {e}")))?;
         let (peer, pairs) = (peer.clone(), self.pairs.clone());
         let now = Utc::now();
         self.store
@@ -63,7 +67,7 @@ impl Federation {
                 for (seq, item) in &items {
                     let mut answer = ItemAnswer { seq: *seq, ..ItemAnswer::default() };
                     if *seq > seen.last_seq {
-                        let done = pairs.apply_incoming(tx, &peer, item, now)?;
+                        let done = pairs.apply_incoming(tx, &peer, item, &context, now)?;
                         answer.blinded = item.publish().map(|p| p.blinded);
                         answer.gone = done.gone;
                         answer.contacts = done.contacts;
@@ -199,13 +203,15 @@ impl Federation {
     /// stored point and index entry under `new` and queues the exchange that updates every
     /// peer, in one transaction, and records `new`'s fingerprint. Returns (children, peer
     /// entries) re-keyed.
-    pub async fn rekey(&self, old: &BlindKey, new: &BlindKey) -> Result<(u64, u64), StoreError> {
+    pub async fn rekey(&self, own_region: &str, old: &BlindKey, new: &BlindKey) -> Result<(u64, u64), StoreError> {
         let points = self.store.points()?;
         let entries = self.store.remote_entries()?;
-        let (old, new, pairs) = (old.clone(), new.clone(), self.pairs.clone());
+        let epoch = self.store.epoch()?;
+        let (old, new, pairs, own) = (old.clone(), new.clone(), self.pairs.clone(), own_region.to_owned());
         self.store
             .write(move |tx| {
-                let counts = pairs.rekey(tx, &old, &new, &points, &entries)?;
+                let context = |peer: &str| crate::dleq::virfed_context(&own, peer, epoch).unwrap_or_default();
+                let counts = pairs.rekey(tx, &old, &new, &points, &entries, &context)?;
                 tx.set_blind_fingerprint(&new.fingerprint())?;
                 tx.log(
                     Utc::now(),

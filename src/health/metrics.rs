@@ -49,6 +49,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ("virfed_peer_delivery_failures_total", "failed outbox delivery attempts to the peer"),
     ("virfed_peer_budget_rejections_total", "blind requests of the peer refused over its oracle or resync budget"),
     ("virfed_peer_blinds_total", "blind operations granted to the peer, label kind=oracle|resync (its budget use)"),
+    (
+        "virfed_peer_proof_failures_total",
+        "exchanges whose blinded answers or re-key from the peer failed their DLEQ proof (refused whole)",
+    ),
     ("virfed_peer_cert_expiry_days", "days until the peer's node certificate expires, as the peer reports it"),
     ("virfed_peer_protocol_version", "the peer's protocol version from its last ping (0 unknown)"),
     ("virfed_grpc_requests_total", "gRPC requests by port=client|peer, method and code"),
@@ -325,6 +329,14 @@ pub fn render(health: &NodeHealth, status: &pb::NodeStatus) -> String {
         }
     }
     r.register("peer_blinds", help("peer_blinds"), blinds);
+    // Answers that failed their proof: a peer forging blinded values (invariant 9).
+    let proofs: Family<Labels, Counter> = Family::default();
+    for peer in &health.peers {
+        let c = health.counters.get(&peer.region).cloned().unwrap_or_default();
+        let n = c.proof_failures.load(std::sync::atomic::Ordering::Relaxed);
+        proofs.get_or_create(&vec![("peer", peer.region.clone())]).inc_by(n);
+    }
+    r.register("peer_proof_failures", help("peer_proof_failures"), proofs);
     let quiet: Family<Labels, Gauge> = Family::default();
     for (org, flagged) in health.quiet_orgs() {
         quiet.get_or_create(&vec![("org", org)]).set(flagged as i64);
