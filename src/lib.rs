@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! Data flows client → validate (11-proef, age) → core rules → store + outbox (durable,
-//! per peer, same transaction) → peer exchange → answer applied → pair detected at both
-//! sides → contact exchange → notify (watch stream, webhook). Every arrow that crosses the
+//! per peer, same transaction) → peer exchange → verified answer (a DLEQ proof) → pair
+//! detected at both sides → contact exchange → notify (watch stream, webhook). Every arrow that crosses the
 //! network retries from the outbox until the peer acknowledges it. `docs/architecture.md`
 //! draws the layers and follows a registration and a cross-region match through them.
 //!

@@ -397,9 +397,17 @@ impl Pairs {
         if ChildState::of(&record) != ChildState::Active {
             return Ok(ContactsOutcome::Gone);
         }
+        let audit = |why: &str| {
+            tx.log(
+                at,
+                &format!("region:{peer}"),
+                AuditAction::FederationContactsRefused,
+                &format!("region {peer}"),
+                why,
+            )
+        };
         let refuse = |why: &str| -> TxResult<ContactsOutcome> {
-            let action = AuditAction::FederationContactsRefused;
-            tx.log(at, &format!("region:{peer}"), action, &format!("region {peer}"), why)?;
+            audit(why)?;
             tracing::warn!(peer, why, "contact details from a peer refused: no pair detected here");
             Ok(ContactsOutcome::Refused)
         };
@@ -410,6 +418,14 @@ impl Pairs {
             return refuse("the sender's child is not in this node's index");
         };
         if tx.own_blinded(peer, &d)? != Some(child) {
+            if tx.link(&child, peer)?.is_none() {
+                // The honest race: the peer saw the pair first and this node has not had the
+                // peer's answer for its own child yet. Refused all the same (nothing is held);
+                // the contacts arrive again in reply once this node detects the pair itself.
+                audit("early: this node has not detected the pair yet")?;
+                tracing::debug!(peer, "contact details from a peer before this node detected the pair; refused");
+                return Ok(ContactsOutcome::Refused);
+            }
             return refuse("the sender's child and this node's child are not a pair");
         }
         let region = RegionId::parse(peer).ok();
