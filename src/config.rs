@@ -29,9 +29,16 @@ pub struct Config {
     /// This node's region id (lowercase letters, digits, '-').
     #[serde(deserialize_with = "region_id")]
     pub region: RegionId,
-    /// Directory for the store (`store/`) and the local key file (`local.key`).
+    /// Directory for the store (`store/`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Directory of the key files (`local.key`, `blind.key`), created 0700. Default: the
+    /// data directory, which is simple but means one snapshot of that volume holds both the
+    /// pseudonyms and the keys that make them enumerable; in production put the keys on a
+    /// separate mount (or a Secret) and back them up apart (the store's backups never hold
+    /// them). The node warns at start while the keys live inside the data directory.
+    #[serde(default)]
+    pub keys_dir: Option<PathBuf>,
     /// Address of the client and admin API (mutual TLS).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -273,16 +280,55 @@ impl Default for StoreConfig {
     }
 }
 
+/// One webhook: an organisation's notices, POSTed as signed JSON to a URL.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// The organisation whose notices go to this URL.
     #[serde(deserialize_with = "webhook_org")]
     pub org: OrgId,
-    /// `http://` URL receiving a JSON POST per notice.
+    /// URL receiving a JSON POST per notice: `https://`, or `http://` to a loopback
+    /// address only (127.0.0.0/8, `[::1]`, `localhost`: a TLS-terminating proxy on this
+    /// host), since notices carry professionals' contact details.
     pub url: String,
+    /// The receiver's CA certificate (PEM): required for an `https://` URL, the only root
+    /// trusted for it (virfed uses no system root store).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     /// File with the shared secret for the `X-Virfed-Signature` HMAC header (mode 0600).
     pub secret_file: PathBuf,
+}
+
+impl Webhook {
+    /// The URL's scheme and the `ca` rule; the files themselves are read when delivery
+    /// starts (`notify::spawn_webhooks`), which names them in its errors.
+    fn validate(&self) -> Result<(), String> {
+        let url = &self.url;
+        let uri: http::Uri = url.parse().map_err(|e| format!("webhooks.url {url:?}: {e}"))?;
+        let host = uri.host().ok_or_else(|| format!("webhooks.url {url:?}: give scheme://host[:port]/path"))?;
+        match uri.scheme_str() {
+            Some("https") if self.ca.is_none() => Err(format!(
+                "webhooks.url {url}: an https:// webhook needs `ca`, the PEM CA certificate of the receiver \
+                 (virfed trusts no system roots)"
+            )),
+            Some("https") => Ok(()),
+            Some("http") if is_loopback_host(host) && self.ca.is_some() => {
+                Err(format!("webhooks.ca is for https:// webhooks only; remove it or use https:// in {url}"))
+            }
+            Some("http") if is_loopback_host(host) => Ok(()),
+            Some("http") => Err(format!(
+                "webhooks.url {url}: plain http:// is refused except to a loopback address (notices carry \
+                 contact details); use https:// with `ca` = the receiver's CA certificate"
+            )),
+            _ => Err(format!("webhooks.url {url}: use an https:// URL")),
+        }
+    }
+}
+
+/// `localhost` or a loopback IP literal (`Uri::host` keeps an IPv6 literal's brackets).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parses an id field, naming the field in the error (serde adds the line and column).
@@ -352,12 +398,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         for hook in &self.webhooks {
-            if !hook.url.starts_with("http://") {
-                return Err(format!(
-                    "webhooks.url {}: only http:// URLs are supported; terminate TLS in a local proxy",
-                    hook.url
-                ));
-            }
+            hook.validate()?;
         }
         if let Some(fed) = &self.federation {
             for peer in &fed.peers {
@@ -409,7 +450,7 @@ impl Config {
         Ok(())
     }
 
-    /// Environment overrides: `VIRFED_REGION`, `VIRFED_DATA_DIR`, `VIRFED_LISTEN`,
+    /// Environment overrides: `VIRFED_REGION`, `VIRFED_DATA_DIR`, `VIRFED_KEYS_DIR`, `VIRFED_LISTEN`,
     /// `VIRFED_HTTP_LISTEN`, `VIRFED_TLS_CA`, `VIRFED_TLS_CERT`, `VIRFED_TLS_KEY`, `VIRFED_MATCH_OFFICER_ORG`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("VIRFED_REGION") {
@@ -418,6 +459,9 @@ impl Config {
         }
         if let Some(v) = get("VIRFED_DATA_DIR") {
             self.data_dir = v.into();
+        }
+        if let Some(v) = get("VIRFED_KEYS_DIR") {
+            self.keys_dir = Some(v.into());
         }
         if let Some(v) = get("VIRFED_LISTEN") {
             self.listen = v.parse().map_err(|_| ConfigError::Env {
@@ -454,12 +498,22 @@ impl Config {
         self.data_dir.join("store")
     }
 
+    /// Where the key files live: `keys_dir`, else the data directory.
+    pub fn keys_dir(&self) -> &Path {
+        self.keys_dir.as_deref().unwrap_or(&self.data_dir)
+    }
+
+    /// Whether the key files sit inside the data directory (one snapshot holds both).
+    pub fn keys_beside_data(&self) -> bool {
+        self.keys_dir().starts_with(&self.data_dir)
+    }
+
     pub fn local_key_path(&self) -> PathBuf {
-        self.data_dir.join("local.key")
+        self.keys_dir().join("local.key")
     }
 
     pub fn blind_key_path(&self) -> PathBuf {
-        self.federation.as_ref().and_then(|f| f.blind_key.clone()).unwrap_or_else(|| self.data_dir.join("blind.key"))
+        self.federation.as_ref().and_then(|f| f.blind_key.clone()).unwrap_or_else(|| self.keys_dir().join("blind.key"))
     }
 }
 
@@ -524,6 +578,22 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         let err = config.apply_env(|k| (k == "VIRFED_LISTEN").then(|| "nope".into())).unwrap_err();
         assert!(err.to_string().contains("VIRFED_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn key_files_live_in_keys_dir_and_default_to_the_data_directory() {
+        let mut config = Config::parse(include_str!("../deploy/node.example.toml")).unwrap();
+        config.keys_dir = None;
+        assert_eq!(config.local_key_path(), config.data_dir.join("local.key"));
+        assert!(config.keys_beside_data(), "the default keeps the keys beside the data (and warns)");
+        config.apply_env(|k| (k == "VIRFED_KEYS_DIR").then(|| "/run/virfed-keys".into())).unwrap();
+        assert_eq!(config.local_key_path(), PathBuf::from("/run/virfed-keys/local.key"));
+        if config.federation.as_ref().is_some_and(|f| f.blind_key.is_none()) {
+            assert_eq!(config.blind_key_path(), PathBuf::from("/run/virfed-keys/blind.key"));
+        }
+        assert!(!config.keys_beside_data());
+        config.keys_dir = Some(config.data_dir.join("keys"));
+        assert!(config.keys_beside_data(), "a subdirectory of the data directory is still inside it");
     }
 
     #[test]

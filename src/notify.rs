@@ -2,32 +2,68 @@
 //!
 //! The notices tree is the durable queue: each configured organisation has a delivery
 //! cursor in the store (`webhook_cursor/<org>`). A task per webhook POSTs every durable
-//! notice after the cursor, in order, as JSON, signed with
-//! `X-Virfed-Signature: sha256=<hex HMAC-SHA256(secret, body)>`, and advances the cursor
-//! only after a 2xx answer. Failures retry with jittered exponential backoff (1 s to
-//! 5 min), so a receiver that is down for days still gets everything, once it is back.
-//! Delivery is at least once: receivers de-duplicate on `cursor`.
+//! notice after the cursor, in order, as JSON, and advances the cursor only after a 2xx
+//! answer. Failures retry with jittered exponential backoff (1 s to 5 min), so a receiver
+//! that is down for days still gets everything, once it is back. Delivery is at least
+//! once: receivers de-duplicate on `cursor`.
+//!
+//! **Transport.** `https://` webhooks go over rustls (ring provider, TLS 1.2+, no session
+//! resumption, as everywhere in the crate) and trust only the receiver's CA from the
+//! webhook's `ca` file: there is no system root store in this crate, and a notice must not
+//! reach whoever a public CA vouches for. Plain `http://` is accepted by the config only to
+//! a loopback address (a TLS-terminating proxy on the same host); see
+//! [`crate::config::Webhook`]. The connector below is the whole client side: TCP connect,
+//! then a tokio-rustls handshake for `https`, wrapped in `TokioIo` for hyper.
+//!
+//! **Signature.** Every attempt carries
+//! `X-Virfed-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." ‖ body)>`
+//! (the Stripe scheme). Binding the time into the MAC lets a receiver refuse a captured
+//! delivery replayed later: [`verify_signature`] is the check a receiver mirrors, with
+//! [`DEFAULT_TOLERANCE_SECS`]. The time is the attempt's, read from the injected clock,
+//! so a retry after a long outage is signed fresh rather than looking stale.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::Resumption;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
-use crate::config::Config;
-use crate::domain::{Notice, OrgId};
+use crate::config::{Config, Webhook};
+use crate::domain::{Clock, Notice, OrgId, SystemClock};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The header carrying the signature (HTTP header names are case-insensitive).
+pub const SIGNATURE_HEADER: &str = "x-virfed-signature";
+
+/// How far a receiver should let a delivery's timestamp be from its own clock, either way:
+/// five minutes covers transit and modest clock skew, and bounds a replay window.
+pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 
 /// The JSON body of a webhook POST.
 #[derive(Serialize)]
@@ -36,15 +72,100 @@ struct Delivery<'a> {
     notice: &'a Notice,
 }
 
-/// Signature header value for `body` under `secret`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+/// Why a webhook signature is refused by [`verify_signature`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The header is not `t=<unix seconds>,v1=<hex>`.
+    #[error("malformed X-Virfed-Signature header: {0} (expected t=<unix seconds>,v1=<hex HMAC-SHA256>)")]
+    Malformed(&'static str),
+    /// No `v1` value is the HMAC of this timestamp and body under the secret: the body or
+    /// the timestamp was changed, or the secret differs.
+    #[error("X-Virfed-Signature does not match the timestamp and body (wrong secret, or the delivery was altered)")]
+    Mismatch,
+    /// The signature is genuine but its timestamp is too far from now: a stale delivery or
+    /// a replay, or a clock that is off.
+    #[error("X-Virfed-Signature timestamp {timestamp} is {age_secs} s from now, outside the {tolerance_secs} s tolerance (stale or replayed delivery, or a skewed clock)")]
+    Stale {
+        /// The header's `t`.
+        timestamp: i64,
+        /// `now - t` (negative: from the future).
+        age_secs: i64,
+        /// The tolerance it was checked against.
+        tolerance_secs: i64,
+    },
 }
 
-/// Starts one delivery task per configured webhook.
+fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// The `X-Virfed-Signature` value for `body` sent at `timestamp` (unix seconds) under
+/// `secret`: `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>." ‖ body)>`.
+pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    format!("t={timestamp},v1={}", hex::encode(mac(secret, timestamp, body).finalize().into_bytes()))
+}
+
+/// Checks an `X-Virfed-Signature` header as a receiver should: the MAC over `"<t>." ‖ body`
+/// must match (compared in constant time), then `t` must be within `tolerance_secs` of
+/// `now_unix` either way ([`DEFAULT_TOLERANCE_SECS`] is the recommended tolerance).
+///
+/// Several `v1=` entries are accepted and any one may match (room for a secret rotation);
+/// unknown entries are ignored, so a later scheme can be added alongside `v1`.
+pub fn verify_signature(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now_unix: i64,
+    tolerance_secs: i64,
+) -> Result<(), SignatureError> {
+    let mut timestamp = None;
+    let mut candidates = Vec::new();
+    for part in header.split(',') {
+        let (key, value) = part.trim().split_once('=').ok_or(SignatureError::Malformed("an entry without '='"))?;
+        match key {
+            "t" => {
+                if timestamp.is_some() {
+                    return Err(SignatureError::Malformed("more than one t="));
+                }
+                let t = value.parse::<i64>().map_err(|_| SignatureError::Malformed("t is not unix seconds"))?;
+                timestamp = Some(t);
+            }
+            "v1" => candidates.push(hex::decode(value).map_err(|_| SignatureError::Malformed("v1 is not hex"))?),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(SignatureError::Malformed("no t="))?;
+    if candidates.is_empty() {
+        return Err(SignatureError::Malformed("no v1="));
+    }
+    let expected = mac(secret, timestamp, body);
+    if !candidates.iter().any(|c| expected.clone().verify_slice(c).is_ok()) {
+        return Err(SignatureError::Mismatch);
+    }
+    let age_secs = now_unix.saturating_sub(timestamp);
+    if age_secs.unsigned_abs() > tolerance_secs.max(0).unsigned_abs() {
+        return Err(SignatureError::Stale { timestamp, age_secs, tolerance_secs });
+    }
+    Ok(())
+}
+
+/// Starts one delivery task per configured webhook, signing with the system clock.
 pub fn spawn_webhooks(config: &Config, store: Store, shutdown: Shutdown) -> Result<Vec<JoinHandle<()>>, String> {
+    spawn_webhooks_with_clock(config, store, Arc::new(SystemClock), shutdown)
+}
+
+/// Starts one delivery task per configured webhook; signature timestamps read `clock`.
+/// Every file (secret, CA) is read and checked here, so a bad one stops the node at start.
+pub fn spawn_webhooks_with_clock(
+    config: &Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) -> Result<Vec<JoinHandle<()>>, String> {
     let mut tasks = Vec::new();
     for hook in &config.webhooks {
         let org = hook.org.clone();
@@ -53,13 +174,151 @@ pub fn spawn_webhooks(config: &Config, store: Store, shutdown: Shutdown) -> Resu
             .map_err(|e| format!("webhook secret {}: {e}", hook.secret_file.display()))?;
         let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
         let uri: http::Uri = hook.url.parse().map_err(|e| format!("webhooks.url {}: {e}", hook.url))?;
-        tasks.push(tokio::spawn(deliver(store.clone(), org, uri, secret, shutdown.clone())));
+        let connector = Connector::for_webhook(hook, &uri)?;
+        tasks.push(tokio::spawn(deliver(store.clone(), org, uri, connector, secret, clock.clone(), shutdown.clone())));
     }
     Ok(tasks)
 }
 
-async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut shutdown: Shutdown) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+/// The rustls client config of an `https` webhook: trusts the certificates in `ca_pem`
+/// only, ring provider, ALPN `http/1.1`, no session resumption (a resumed session skips
+/// certificate verification).
+fn webhook_tls_config(ca_pem: &[u8], what: &str) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("{what}: not a PEM certificate ({e})"))?;
+        roots.add(cert).map_err(|e| format!("{what}: not usable as a trust anchor ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{what}: holds no PEM certificate (give the CA certificate of the webhook receiver)"));
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{what}: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// The hyper-util connector of one webhook: TCP, then TLS when the URL is `https`.
+#[derive(Clone)]
+struct Connector {
+    /// Present for `https` URLs.
+    tls: Option<TlsConnector>,
+}
+
+impl Connector {
+    fn for_webhook(hook: &Webhook, uri: &http::Uri) -> Result<Connector, String> {
+        if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return Ok(Connector { tls: None });
+        }
+        let ca = hook.ca.as_ref().ok_or_else(|| format!("webhooks.url {}: an https webhook needs `ca`", hook.url))?;
+        let what = format!("webhooks.ca {}", ca.display());
+        let pem = std::fs::read(ca).map_err(|e| format!("{what}: {e}"))?;
+        Ok(Connector { tls: Some(TlsConnector::from(webhook_tls_config(&pem, &what)?)) })
+    }
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<Stream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+            // `Uri::host` keeps the brackets of an IPv6 literal; sockets and SNI want it bare.
+            let host = uri.host().ok_or_else(|| invalid(format!("{uri}: no host")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = uri.port_u16().unwrap_or(if tls.is_some() { 443 } else { 80 });
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let Some(tls) = tls else { return Ok(TokioIo::new(Stream::Plain(tcp))) };
+            let name = ServerName::try_from(host).map_err(|e| invalid(format!("{uri}: {e}")))?;
+            Ok(TokioIo::new(Stream::Tls(Box::new(tls.connect(name, tcp).await?))))
+        })
+    }
+}
+
+/// A webhook connection: plain TCP (loopback only, see the config) or TLS over TCP.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+async fn deliver(
+    store: Store,
+    org: OrgId,
+    uri: http::Uri,
+    connector: Connector,
+    secret: Vec<u8>,
+    clock: Arc<dyn Clock>,
+    mut shutdown: Shutdown,
+) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let mut durable = store.subscribe_notices();
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
@@ -77,7 +336,7 @@ async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut 
             let body = serde_json::to_vec(&Delivery { cursor: seq, notice: &notice }).unwrap_or_default();
             let request = http::Request::post(uri.clone())
                 .header("content-type", "application/json")
-                .header("x-virfed-signature", signature(&secret, &body))
+                .header(SIGNATURE_HEADER, signature(&secret, clock.now().timestamp(), &body))
                 .body(Full::new(Bytes::from(body)));
             let ok = match request {
                 Ok(req) => match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
@@ -113,5 +372,86 @@ async fn deliver(store: Store, org: OrgId, uri: http::Uri, secret: Vec<u8>, mut 
             }
             debug!(%org, cursor = seq, "notice delivered to webhook");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"s3cret";
+    const BODY: &[u8] = br#"{"cursor":7}"#;
+    const T: i64 = 1_700_000_000;
+
+    #[test]
+    fn signature_is_hmac_over_timestamp_dot_body() {
+        let header = signature(SECRET, T, BODY);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET).unwrap();
+        mac.update(format!("{T}.").as_bytes());
+        mac.update(BODY);
+        assert_eq!(header, format!("t={T},v1={}", hex::encode(mac.finalize().into_bytes())));
+    }
+
+    #[test]
+    fn a_fresh_signature_verifies_within_the_tolerance_either_way() {
+        let header = signature(SECRET, T, BODY);
+        for now in [T, T + DEFAULT_TOLERANCE_SECS, T - DEFAULT_TOLERANCE_SECS] {
+            assert_eq!(verify_signature(SECRET, &header, BODY, now, DEFAULT_TOLERANCE_SECS), Ok(()), "now = {now}");
+        }
+    }
+
+    #[test]
+    fn a_stale_or_future_signature_is_refused() {
+        let header = signature(SECRET, T, BODY);
+        let late = verify_signature(SECRET, &header, BODY, T + 301, 300);
+        assert_eq!(late, Err(SignatureError::Stale { timestamp: T, age_secs: 301, tolerance_secs: 300 }));
+        let early = verify_signature(SECRET, &header, BODY, T - 301, 300);
+        assert!(matches!(early, Err(SignatureError::Stale { age_secs: -301, .. })), "{early:?}");
+        let extreme = verify_signature(SECRET, &signature(SECRET, i64::MIN, BODY), BODY, i64::MAX, 300);
+        assert!(matches!(extreme, Err(SignatureError::Stale { .. })), "{extreme:?}");
+    }
+
+    #[test]
+    fn a_changed_body_timestamp_or_secret_is_a_mismatch() {
+        let header = signature(SECRET, T, BODY);
+        assert_eq!(verify_signature(SECRET, &header, b"{\"cursor\":8}", T, 300), Err(SignatureError::Mismatch));
+        assert_eq!(verify_signature(b"other", &header, BODY, T, 300), Err(SignatureError::Mismatch));
+        let shifted = header.replace(&format!("t={T}"), &format!("t={}", T + 1));
+        assert_eq!(verify_signature(SECRET, &shifted, BODY, T, 300), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn any_v1_may_match_and_unknown_entries_are_ignored() {
+        let good = signature(SECRET, T, BODY);
+        let v1 = good.split_once(",v1=").unwrap().1;
+        let header = format!("t={T}, v1={}, v1={v1}, v0=zz", "00".repeat(32));
+        assert_eq!(verify_signature(SECRET, &header, BODY, T, 300), Ok(()));
+    }
+
+    #[test]
+    fn malformed_headers_are_refused() {
+        let v1 = "ab".repeat(32);
+        for header in [
+            "".to_string(),
+            format!("sha256={v1}"),
+            format!("v1={v1}"),
+            format!("t={T}"),
+            format!("t=soon,v1={v1}"),
+            format!("t={T},v1=xyz"),
+            format!("t={T},t={T},v1={v1}"),
+            format!("t={T};v1={v1}"),
+        ] {
+            let got = verify_signature(SECRET, &header, BODY, T, 300);
+            assert!(matches!(got, Err(SignatureError::Malformed(_))), "{header:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn the_webhook_tls_config_needs_a_certificate() {
+        let err = webhook_tls_config(b"not pem", "webhooks.ca x.pem").unwrap_err();
+        assert!(err.contains("webhooks.ca x.pem") && err.contains("no PEM certificate"), "{err}");
+        let ca = crate::pki::Ca::generate("receiver CA", 1).unwrap();
+        let config = webhook_tls_config(ca.cert_pem().as_bytes(), "ca").unwrap();
+        assert_eq!(config.alpn_protocols, [b"http/1.1"]);
     }
 }

@@ -57,6 +57,13 @@ impl std::fmt::Debug for BlindKey {
     }
 }
 
+/// The scalar is wiped from memory when the key is dropped.
+impl Drop for BlindKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl BlindKey {
     /// A fresh random key.
     pub fn random() -> BlindKey {
@@ -156,6 +163,13 @@ impl std::fmt::Debug for LocalKey {
     }
 }
 
+/// The key bytes are wiped from memory when the key is dropped.
+impl Drop for LocalKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl LocalKey {
     pub fn from_bytes(bytes: [u8; 32]) -> LocalKey {
         LocalKey(bytes)
@@ -204,10 +218,13 @@ fn load_or_create_secret(path: &Path, fresh: impl FnOnce() -> [u8; 32]) -> Resul
     match std::fs::metadata(path) {
         Ok(meta) => {
             check_mode(path, &meta)?;
-            let text =
-                std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
-            let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
-            bytes.try_into().map_err(|_| KeyError::Malformed { path: shown })
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?,
+            );
+            let bytes = zeroize::Zeroizing::new(
+                hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?,
+            );
+            bytes.as_slice().try_into().map_err(|_| KeyError::Malformed { path: shown })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = fresh();

@@ -138,6 +138,15 @@ impl Node {
         info!(region = %config.region, data_dir = %config.data_dir.display(), "starting virfed node");
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
+        create_private_dir(config.keys_dir())
+            .map_err(|source| NodeError::DataDir { path: config.keys_dir().to_owned(), source })?;
+        if config.keys_beside_data() {
+            warn!(
+                keys_dir = %config.keys_dir().display(),
+                "the key files are inside the data directory: one snapshot of it holds the pseudonyms and the keys \
+                 that make them enumerable; set keys_dir to a separate mount"
+            );
+        }
         let local_key = LocalKey::load_or_create(&config.local_key_path())?;
         info!(path = %config.local_key_path().display(), "local pseudonym key loaded");
         let store =
@@ -288,8 +297,13 @@ impl Node {
             sweep_rx,
             state.shutdown.clone(),
         ));
-        let webhooks = crate::notify::spawn_webhooks(&config, state.store().clone(), state.shutdown.clone())
-            .map_err(NodeError::Config)?;
+        let webhooks = crate::notify::spawn_webhooks_with_clock(
+            &config,
+            state.store().clone(),
+            state.clock.clone(),
+            state.shutdown.clone(),
+        )
+        .map_err(NodeError::Config)?;
         let signals =
             SignalsServer::new(SignalsService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
         let orgs = OrganisationsServer::new(OrganisationsService::new(state.clone()))
@@ -508,4 +522,16 @@ async fn sweeper(
             let _ = reply.send(result.map_err(|e: RegistryError| e.to_string()));
         }
     }
+}
+
+/// Creates `dir` (and its parents) if missing; a directory this call creates is 0700.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
