@@ -44,8 +44,10 @@ impl RegionFiles {
         let server = ca.issue(&CertSpec::server(vec!["localhost".into(), "127.0.0.1".into()], 365))?;
         write_cert_pair(dir, "node", &server, false)?;
         let text = format!(
-            "region = {region:?}\ndata_dir = {data:?}\nlisten = \"{listen}\"\nhttp_listen = \"127.0.0.1:0\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[match_officer]\norg = \"{MATCH_OFFICER_ORG}\"\n",
+            "region = {region:?}\ndata_dir = {data:?}\nkeys_dir = {keys:?}\nlisten = \"{listen}\"\nhttp_listen = \"127.0.0.1:0\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[match_officer]\norg = \"{MATCH_OFFICER_ORG}\"\n",
             data = dir.join("data"),
+            // The key files apart from the data, as a production node should have them.
+            keys = dir.join("keys"),
             ca = ca_dir.join("ca.pem"),
             cert = dir.join("node.pem"),
             key = dir.join("node.key"),
