@@ -4,6 +4,8 @@
 //! started from the same fixture an operator's config would come from. The victim runs on
 //! a `ManualClock`, so refills happen exactly when the test moves time.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
+use common::{node_material, peer_listen};
 use tonic::transport::Channel;
 use tonic::Code;
 use virfed::config::Config;
@@ -46,17 +49,6 @@ fn victim_files(dir: &Path, capacity: u64, refill_per_hour: u64) -> (FederationF
     let fed = rdam.config.federation.as_ref().unwrap();
     assert_eq!((fed.oracle_budget_per_hour, fed.oracle_refill_per_hour), (capacity, refill_per_hour));
     (files, rdam)
-}
-
-fn peer_listen(files: &RegionFiles) -> SocketAddr {
-    files.config.federation.as_ref().unwrap().listen
-}
-
-/// TLS material of a node certificate of `region` from the federation CA in `ca_dir`.
-fn node_material(ca_dir: &Path, region: &str) -> TlsMaterial {
-    let ca = Ca::load(ca_dir).unwrap();
-    let issued = ca.issue(&CertSpec::node(region, vec!["localhost".into()], 30)).unwrap();
-    TlsMaterial::from_issued(&ca.cert_pem(), &issued)
 }
 
 async fn channel(addr: SocketAddr, material: &TlsMaterial) -> Channel {

@@ -33,7 +33,7 @@ use virfed::pb::federation::peer_client::PeerClient;
 use virfed::pki::{client_config, connect, server_config, tls_incoming, Ca, CertSpec, Identity, TlsMaterial};
 use virfed::pseudonym::{bsn_point, BlindKey};
 
-use common::{files_under, req_by};
+use common::{files_under, node_material, peer_listen, req_by};
 
 // ---- fixture -------------------------------------------------------------------------------
 
@@ -50,18 +50,6 @@ async fn start(files: RegionFiles) -> RunningRegion {
     region.add_org("jeugdzorg", "Jeugdzorg", "youth-care", None).await.unwrap();
     region.add_org("school", "School", "education", None).await.unwrap();
     region
-}
-
-/// The address of a region's peer API, from its config.
-fn peer_listen(files: &RegionFiles) -> SocketAddr {
-    files.config.federation.as_ref().unwrap().listen
-}
-
-/// TLS material of a node certificate of `region`, issued by the federation CA in `ca_dir`.
-fn node_material(ca_dir: &Path, region: &str) -> TlsMaterial {
-    let ca = Ca::load(ca_dir).unwrap();
-    let issued = ca.issue(&CertSpec::node(region, vec!["localhost".into()], 30)).unwrap();
-    TlsMaterial::from_issued(&ca.cert_pem(), &issued)
 }
 
 /// Why a call did not succeed: refused before any RPC ran, or answered with a status.
@@ -734,6 +722,13 @@ async fn invariant2_a_replayed_publish_with_another_point_is_not_answered() {
     rdam.stop().await.unwrap();
 }
 
+/// The rogue ("utrecht") publishes its own point `x` under `handle` as the first item of
+/// `epoch` and returns the victim's answer `x·a`.
+async fn blinded_by_victim(rogue: &mut PeerClient<Channel>, epoch: u64, handle: &[u8], x: &[u8]) -> Vec<u8> {
+    let answer = rogue.exchange(request("utrecht", epoch, false, vec![publish_item(1, handle, x, true)])).await;
+    answer.unwrap().into_inner().results[0].blinded.clone()
+}
+
 /// The forced-match attack: a rogue peer with a valid certificate publishes a point `X`,
 /// gets `X·a` back, then answers the victim's publish of its child with `X·a`, so that the
 /// victim's child would "match" the rogue's `X` and the victim would send the rogue its
@@ -749,14 +744,7 @@ async fn invariant9_forged_answers_are_refused_whole_and_nothing_is_applied() {
     let store = rdam.handle.store().clone();
     let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
     let (_, x) = point_of("123456782");
-    let xa = rogue
-        .exchange(request("utrecht", 3, false, vec![publish_item(1, &[4u8; 16], &x, true)]))
-        .await
-        .unwrap()
-        .into_inner()
-        .results[0]
-        .blinded
-        .clone();
+    let xa = blinded_by_victim(&mut rogue, 3, &[4u8; 16], &x).await;
     *fake.forge.lock().unwrap() = Some(xa.as_slice().try_into().unwrap());
     register(&rdam, "jeugdzorg", CHILD).await;
     eventually(20, "the forged answer refused", || audit_count(&rdam, "federation.proof-refused") >= 1).await;
@@ -793,14 +781,7 @@ async fn invariant9_forged_reblind_is_refused_and_audited() {
     let victim_handle = p.handle.clone();
     // The rogue's own child X, indexed at the victim as X·a.
     let (_, x) = point_of("123456782");
-    let xa = rogue
-        .exchange(request("utrecht", 5, false, vec![publish_item(1, &[6u8; 16], &x, true)]))
-        .await
-        .unwrap()
-        .into_inner()
-        .results[0]
-        .blinded
-        .clone();
+    let xa = blinded_by_victim(&mut rogue, 5, &[6u8; 16], &x).await;
     let reblind = |seq, public_key: Vec<u8>, proof: Vec<u8>| fpb::Item {
         seq,
         body: Some(Body::Reblind(fpb::Reblind {

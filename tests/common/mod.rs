@@ -5,10 +5,12 @@
 //! module holds only the small builders the test files would otherwise each repeat.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use virfed::kit::fixture::register_request;
+use virfed::kit::fixture::{register_request, RegionFiles};
 use virfed::pb::client as pb;
+use virfed::pki::{Ca, CertSpec, TlsMaterial};
 
 /// A registration of `bsn` by professional `who` (e-mail someone@example.nl).
 pub fn req(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
@@ -56,3 +58,16 @@ pub const VIRFED_ENV: &[&str] = &[
     "VIRFED_CERT",
     "VIRFED_KEY",
 ];
+
+/// The address of a region's peer API, from its config.
+pub fn peer_listen(files: &RegionFiles) -> SocketAddr {
+    files.config.federation.as_ref().unwrap().listen
+}
+
+/// TLS material of a node certificate of `region`, issued by the federation CA in `ca_dir`:
+/// what a peer (or a rogue with a genuine certificate) presents.
+pub fn node_material(ca_dir: &Path, region: &str) -> TlsMaterial {
+    let ca = Ca::load(ca_dir).unwrap();
+    let issued = ca.issue(&CertSpec::node(region, vec!["localhost".into()], 30)).unwrap();
+    TlsMaterial::from_issued(&ca.cert_pem(), &issued)
+}
