@@ -233,6 +233,11 @@ pub fn public_key(key: &BlindKey) -> Blinded {
     RistrettoPoint::mul_base(&key_scalar(key)).compress().to_bytes()
 }
 
+/// Whether `bytes` can serve as a public key: a canonical, non-identity point encoding.
+pub fn is_public_key(bytes: &Blinded) -> bool {
+    decode(bytes, Part::PublicKey).is_ok()
+}
+
 /// The answering side of an exchange: proves that every `answers[i]` is
 /// `inputs[i]·key`, against [`public_key`]`(key)` and the generator `G`. Both lists are
 /// compressed points as sent; invalid, non-canonical or identity encodings are refused.

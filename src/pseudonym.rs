@@ -137,6 +137,79 @@ impl BlindKey {
     }
 }
 
+/// Domain separation for deriving a per-peer blinding key from the node's one secret.
+pub const PEER_KEY_DOMAIN: &[u8] = b"virfed/peer-blind/v1";
+
+/// This node's blinding towards one peer: the key `k_B = k·t_B`, with the tweak
+/// `t_B = HMAC-SHA512(k, "virfed/peer-blind/v1" ‖ peer)` reduced to a scalar. The tweak
+/// depends on the secret, so two colluding peers cannot relate `P·k_B` and `P·k_C` (the
+/// same child, published to each) without breaking DDH; the store keeps one base point
+/// `P·k` per child and turns it into `P·k_B` with [`PeerBlind::publish`].
+#[derive(Clone)]
+pub struct PeerBlind {
+    key: BlindKey,
+    tweak: Scalar,
+}
+
+impl std::fmt::Debug for PeerBlind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerBlind(..)")
+    }
+}
+
+/// The tweak is wiped from memory when dropped (the key wipes itself).
+impl Drop for PeerBlind {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.tweak);
+    }
+}
+
+impl BlindKey {
+    /// The key this node uses towards `peer` (see [`PeerBlind`]).
+    pub fn towards(&self, peer: &str) -> PeerBlind {
+        let mut mac = <Hmac<Sha512> as Mac>::new_from_slice(&self.0.to_bytes()).expect("HMAC takes any key length");
+        mac.update(PEER_KEY_DOMAIN);
+        mac.update(peer.as_bytes());
+        let mut wide: [u8; 64] = mac.finalize().into_bytes().into();
+        let mut tweak = Scalar::from_bytes_mod_order_wide(&wide);
+        zeroize::Zeroize::zeroize(&mut wide);
+        if tweak == Scalar::ZERO {
+            // Probability 2^-252; the identity tweak keeps the key non-zero.
+            tweak = Scalar::ONE;
+        }
+        PeerBlind { key: BlindKey(self.0 * tweak), tweak }
+    }
+}
+
+impl PeerBlind {
+    /// `k_B`: answers to this peer's publishes and the proofs over them.
+    pub fn key(&self) -> &BlindKey {
+        &self.key
+    }
+
+    /// `P·k → P·k_B` for base points as the store keeps them, in one batch (what is
+    /// published to this peer).
+    pub fn publish(&self, base: &[Blinded]) -> Result<Vec<Blinded>, BadPoint> {
+        let half = self.tweak * Scalar::from(2u8).invert();
+        let mut products = Vec::with_capacity(base.len());
+        for point in base {
+            let q = CompressedRistretto(*point).decompress().ok_or(BadPoint)?;
+            products.push(q * half);
+        }
+        Ok(RistrettoPoint::double_and_compress_batch(&products).into_iter().map(|c| c.to_bytes()).collect())
+    }
+
+    /// [`PeerBlind::publish`] for one point.
+    pub fn publish_one(&self, base: &Blinded) -> Result<Blinded, BadPoint> {
+        Ok(self.publish(std::slice::from_ref(base))?[0])
+    }
+
+    /// `SHA-256(G·k_B)`: what this peer pins and shows for this node.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.key.fingerprint()
+    }
+}
+
 /// Domain separation for the local child pseudonym; bump the version to re-key the format.
 pub const LOCAL_CHILD_DOMAIN: &[u8] = b"virfed/local-child/v1";
 
@@ -345,6 +418,27 @@ mod tests {
         let mut bad = points.clone();
         bad[7] = [0u8; 32];
         assert_eq!(k.blind_points(&bad), Err(BadPoint));
+    }
+
+    #[test]
+    fn per_peer_keys_differ_commute_and_match_the_base_point() {
+        let a = BlindKey::random();
+        let (to_b, to_c) = (a.towards("utrecht"), a.towards("zwolle"));
+        assert_eq!(a.towards("utrecht").fingerprint(), to_b.fingerprint(), "derivation is stable");
+        assert_ne!(to_b.fingerprint(), to_c.fingerprint(), "each peer gets its own key");
+        assert_ne!(to_b.fingerprint(), a.fingerprint());
+        let bsn = Bsn::parse("111222333").unwrap();
+        let base = a.blind_bsn(&bsn);
+        // What a peer receives is P·k_B, the same as blinding P directly with k_B.
+        let published = to_b.publish_one(&base).unwrap();
+        assert_eq!(published, to_b.key().blind_bsn(&bsn));
+        assert_ne!(published, to_c.publish_one(&base).unwrap(), "peers cannot link by value");
+        // Pair detection still commutes: P·k_B·m == P·m·k_B.
+        let m = BlindKey::random();
+        assert_eq!(m.blind_point(&published).unwrap(), to_b.key().blind_point(&m.blind_bsn(&bsn)).unwrap());
+        // A different secret gives unrelated per-peer keys.
+        assert_ne!(BlindKey::random().towards("utrecht").fingerprint(), to_b.fingerprint());
+        assert!(to_b.publish(&[[0xff; 32]]).is_err());
     }
 
     #[test]

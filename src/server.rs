@@ -157,13 +157,13 @@ impl Node {
         // child has its point from the start and a later federation publishes all of them.
         let peers: Vec<String> =
             config.federation.iter().flat_map(|f| f.peers.iter()).map(|p| p.region.to_string()).collect();
-        let federation = Federation::new(store.clone(), Pairs::new(peers, local_key.clone()));
-        let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
-        registry.set_match_officer(match_officer.as_ref()).await?;
         // The blinding key exists even on a stand-alone node, so every child has its point
         // from the start and a later federation publishes all of them.
         let blind_key = crate::federation::rekey::load_blind_key(&config, &store).await?;
         info!(path = %config.blind_key_path().display(), "blinding key loaded");
+        let federation = Federation::new(store.clone(), Pairs::new(peers, local_key.clone(), Some(&blind_key)));
+        let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
+        registry.set_match_officer(match_officer.as_ref()).await?;
         let peer = match &config.federation {
             None => None,
             Some(fed) => {
@@ -180,8 +180,18 @@ impl Node {
                     .map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
                 let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: fed.listen, source })?;
                 let peers: Vec<String> = fed.peers.iter().map(|p| p.region.to_string()).collect();
-                let counters: Counters =
-                    Arc::new(peers.iter().map(|p| (p.clone(), Arc::new(PeerCounters::default()))).collect());
+                let counters: Counters = Arc::new(
+                    peers
+                        .iter()
+                        .map(|p| {
+                            let c = PeerCounters::default();
+                            let own = crate::dleq::public_key(blind_key.towards(p).key());
+                            c.info.lock().unwrap_or_else(|e| e.into_inner()).own_key_fingerprint =
+                                Some(crate::federation::pairs::key_fingerprint(&own));
+                            (p.clone(), Arc::new(c))
+                        })
+                        .collect(),
+                );
                 info!(%addr, peers = ?peers, "peer API bound; federation CA and revocation lists are re-read when they change");
                 Some(PeerSide { listener, addr, tls, files, blind_key, counters })
             }
@@ -391,7 +401,7 @@ fn start_federation(
         federation.clone(),
         config.region.to_string(),
         fed.cert.clone(),
-        blind_key,
+        blind_key.clone(),
         peers,
         oracle,
         resync,
@@ -427,6 +437,7 @@ fn start_federation(
             own_region: config.region.to_string(),
             client: PeerClient::new(channel).max_decoding_message_size(4 * 1024 * 1024),
             counters: counters.get(peer.region.as_str()).cloned().unwrap_or_default(),
+            blind: blind_key.towards(peer.region.as_str()),
         };
         tasks.push(tokio::spawn(delivery::run(federation.clone(), link, state.shutdown.clone())));
     }

@@ -187,6 +187,9 @@ struct FakePeer {
     received: Arc<Mutex<Vec<fpb::ExchangeRequest>>>,
     /// When set, every publish is answered with this `D` (a rogue's forged answer).
     forge: Arc<Mutex<Option<[u8; 32]>>>,
+    /// When set, answers are blinded, proven and announced in pings under this key instead
+    /// (a rogue switching keys without a re-key announcement).
+    substitute: Arc<Mutex<Option<BlindKey>>>,
 }
 
 impl FakePeer {
@@ -195,7 +198,12 @@ impl FakePeer {
         if let Some(forged) = *self.forge.lock().unwrap() {
             return forged.to_vec();
         }
-        self.key.blind_point(point).map(|b| b.to_vec()).unwrap_or_default()
+        self.key().blind_point(point).map(|b| b.to_vec()).unwrap_or_default()
+    }
+
+    /// The key the fake answers under now.
+    fn key(&self) -> BlindKey {
+        self.substitute.lock().unwrap().clone().unwrap_or_else(|| self.key.clone())
     }
 
     fn received(&self) -> Vec<fpb::ExchangeRequest> {
@@ -251,13 +259,13 @@ impl fpb::peer_server::Peer for FakePeer {
             Vec::new()
         } else {
             let context = virfed::dleq::virfed_context(&self.region, &r.from_region, r.epoch).unwrap();
-            virfed::dleq::prove_blinded(&self.key, &inputs, &outputs, &context, &mut rand::thread_rng())
+            virfed::dleq::prove_blinded(&self.key(), &inputs, &outputs, &context, &mut rand::thread_rng())
                 .unwrap()
                 .to_bytes()
                 .to_vec()
         };
         self.received.lock().unwrap().push(r);
-        let public_key = virfed::dleq::public_key(&self.key).to_vec();
+        let public_key = virfed::dleq::public_key(&self.key()).to_vec();
         Ok(Response::new(fpb::ExchangeResponse { results, public_key, proof }))
     }
 
@@ -268,14 +276,20 @@ impl fpb::peer_server::Peer for FakePeer {
             software_version: "fake".into(),
             cert_not_after: 0,
             protocol_minor: virfed::federation::PROTOCOL_MINOR,
+            public_key: virfed::dleq::public_key(&self.key()).to_vec(),
         }))
     }
 }
 
 /// Binds a fake `region` on `listen` with a node certificate from the federation CA.
 async fn serve_fake(ca_dir: &Path, region: &str, listen: SocketAddr) -> (FakePeer, oneshot::Sender<()>) {
-    let fake =
-        FakePeer { region: region.into(), key: BlindKey::random(), received: Arc::default(), forge: Arc::default() };
+    let fake = FakePeer {
+        region: region.into(),
+        key: BlindKey::random(),
+        received: Arc::default(),
+        forge: Arc::default(),
+        substitute: Arc::default(),
+    };
     let tls = server_config(&node_material(ca_dir, region)).unwrap();
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -762,6 +776,88 @@ async fn invariant9_forged_answers_are_refused_whole_and_nothing_is_applied() {
     *fake.forge.lock().unwrap() = None;
     eventually(30, "the honest answer accepted", || store.outbox_depth("utrecht") == 0).await;
     assert_eq!(audit_count(&rdam, "federation.match"), 0, "X is another child: still no pair");
+    rdam.stop().await.unwrap();
+}
+
+/// Key pinning: the victim pins the public key a peer proves its answers under on first
+/// contact. A rogue that switches to another key (with proofs that hold under it) gets
+/// nothing applied until it announces the key the way a re-key does; the refusal is
+/// audited and shown, and the announcement itself is audited with both fingerprints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant9_answers_under_an_unannounced_key_are_refused_until_announced() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    register(&rdam, "jeugdzorg", CHILD).await;
+    eventually(20, "the first publish delivered", || store.outbox_depth("utrecht") == 0).await;
+    let pinned = virfed::dleq::public_key(&fake.key);
+    assert_eq!(store.peer_key("utrecht").unwrap(), Some(pinned), "pinned on first contact");
+
+    let other = BlindKey::random();
+    *fake.substitute.lock().unwrap() = Some(other.clone());
+    register(&rdam, "jeugdzorg", "123456782").await;
+    let counters = rdam.handle.peer_counters().get("utrecht").cloned().unwrap();
+    let last_error = || counters.info.lock().unwrap().last_error.clone().unwrap_or_default();
+    eventually(20, "answers under another key refused", || last_error().contains("has not announced")).await;
+    assert!(store.outbox_depth("utrecht") >= 1, "nothing applied: the publish stays queued");
+    assert_eq!(store.peer_key("utrecht").unwrap(), Some(pinned), "the pin does not move");
+    let refusals = |r: &RunningRegion| {
+        r.handle.store().audit_entries().unwrap().iter().filter(|e| e.detail.contains("has not announced")).count()
+    };
+    assert!(refusals(&rdam) >= 1, "the refusal is audited");
+
+    // The key announced (as a re-key does, first in its outbox): pinned, and the queued
+    // publish goes through under it.
+    let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    let announce = fpb::Item {
+        seq: 1,
+        body: Some(Body::KeyAnnounce(fpb::KeyAnnounce { public_key: virfed::dleq::public_key(&other).to_vec() })),
+    };
+    rogue.exchange(request("utrecht", 11, false, vec![announce])).await.unwrap();
+    assert_eq!(store.peer_key("utrecht").unwrap(), Some(virfed::dleq::public_key(&other)));
+    let announced = store.audit_entries().unwrap();
+    assert!(announced.iter().any(|e| e.action == "federation.peer-key" && e.detail.contains("replaces")));
+    eventually(30, "the queued publish delivered under the announced key", || store.outbox_depth("utrecht") == 0).await;
+    rdam.stop().await.unwrap();
+}
+
+/// Item 6 of the v2 threat list: every peer gets its own blinding key, so two colluding
+/// peers that compare what they were sent cannot tell which of their children are the
+/// same child (points and handles of one child differ per peer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant2_colluding_peers_cannot_link_children_by_point_or_handle() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht", "zwolle"]);
+    let ca_dir = files.ca_dir.clone();
+    let (utrecht, _stop_u) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let (zwolle, _stop_z) = serve_fake(&ca_dir, "zwolle", peer_listen(&files.regions[2])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let children = [CHILD, "123456782", "132650460"];
+    for child in children {
+        register(&rdam, "jeugdzorg", child).await;
+    }
+    let store = rdam.handle.store().clone();
+    eventually(20, "both peers received every child", || {
+        store.outbox_depth("utrecht") == 0 && store.outbox_depth("zwolle") == 0
+    })
+    .await;
+    let sent = |fake: &FakePeer| -> (HashSet<Vec<u8>>, HashSet<Vec<u8>>) {
+        fake.items_from("rotterdam")
+            .into_iter()
+            .filter_map(|i| match i.body {
+                Some(Body::Publish(p)) => Some((p.point, p.handle)),
+                _ => None,
+            })
+            .unzip()
+    };
+    let (u_points, u_handles) = sent(&utrecht);
+    let (z_points, z_handles) = sent(&zwolle);
+    assert_eq!((u_points.len(), z_points.len()), (children.len(), children.len()), "one publish per child each");
+    assert!(u_points.is_disjoint(&z_points), "no point was sent to both peers");
+    assert!(u_handles.is_disjoint(&z_handles), "no handle was sent to both peers");
+    // Control: the victim keeps one base point per child; the per-peer values come from it.
+    assert_eq!(rdam.handle.store().points().unwrap().len(), children.len());
     rdam.stop().await.unwrap();
 }
 

@@ -81,7 +81,7 @@ async fn regenerate_store_v1_fixture() {
     let store = Store::open(&path, &StoreOptions::default()).unwrap();
     let local = virfed::pseudonym::LocalKey::from_bytes([3; 32]);
     let blind = virfed::pseudonym::BlindKey::from_bytes([9; 32]).unwrap();
-    let pairs = virfed::federation::Pairs::new(vec!["utrecht".into()], local.clone());
+    let pairs = virfed::federation::Pairs::new(vec!["utrecht".into()], local.clone(), None);
     let registry = virfed::registry::Registry::with_federation(store.clone(), std::sync::Arc::new(pairs));
     let org = Organisation {
         id: OrgId::parse("jeugdzorg").unwrap(),

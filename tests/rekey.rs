@@ -56,6 +56,7 @@ async fn rekey_keeps_every_match_without_duplicates() {
     let utr_x = utr.register_signal(req(x, "U One")).await.unwrap().into_inner().signal.unwrap().signal_id;
     utr.register_signal(req(z, "U Three")).await.unwrap();
     let r_first = exactly(&regions[0], "jeugdzorg", 0, 1, Duration::from_millis(300)).await;
+    let pinned_before = regions[1].handle.store().peer_key("rotterdam").unwrap().expect("pinned on first contact");
     let u_first = exactly(&regions[1], "jeugdzorg", 0, 1, Duration::from_millis(300)).await;
     drained(&regions[0], "utrecht").await;
     drained(&regions[1], "rotterdam").await;
@@ -80,6 +81,18 @@ async fn rekey_keeps_every_match_without_duplicates() {
     regions.insert(0, rotterdam);
     drained(&regions[0], "utrecht").await;
     drained(&regions[1], "rotterdam").await;
+    // Utrecht pinned Rotterdam's new key from its announcement (audited), and both ends of
+    // the link report the same fingerprint for it.
+    let pinned_after = regions[1].handle.store().peer_key("rotterdam").unwrap().unwrap();
+    assert_ne!(pinned_after, pinned_before, "the re-key's announcement replaced the pin");
+    let announced = regions[1].handle.store().audit_entries().unwrap();
+    assert!(announced.iter().any(|e| e.action == "federation.peer-key" && e.detail.contains("replaces")));
+    let own = regions[0].handle.health().status().await;
+    let theirs = regions[1].handle.health().status().await;
+    let utrecht_at_rdam = own.peers.iter().find(|p| p.region == "utrecht").unwrap();
+    let rdam_at_utrecht = theirs.peers.iter().find(|p| p.region == "rotterdam").unwrap();
+    assert_eq!(rdam_at_utrecht.peer_key_fingerprint, utrecht_at_rdam.own_key_fingerprint);
+    assert_eq!(rdam_at_utrecht.peer_key_fingerprint, virfed::federation::pairs::key_fingerprint(&pinned_after));
     // No notice from the re-key itself: the match is kept, not made again.
     let r_cursor = r_first[0].cursor;
     let u_cursor = u_first[0].cursor;

@@ -84,6 +84,7 @@ pub fn item_out(seq: u64, item: &OutItem) -> pb::Item {
             proof: proof.clone(),
         }),
         Item::ResyncRequest => Body::ResyncRequest(pb::ResyncRequest {}),
+        Item::KeyAnnounce { public_key } => Body::KeyAnnounce(pb::KeyAnnounce { public_key: public_key.to_vec() }),
         // Never queued; an empty body is what a newer minor's unknown kind looks like.
         Item::Unknown => return pb::Item { seq, body: None },
     };
@@ -126,6 +127,13 @@ pub fn item_in(body: Option<pb::item::Body>, from: &RegionId, newer_minor: bool)
             proof: r.proof,
         },
         Some(Body::ResyncRequest(_)) => Item::ResyncRequest,
+        Some(Body::KeyAnnounce(k)) => {
+            let public_key = point_in(&k.public_key, "key_announce.public_key")?;
+            if !crate::dleq::is_public_key(&public_key) {
+                return Err(FederationError::bad("key_announce.public_key is not a valid ristretto255 public key"));
+            }
+            Item::KeyAnnounce { public_key }
+        }
         None if newer_minor => Item::Unknown,
         None => return Err(FederationError::bad("item without a body")),
     })

@@ -18,6 +18,7 @@ use super::{item_out, Federation, PeerCounters, MAX_ITEMS, PROTOCOL_MINOR, PROTO
 use crate::backoff::Backoff;
 use crate::pb::federation as pb;
 use crate::pb::federation::peer_client::PeerClient;
+use crate::pseudonym::{Blinded, PeerBlind};
 use crate::shutdown::Shutdown;
 use crate::store::Outgoing;
 
@@ -27,6 +28,9 @@ pub struct PeerLink {
     pub own_region: String,
     pub client: PeerClient<tonic::transport::Channel>,
     pub counters: Arc<PeerCounters>,
+    /// This node's blinding towards the peer: publishes leave the outbox as base points
+    /// `P·k` and go out as `P·k_B`.
+    pub blind: PeerBlind,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -46,7 +50,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
             return;
         }
     };
-    ping(&mut link).await;
+    ping(&federation, &mut link).await;
     let mut wake = store.subscribe_outbox();
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     // Halved after a budget refusal, so a peer with a small budget still takes what fits.
@@ -64,14 +68,22 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
         if batch.is_empty() {
             tokio::select! {
                 changed = wake.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(PING_INTERVAL) => ping(&mut link).await,
+                _ = tokio::time::sleep(PING_INTERVAL) => ping(&federation, &mut link).await,
                 _ = shutdown.recv() => return,
             }
             continue;
         }
         let resync = is_resync(&batch[0].item);
-        let batch: Vec<Outgoing<OutItem>> =
+        let mut batch: Vec<Outgoing<OutItem>> =
             batch.into_iter().take_while(|o| is_resync(&o.item) == resync).take(batch_limit).collect();
+        if let Err(e) = towards_peer(&link.blind, &mut batch) {
+            link.counters.failed(format!("cannot blind the outbox for the peer: {e}"));
+            warn!(peer = %link.region, "a stored child point does not decode; delivery paused");
+            tokio::select! {
+                _ = tokio::time::sleep(MAX_BACKOFF) => continue,
+                _ = shutdown.recv() => return,
+            }
+        }
         let request = pb::ExchangeRequest {
             protocol_version: PROTOCOL_VERSION,
             protocol_minor: PROTOCOL_MINOR,
@@ -88,24 +100,32 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
         let failure = match sent {
             Ok(resp) => {
                 let resp = resp.into_inner();
+                let pinned = store.peer_key(&link.region).ok().flatten();
                 let paired = crate::domain::RegionId::parse(&link.region)
                     .map_err(|e| e.to_string())
                     .and_then(|region| pair_answers(batch, resp.results, &region))
                     .and_then(|delivered| {
-                        verify_answers(&delivered, &resp.public_key, &resp.proof, &link, epoch).map(|()| delivered)
+                        verify_answers(&delivered, &resp.public_key, &resp.proof, pinned, &link, epoch)
+                            .map(|key| (delivered, key))
                     });
                 if let Err(why) = &paired {
-                    if why.starts_with(PROOF_REFUSED) {
+                    let action = if why.starts_with(PROOF_REFUSED) {
                         link.counters.proof_failures.fetch_add(1, Ordering::Relaxed);
+                        Some(crate::domain::AuditAction::FederationProofRefused)
+                    } else if why.starts_with(KEY_UNANNOUNCED) {
+                        Some(crate::domain::AuditAction::FederationPeerKey)
+                    } else {
+                        None
+                    };
+                    if let Some(action) = action {
                         let (actor, subject) = (format!("region:{}", link.region), format!("region {}", link.region));
-                        let action = crate::domain::AuditAction::FederationProofRefused;
                         let _ = store.audit_event(&actor, action, &subject, why).await;
                     }
                 }
                 match paired {
-                    Ok(delivered) => {
+                    Ok((delivered, key)) => {
                         let n = delivered.len() as u64;
-                        match federation.apply_delivery(&link.region, delivered).await {
+                        match federation.apply_delivery(&link.region, delivered, key).await {
                             Ok(()) => {
                                 link.counters.items_delivered.fetch_add(n, Ordering::Relaxed);
                                 link.counters.succeeded();
@@ -148,8 +168,22 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
 /// How often an idle link pings its peer (liveness, round trip, versions, expiry).
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Pings the peer and records what it said, or why it did not answer.
-pub async fn ping(link: &mut PeerLink) {
+/// Turns the batch's publishes from base points `P·k` into what the peer gets, `P·k_B`
+/// (one batch of multiplications, outside the store's writer).
+fn towards_peer(blind: &PeerBlind, batch: &mut [Outgoing<OutItem>]) -> Result<(), crate::pseudonym::BadPoint> {
+    let base: Vec<Blinded> = batch.iter().filter_map(|o| o.item.publish().map(|p| p.point)).collect();
+    let mut sent = blind.publish(&base)?.into_iter();
+    for out in batch.iter_mut() {
+        if let Item::Publish(p) = &mut out.item {
+            p.point = sent.next().ok_or(crate::pseudonym::BadPoint)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pings the peer and records what it said, or why it did not answer. The public key the
+/// peer announces for its answers to this node is pinned on first contact.
+pub async fn ping(federation: &Federation, link: &mut PeerLink) {
     let started = std::time::Instant::now();
     let request = pb::PingRequest {
         from_region: link.own_region.clone(),
@@ -160,6 +194,13 @@ pub async fn ping(link: &mut PeerLink) {
     match tokio::time::timeout(Duration::from_secs(10), link.client.ping(request)).await {
         Ok(Ok(resp)) => {
             let resp = resp.into_inner();
+            if let Ok(key) = <Blinded>::try_from(resp.public_key.as_slice()) {
+                if crate::dleq::is_public_key(&key) {
+                    if let Err(e) = federation.pin_peer_key(&link.region, key).await {
+                        warn!(peer = %link.region, error = %e, "cannot pin the peer's blinding key");
+                    }
+                }
+            }
             link.counters.rtt_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             link.counters.succeeded();
             let mut info = link.counters.info.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,17 +225,21 @@ pub async fn ping(link: &mut PeerLink) {
 
 /// How a refused proof's failure text starts (counted and audited apart from transport errors).
 const PROOF_REFUSED: &str = "the peer's blinded answers are not proven";
+/// How a refusal of answers under a key other than the pinned one starts (audited).
+const KEY_UNANNOUNCED: &str = "the peer answered under a blinding key it has not announced";
 
 /// Checks the one DLEQ proof of an exchange's answers (RFC 9497 §2.2): every blinded answer
-/// to a publish is the published point times the key behind the peer's public key. A batch
-/// that fails is refused whole; nothing of it is applied.
+/// to a publish is the published point times the key behind the peer's public key, and
+/// that key is the one pinned for the peer. A batch that fails is refused whole; nothing
+/// of it is applied. Returns the key to pin when none is pinned yet.
 fn verify_answers(
     delivered: &[(Outgoing<OutItem>, ItemAnswer)],
     public_key: &[u8],
     proof: &[u8],
+    pinned: Option<Blinded>,
     link: &PeerLink,
     epoch: u64,
-) -> Result<(), String> {
+) -> Result<Option<Blinded>, String> {
     let (inputs, outputs): (Vec<[u8; 32]>, Vec<[u8; 32]>) = delivered
         .iter()
         .filter_map(|(out, answer)| match (&out.item, answer.blinded) {
@@ -203,13 +248,23 @@ fn verify_answers(
         })
         .unzip();
     if inputs.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let refused = |e: String| format!("{PROOF_REFUSED}: {e}; nothing applied, the batch is retried");
     let public_key: [u8; 32] = public_key.try_into().map_err(|_| refused("no public key in the answer".into()))?;
+    if let Some(pinned) = pinned.filter(|p| *p != public_key) {
+        // A re-key announces its key before anything is proven under it; until the
+        // announcement arrives the answers wait (an honest re-key takes seconds).
+        return Err(format!(
+            "{KEY_UNANNOUNCED} ({}; {} is pinned and no re-key was announced); nothing applied, retried",
+            super::pairs::key_fingerprint(&public_key),
+            super::pairs::key_fingerprint(&pinned),
+        ));
+    }
     let context =
         crate::dleq::virfed_context(&link.region, &link.own_region, epoch).map_err(|e| refused(e.to_string()))?;
-    crate::dleq::verify_blinded(&public_key, &inputs, &outputs, proof, &context).map_err(|e| refused(e.to_string()))
+    crate::dleq::verify_blinded(&public_key, &inputs, &outputs, proof, &context).map_err(|e| refused(e.to_string()))?;
+    Ok(pinned.is_none().then_some(public_key))
 }
 
 /// Matches the peer's answers to the items sent, refusing an answer that does not fit.

@@ -14,7 +14,7 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Minor version: nodes one minor apart interoperate (unknown item kinds are
 /// acknowledged, not applied).
-pub const PROTOCOL_MINOR: u32 = 0;
+pub const PROTOCOL_MINOR: u32 = 1;
 
 /// Most items in one exchange.
 pub const MAX_ITEMS: usize = 256;
@@ -61,6 +61,11 @@ pub enum Item<P> {
         blinded: Blinded,
         public_key: Blinded,
         proof: Vec<u8>,
+    },
+    /// The sender re-keyed: its answers to me are proven under `public_key` from now on
+    /// (minor 1). Queued first by a re-key, before its `ProvenReblind`s and re-publishes.
+    KeyAnnounce {
+        public_key: Blinded,
     },
 }
 

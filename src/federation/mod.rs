@@ -76,6 +76,8 @@ pub struct PeerInfoSnapshot {
     pub software_version: Option<String>,
     /// Unix seconds when the peer's node certificate expires, as the peer reports it.
     pub cert_not_after: Option<i64>,
+    /// Fingerprint of this node's own public blinding key towards the peer.
+    pub own_key_fingerprint: Option<String>,
 }
 
 impl PeerCounters {

@@ -8,13 +8,14 @@
 //! is that check; [`Pairs::end_pair`] ends a match; the rest apply local changes
 //! ([`FederationHook`]) and peer items ([`Pairs::apply_incoming`]) through them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::item::{InItem, Incoming, Item, OutItem, OutPublish};
 use crate::domain::{AuditAction, ChildKey, NoticeKind, Party, RegionId};
-use crate::pseudonym::{BlindKey, Blinded, Handle, LocalKey};
+use crate::pseudonym::{BlindKey, Blinded, Handle, LocalKey, PeerBlind};
 use crate::registry::notices::{self, Notify};
 use crate::registry::{ChildChange, ChildState, FederationHook};
 use crate::store::{ChildRecord, CrossPair, PairState, RemoteEntry, StoreError, Tx, TxResult};
@@ -37,17 +38,39 @@ pub enum ContactsOutcome {
     Refused,
 }
 
-/// What the pair rules need to speak for this node: its peers and its local key (for
-/// per-peer handles). Cheap to clone.
+/// What the pair rules need to speak for this node: its peers, its local key (for
+/// per-peer handles) and its blinding towards each peer (to check a re-key's proofs
+/// against what was published to that peer). Cheap to clone.
 #[derive(Clone)]
 pub struct Pairs {
     peers: Arc<Vec<String>>,
     key: LocalKey,
+    blinds: Arc<HashMap<String, PeerBlind>>,
 }
 
 impl Pairs {
-    pub fn new(peers: Vec<String>, key: LocalKey) -> Pairs {
-        Pairs { peers: Arc::new(peers), key }
+    /// `blind`: the node's blinding key (`None` for a store tool that never verifies a
+    /// peer's re-key).
+    pub fn new(peers: Vec<String>, key: LocalKey, blind: Option<&BlindKey>) -> Pairs {
+        let blinds = blind.map(|b| peers.iter().map(|p| (p.clone(), b.towards(p))).collect()).unwrap_or_default();
+        Pairs { peers: Arc::new(peers), key, blinds: Arc::new(blinds) }
+    }
+
+    /// Pins `key` as the public key of `peer`'s answers to this node, unless one is pinned
+    /// already (first contact; a re-key's announcement replaces it, see
+    /// [`Pairs::apply_incoming`]).
+    pub fn pin_key(&self, tx: &Tx<'_>, peer: &str, key: &Blinded, at: DateTime<Utc>) -> TxResult<()> {
+        if tx.peer_key(peer)?.is_some() {
+            return Ok(());
+        }
+        tx.set_peer_key(peer, key)?;
+        let detail = format!("blinding key {} pinned on first contact", key_fingerprint(key));
+        tx.log(at, &format!("region:{peer}"), AuditAction::FederationPeerKey, &format!("region {peer}"), &detail)
+    }
+
+    /// What this node published to `peer` for a child whose stored base point is `base`.
+    fn published_point(&self, peer: &str, base: &Blinded) -> Option<Blinded> {
+        self.blinds.get(peer)?.publish_one(base).ok()
     }
 
     pub fn peers(&self) -> &[String] {
@@ -302,12 +325,21 @@ impl Pairs {
             }
             Item::ProvenReblind { to, blinded, public_key, proof } => {
                 // The sender re-keyed: my child now has a new D towards it, applied only with
-                // a proof that D is my own published point times the sender's new key (so no
-                // peer can re-blind my child to a D of its choosing). Only ever forms a pair;
-                // a pair ends only on an explicit State, Remove or local change.
+                // a proof under the key it announced (pinned) that D is the point I published
+                // to it times that key (so no peer can re-blind my child to a D of its
+                // choosing). Only ever forms a pair; a pair ends only on an explicit State,
+                // Remove or local change.
                 let Some(child) = tx.own_handle(peer, to)? else { return Ok(done) };
-                let Some(point) = tx.point(&child)? else { return Ok(done) };
-                match crate::dleq::verify_blinded(public_key, &[point], &[*blinded], proof, context) {
+                let Some(base) = tx.point(&child)? else { return Ok(done) };
+                let verdict = match (tx.peer_key(peer)?, self.published_point(peer, &base)) {
+                    (Some(pinned), _) if pinned != *public_key => {
+                        Err("re-key item under a key the peer has not announced".to_string())
+                    }
+                    (_, None) => Err("no blinding key towards this peer to check the re-key with".to_string()),
+                    (_, Some(point)) => crate::dleq::verify_blinded(public_key, &[point], &[*blinded], proof, context)
+                        .map_err(|e| e.to_string()),
+                };
+                match verdict {
                     Ok(()) => self.apply_publish_answer(tx, peer, &child, blinded, at)?,
                     Err(e) => {
                         let why = format!("re-key item refused: {e}");
@@ -318,9 +350,25 @@ impl Pairs {
                             &format!("region {peer}"),
                             &why,
                         )?;
-                        tracing::warn!(peer, error = %e, "a peer's re-key item failed its proof; refused");
+                        tracing::warn!(peer, error = %e, "a peer's re-key item failed its check; refused");
                         done.gone = true;
                     }
+                }
+            }
+            Item::KeyAnnounce { public_key } => {
+                // The peer re-keyed: its answers to me are proven under the new key from
+                // now on. Pinned in place of the old one, audited with both fingerprints.
+                let old = tx.peer_key(peer)?;
+                if old != Some(*public_key) {
+                    tx.set_peer_key(peer, public_key)?;
+                    let detail = format!(
+                        "re-key announced: blinding key {} replaces {}",
+                        key_fingerprint(public_key),
+                        old.map(|k| key_fingerprint(&k)).unwrap_or_else(|| "none".into()),
+                    );
+                    let (actor, subject) = (format!("region:{peer}"), format!("region {peer}"));
+                    tx.log(at, &actor, AuditAction::FederationPeerKey, &subject, &detail)?;
+                    tracing::info!(peer, fingerprint = %key_fingerprint(public_key), "peer announced a new blinding key; pinned");
                 }
             }
             Item::Reblind { .. } => {
@@ -526,6 +574,11 @@ impl Pairs {
         context: &dyn Fn(&str) -> Vec<u8>,
     ) -> TxResult<(u64, u64)> {
         let bad = || StoreError::Failed("a stored point is not a valid ristretto255 point".into());
+        let towards: HashMap<&str, PeerBlind> = self.peers.iter().map(|p| (p.as_str(), new.towards(p))).collect();
+        // First in every peer's outbox: the new key its answers will be proven under.
+        for (peer, blind) in &towards {
+            tx.enqueue(peer, &OutItem::KeyAnnounce { public_key: crate::dleq::public_key(blind.key()) })?;
+        }
         let mut children = 0;
         for (child, point) in points {
             let fresh = old.rekey_point(new, point).map_err(|_| bad())?;
@@ -538,14 +591,21 @@ impl Pairs {
         }
         let mut remote = 0;
         for (peer, d, entry) in entries {
-            let fresh = new.blind_point(&entry.point).map_err(|_| bad())?;
+            // An entry of a peer no longer configured keeps its old value: nothing is sent.
+            let Some(blind) = towards.get(peer.as_str()) else { continue };
+            let fresh = blind.key().blind_point(&entry.point).map_err(|_| bad())?;
             tx.remove_remote(peer, d)?;
             tx.put_remote(peer, &fresh, entry)?;
             tx.put_remote_handle(peer, &entry.handle, &fresh)?;
-            let proof =
-                crate::dleq::prove_blinded(new, &[entry.point], &[fresh], &context(peer), &mut rand::thread_rng())
-                    .map_err(|e| StoreError::Failed(format!("proving a re-blinded entry: {e}")))?;
-            let public_key = crate::dleq::public_key(new);
+            let proof = crate::dleq::prove_blinded(
+                blind.key(),
+                &[entry.point],
+                &[fresh],
+                &context(peer),
+                &mut rand::thread_rng(),
+            )
+            .map_err(|e| StoreError::Failed(format!("proving a re-blinded entry: {e}")))?;
+            let public_key = crate::dleq::public_key(blind.key());
             let item = OutItem::ProvenReblind {
                 to: entry.handle,
                 blinded: fresh,
@@ -557,6 +617,13 @@ impl Pairs {
         }
         Ok((children, remote))
     }
+}
+
+/// A public key's fingerprint as shown in audit entries and status: the first 8 bytes of
+/// `SHA-256(Y)`, hex.
+pub fn key_fingerprint(public_key: &Blinded) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(public_key)[..8])
 }
 
 impl FederationHook for Pairs {

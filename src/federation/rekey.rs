@@ -103,7 +103,7 @@ pub async fn rekey(config: &Config) -> Result<Rekeyed, RekeyError> {
     let old = load_blind_key(config, &store).await?;
     let local = LocalKey::load_or_create(&config.local_key_path())?;
     let peers: Vec<String> = fed.peers.iter().map(|p| p.region.to_string()).collect();
-    let federation = Federation::new(store.clone(), Pairs::new(peers.clone(), local));
+    let federation = Federation::new(store.clone(), Pairs::new(peers.clone(), local, Some(&old)));
     let key_path = config.blind_key_path();
     let pending = pending_path(&key_path);
     let new = BlindKey::random();

@@ -6,7 +6,7 @@
 //! blinded, then blinded as one batch and applied in one transaction. Refusals are
 //! [`FederationError`]s, audited where they concern the peer's conduct.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use super::{cert_not_after, Counters, Federation, FederationError};
 use crate::domain::{AuditAction, Clock, RegionId};
 use crate::pb::federation as pb;
 use crate::pki::require_region;
-use crate::pseudonym::{BlindKey, Blinded};
+use crate::pseudonym::{BlindKey, Blinded, PeerBlind};
 
 /// The peer API.
 #[derive(Clone)]
@@ -33,7 +33,8 @@ struct Inner {
     region: String,
     /// This node's certificate file, for the expiry it reports in pings.
     cert_file: std::path::PathBuf,
-    blind_key: BlindKey,
+    /// This node's blinding key towards each configured peer (derived from its one key).
+    blinds: HashMap<String, PeerBlind>,
     peers: HashSet<String>,
     oracle: Limit,
     resync: Limit,
@@ -55,8 +56,9 @@ impl PeerService {
         counters: Counters,
         clock: Arc<dyn Clock>,
     ) -> PeerService {
+        let blinds = peers.iter().map(|p| (p.clone(), blind_key.towards(p))).collect();
         PeerService {
-            inner: Arc::new(Inner { federation, region, cert_file, blind_key, peers, oracle, resync, counters, clock }),
+            inner: Arc::new(Inner { federation, region, cert_file, blinds, peers, oracle, resync, counters, clock }),
         }
     }
 
@@ -131,6 +133,14 @@ impl PeerService {
             .map_err(|e| FederationError::Identity(Status::permission_denied(format!("certificate region: {e}"))))
     }
 
+    /// This node's key towards a configured peer (every configured peer has one).
+    fn blind_for(&self, region: &RegionId) -> Result<&PeerBlind, FederationError> {
+        self.inner
+            .blinds
+            .get(region.as_str())
+            .ok_or_else(|| FederationError::NotAPeer { region: region.to_string(), own: self.inner.region.clone() })
+    }
+
     async fn audit(
         &self,
         region: &str,
@@ -183,9 +193,9 @@ impl PeerService {
         }
         let granted = if r.resync { &counters.resync_blinds } else { &counters.oracle_blinds };
         granted.fetch_add(publishes, Ordering::Relaxed);
-        let mut blinded = self
-            .inner
-            .blind_key
+        let blind = self.blind_for(&region)?;
+        let mut blinded = blind
+            .key()
             .blind_points(&points)
             .map_err(|_| FederationError::bad("publish.point is not a valid ristretto255 point"))?
             .into_iter();
@@ -223,13 +233,13 @@ impl PeerService {
         } else {
             let context = crate::dleq::virfed_context(own, region.as_str(), r.epoch)
                 .map_err(|e| FederationError::bad(format!("proof context: {e}")))?;
-            crate::dleq::prove_blinded(&self.inner.blind_key, &inputs, &outputs, &context, &mut rand::thread_rng())
+            crate::dleq::prove_blinded(blind.key(), &inputs, &outputs, &context, &mut rand::thread_rng())
                 .map_err(|e| FederationError::Store(crate::store::StoreError::Failed(format!("proving answers: {e}"))))?
                 .to_bytes()
                 .to_vec()
         };
         Ok(pb::ExchangeResponse {
-            public_key: crate::dleq::public_key(&self.inner.blind_key).to_vec(),
+            public_key: crate::dleq::public_key(blind.key()).to_vec(),
             proof,
             results: answers
                 .into_iter()
@@ -260,8 +270,10 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn ping(&self, req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
         let claimed = req.get_ref().from_region.clone();
-        self.caller(&req, &claimed).await?;
+        let region = self.caller(&req, &claimed).await?;
+        let public_key = crate::dleq::public_key(self.blind_for(&region)?.key()).to_vec();
         Ok(Response::new(pb::PingResponse {
+            public_key,
             region: self.inner.region.clone(),
             protocol_version: PROTOCOL_VERSION,
             software_version: env!("CARGO_PKG_VERSION").into(),

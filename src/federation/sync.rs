@@ -124,15 +124,20 @@ impl Federation {
 
     /// Applies the peer's answers to delivered items: removes them from the outbox and
     /// records the blinded values of publishes, detecting matches, in one transaction.
+    /// `key`: the public key the answers were proven under, pinned if none is yet.
     pub async fn apply_delivery(
         &self,
         peer: &str,
         delivered: Vec<(Outgoing<OutItem>, ItemAnswer)>,
+        key: Option<Blinded>,
     ) -> Result<(), StoreError> {
         let (peer, pairs) = (peer.to_owned(), self.pairs.clone());
         let now = Utc::now();
         self.store
             .write(move |tx| {
+                if let Some(key) = &key {
+                    pairs.pin_key(tx, &peer, key, now)?;
+                }
                 for (out, answer) in &delivered {
                     tx.remove_outbox(&peer, out.seq)?;
                     // A "gone" answer is not acted on: it may describe an older state than the
@@ -161,6 +166,12 @@ impl Federation {
                 Ok(())
             })
             .await
+    }
+
+    /// Pins the public key a peer announced in its ping, if none is pinned yet.
+    pub async fn pin_peer_key(&self, peer: &str, key: Blinded) -> Result<(), StoreError> {
+        let (peer, pairs) = (peer.to_owned(), self.pairs.clone());
+        self.store.write(move |tx| pairs.pin_key(tx, &peer, &key, Utc::now())).await
     }
 
     /// Queues every child for a peer this node has never published to (join, resync).

@@ -235,6 +235,15 @@ impl NodeHealth {
                     items_received: load(&c.items_received),
                     delivery_failures: load(&c.delivery_failures),
                     delivery_attempts: load(&c.delivery_attempts),
+                    proof_failures: load(&c.proof_failures),
+                    peer_key_fingerprint: self
+                        .store
+                        .peer_key(&peer.region)
+                        .ok()
+                        .flatten()
+                        .map(|k| crate::federation::pairs::key_fingerprint(&k))
+                        .unwrap_or_default(),
+                    own_key_fingerprint: info.own_key_fingerprint.clone().unwrap_or_default(),
                     budget_rejections: load(&c.budget_rejections),
                     peer_protocol_version: info.protocol_version.unwrap_or(0),
                     peer_software_version: info.software_version.unwrap_or_default(),

@@ -197,6 +197,28 @@ impl Sweep {
                         p.region, s.region, p.budget_rejections
                     ));
                 }
+                if p.proof_failures > 0 {
+                    w.push(format!(
+                        "{} sent {} answer batches to {} that failed their proof (refused)",
+                        p.region, p.proof_failures, s.region
+                    ));
+                }
+                // Both ends of a link report the key of the same direction: what the peer
+                // uses towards this node (pinned here) and what it says it uses.
+                let theirs = self
+                    .answered()
+                    .find(|o| o.region == p.region)
+                    .and_then(|o| o.peers.iter().find(|q| q.region == s.region))
+                    .map(|q| q.own_key_fingerprint.as_str())
+                    .filter(|f| !f.is_empty());
+                if let Some(theirs) = theirs {
+                    if !p.peer_key_fingerprint.is_empty() && p.peer_key_fingerprint != theirs {
+                        w.push(format!(
+                            "{} pinned blinding key {} for {}, which reports {}: check both nodes (re-key in progress or a key substituted)",
+                            s.region, p.peer_key_fingerprint, p.region, theirs
+                        ));
+                    }
+                }
                 if expiring(p.peer_cert_days_left) && !self.answered().any(|o| o.region == p.region) {
                     w.push(format!(
                         "{}: node certificate expires in {} days (reported by {})",
@@ -340,6 +362,8 @@ pub fn render(sweep: &Sweep) -> String {
         "oldest",
         "delivered",
         "budget rej.",
+        "proof fail.",
+        "peer key",
         "peer version",
     ]
     .map(String::from)
@@ -361,6 +385,8 @@ pub fn render(sweep: &Sweep) -> String {
                 p.outbox_oldest_age_seconds.map(human_secs).unwrap_or_else(|| "-".into()),
                 p.items_delivered.to_string(),
                 p.budget_rejections.to_string(),
+                p.proof_failures.to_string(),
+                if p.peer_key_fingerprint.is_empty() { "-".into() } else { p.peer_key_fingerprint.clone() },
                 if p.peer_software_version.is_empty() {
                     "?".into()
                 } else {
@@ -458,5 +484,23 @@ mod tests {
         ] {
             assert!(w.contains(needle), "{needle} missing in\n{w}");
         }
+    }
+
+    #[test]
+    fn warnings_for_proof_failures_and_a_pinned_key_the_peer_does_not_report() {
+        let mut at_a = peer("b", true, None);
+        at_a.proof_failures = 2;
+        at_a.peer_key_fingerprint = "1111".into();
+        let mut at_b = peer("a", true, None);
+        at_b.own_key_fingerprint = "2222".into();
+        let sweep = Sweep { nodes: vec![node("a", vec![at_a.clone()]), node("b", vec![at_b.clone()])] };
+        let w = sweep.warnings().join("\n");
+        assert!(w.contains("b sent 2 answer batches to a that failed their proof"), "{w}");
+        assert!(w.contains("a pinned blinding key 1111 for b, which reports 2222"), "{w}");
+        // Agreeing fingerprints and no failures: neither warning.
+        at_a.proof_failures = 0;
+        at_b.own_key_fingerprint = "1111".into();
+        let w = Sweep { nodes: vec![node("a", vec![at_a]), node("b", vec![at_b])] }.warnings().join("\n");
+        assert!(!w.contains("pinned blinding key") && !w.contains("failed their proof"), "{w}");
     }
 }

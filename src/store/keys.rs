@@ -28,6 +28,9 @@ pub mod meta {
     /// Prefix of `budget/<peer>/<kind>`: a peer's blind budget (tokens, time), kept across
     /// restarts and in backups (`federation::budget`).
     pub const BUDGET: &str = "budget/";
+    /// Prefix of `peer_key/<peer>`: the public blinding key `Y` the peer uses towards this
+    /// node, pinned on first sight and changed only by the peer's re-key announcement.
+    pub const PEER_KEY: &str = "peer_key/";
 
     pub fn joined(peer: &str) -> Vec<u8> {
         format!("{JOINED}{peer}").into_bytes()
@@ -35,6 +38,10 @@ pub mod meta {
 
     pub fn webhook_cursor(org: &str) -> Vec<u8> {
         format!("{WEBHOOK_CURSOR}{org}").into_bytes()
+    }
+
+    pub fn peer_key(peer: &str) -> Vec<u8> {
+        format!("{PEER_KEY}{peer}").into_bytes()
     }
 
     /// Region ids are `[a-z0-9-]` and kinds are fixed words, so `/` separates them.

@@ -339,6 +339,11 @@ impl Store {
         self.write(move |tx| tx.set_blind_fingerprint(&fp)).await
     }
 
+    /// The public blinding key the peer uses towards this node, if pinned ([`Tx::peer_key`]).
+    pub fn peer_key(&self, peer: &str) -> Result<Option<crate::pseudonym::Blinded>, StoreError> {
+        Ok(self.t(Table::Meta).get(meta::peer_key(peer))?.and_then(|v| v.as_ref().try_into().ok()))
+    }
+
     /// A peer's blind budget of `kind` as last stored: (tokens, Unix ms); see [`Tx::budget`].
     pub fn budget(&self, peer: &str, kind: &str) -> Result<Option<(f64, i64)>, StoreError> {
         self.get(Table::Meta, &meta::budget(peer, kind), "blind budget")

@@ -218,6 +218,16 @@ impl<'a> Tx<'a> {
         self.put(Table::Meta, &meta::budget(peer, kind), &(tokens, at_ms))
     }
 
+    /// The public blinding key the peer uses towards this node, if pinned.
+    pub fn peer_key(&self, peer: &str) -> TxResult<Option<Blinded>> {
+        Ok(self.t(Table::Meta).get(meta::peer_key(peer))?.and_then(|v| v.as_ref().try_into().ok()))
+    }
+
+    pub fn set_peer_key(&self, peer: &str, key: &Blinded) -> TxResult<()> {
+        self.t(Table::Meta).insert(meta::peer_key(peer), key)?;
+        Ok(())
+    }
+
     pub fn set_probe(&self, value: u64) -> TxResult<()> {
         self.t(Table::Meta).insert(meta::PROBE, value.to_be_bytes())?;
         Ok(())

@@ -349,7 +349,7 @@ async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
         crate::federation::rekey::load_blind_key(config, &store).await.map_err(crate::server::NodeError::from)?;
     // Federation on, but no peers yet: points are stored, nothing is queued; the join
     // after start publishes everything, as when a region is added to a running federation.
-    let pairs = crate::federation::Pairs::new(Vec::new(), local.clone());
+    let pairs = crate::federation::Pairs::new(Vec::new(), local.clone(), Some(&blind));
     let registry = crate::registry::Registry::with_federation(store.clone(), std::sync::Arc::new(pairs));
     let org = Organisation {
         id: OrgId::parse("org-a")?,
