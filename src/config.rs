@@ -112,10 +112,17 @@ pub struct Federation {
     /// children a peer may have blinded here.
     #[serde(default = "default_oracle_refill")]
     pub oracle_refill_per_hour: u64,
-    /// Budget for bulk resync (a peer joining or re-keying), counted separately: a bucket of
-    /// this capacity that refills by the same amount per day.
+    /// Budget for bulk resync (a peer joining, re-keying or answering a restore), counted
+    /// separately: a bucket of this capacity that refills by the same amount per day. On
+    /// top of it every resync needs the sender's resync ticket, counted against its N.
     #[serde(default = "default_resync_budget")]
     pub resync_budget_per_day: u64,
+    /// This node's resync ticket from the federation CA (`virfed ca issue resync-ticket`),
+    /// sent with every bulk publish (join, re-key, a peer's restore); re-read each time, so
+    /// a new ticket takes effect without a restart. Without one, peers refuse bulk
+    /// publishes.
+    #[serde(default)]
+    pub resync_ticket: Option<PathBuf>,
     /// The other regions.
     #[serde(default)]
     pub peers: Vec<Peer>,

@@ -401,6 +401,7 @@ fn start_federation(
         federation.clone(),
         config.region.to_string(),
         fed.cert.clone(),
+        fed.ca.clone(),
         blind_key.clone(),
         peers,
         oracle,
@@ -438,6 +439,7 @@ fn start_federation(
             client: PeerClient::new(channel).max_decoding_message_size(4 * 1024 * 1024),
             counters: counters.get(peer.region.as_str()).cloned().unwrap_or_default(),
             blind: blind_key.towards(peer.region.as_str()),
+            resync_ticket: fed.resync_ticket.clone(),
         };
         tasks.push(tokio::spawn(delivery::run(federation.clone(), link, state.shutdown.clone())));
     }

@@ -79,6 +79,15 @@ impl Rogue {
 
     /// One exchange of `n` publishes of fresh guesses: the blinded values it got back.
     async fn guess(&mut self, n: usize) -> Result<Vec<Vec<u8>>, tonic::Status> {
+        self.exchange(n, None).await
+    }
+
+    /// The same as a bulk publish (the resync flag), with `ticket` (DER; empty: none).
+    async fn bulk(&mut self, n: usize, ticket: &[u8]) -> Result<Vec<Vec<u8>>, tonic::Status> {
+        self.exchange(n, Some(ticket.to_vec())).await
+    }
+
+    async fn exchange(&mut self, n: usize, ticket: Option<Vec<u8>>) -> Result<Vec<Vec<u8>>, tonic::Status> {
         let items = (0..n)
             .map(|_| {
                 self.seq += 1;
@@ -93,8 +102,9 @@ impl Rogue {
             protocol_minor: PROTOCOL_MINOR,
             from_region: "utrecht".into(),
             epoch: 42,
-            resync: false,
+            resync: ticket.is_some(),
             items,
+            resync_ticket: ticket.unwrap_or_default(),
         };
         let answer = self.client.exchange(request).await?.into_inner();
         Ok(answer.results.into_iter().map(|r| r.blinded).filter(|b| !b.is_empty()).collect())
@@ -277,4 +287,142 @@ async fn invariant_6_status_refuses_an_unconfigured_region() {
     let err = get_status(addr, &TlsMaterial::from_issued(&ca.cert_pem(), &org)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     rdam.stop().await.unwrap();
+}
+
+// ---- resync tickets: bulk publishing needs the federation CA's permission ---------------------
+
+/// The ticket tests run the victim at the real time: tickets are issued now.
+fn clock_now() -> ManualClock {
+    ManualClock::new(chrono::Utc::now())
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref().to_vec()
+}
+
+/// utrecht's node certificate: signed by the right CA, but no ticket.
+fn node_cert(ca: &Ca) -> String {
+    ca.issue(&CertSpec::node("utrecht", vec!["localhost".into()], 30)).unwrap().cert_pem
+}
+
+fn ticket_refusals(region: &RunningRegion) -> Vec<virfed::store::AuditEntry> {
+    let entries = region.handle.store().audit_entries().unwrap();
+    entries.into_iter().filter(|e| e.action == "federation.ticket-refused").collect()
+}
+
+fn assert_refused(result: Result<Vec<Vec<u8>>, tonic::Status>, code: Code, needle: &str) {
+    let status = result.expect_err("the bulk publish should have been refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(needle), "{needle:?} not in {}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant2_resync_flag_without_a_ticket_is_refused_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 500, 60);
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock_now())).await.unwrap();
+    let mut rogue = Rogue::connect(peer_listen(&rdam.files), &files.ca_dir).await;
+    assert_refused(rogue.bulk(3, &[]).await, Code::PermissionDenied, "virfed ca issue resync-ticket");
+    // Nothing blinded, applied or taken from any bucket; audited and counted.
+    let store = rdam.handle.store();
+    assert_eq!(store.peer_index_len("utrecht"), 0);
+    assert_eq!(store.budget("utrecht", "resync").unwrap(), None);
+    assert_eq!(counter(&rdam, |c| c.resync_blinds.load(Ordering::Relaxed)), 0);
+    assert_eq!(counter(&rdam, |c| c.budget_rejections.load(Ordering::Relaxed)), 1);
+    let refused = ticket_refusals(&rdam);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor, "region:utrecht");
+    // Control: the same publishes without the resync flag are ordinary (budgeted) ones.
+    assert_eq!(rogue.guess(3).await.unwrap().len(), 3);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant2_a_ticket_is_counted_against_its_n_also_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 500, 60);
+    let clock = clock_now();
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock.clone())).await.unwrap();
+    let addr = peer_listen(&rdam.files);
+    let mut rogue = Rogue::connect(addr, &files.ca_dir).await;
+    let ticket = der(&files.ca.issue_resync_ticket("utrecht", 5, 7).unwrap());
+    assert_eq!(rogue.bulk(3, &ticket).await.unwrap().len(), 3);
+    assert_refused(rogue.bulk(3, &ticket).await, Code::ResourceExhausted, "allows 5 children and 3 are used");
+    assert_eq!(rogue.bulk(2, &ticket).await.unwrap().len(), 2, "what fits in N still goes");
+    assert_refused(rogue.bulk(1, &ticket).await, Code::ResourceExhausted, "issue a new ticket");
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 5);
+
+    // The count is kept in the store: a restart of the victim gives nothing back.
+    let rdam_files = rdam.stop().await.unwrap();
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock.clone())).await.unwrap();
+    let mut rogue =
+        Rogue { client: PeerClient::new(channel(addr, &node_material(&files.ca_dir, "utrecht")).await), ..rogue };
+    assert_refused(rogue.bulk(1, &ticket).await, Code::ResourceExhausted, "5 are used");
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 5);
+    assert_eq!(ticket_refusals(&rdam).len(), 3, "every refusal audited");
+    let granted: Vec<_> =
+        rdam.handle.store().audit_entries().unwrap().into_iter().filter(|e| e.action == "federation.resync").collect();
+    assert_eq!(granted.len(), 2, "each granted bulk publish audited with its ticket");
+    assert!(granted[1].detail.contains("5 of 5 used"), "{}", granted[1].detail);
+    // A fresh ticket is a fresh allowance.
+    let next = der(&files.ca.issue_resync_ticket("utrecht", 5, 7).unwrap());
+    assert_eq!(rogue.bulk(1, &next).await.unwrap().len(), 1);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant2_expired_foreign_and_other_region_tickets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 500, 60);
+    let clock = clock_now();
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock.clone())).await.unwrap();
+    let mut rogue = Rogue::connect(peer_listen(&rdam.files), &files.ca_dir).await;
+    let foreign = Ca::generate("virfed federation CA", 365).unwrap();
+    let cases = [
+        (der(&foreign.issue_resync_ticket("utrecht", 100, 7).unwrap()), "not signed by this federation's CA"),
+        (der(&files.ca.issue_resync_ticket("zwolle", 100, 7).unwrap()), "for region zwolle, not for utrecht"),
+        (der(&node_cert(&files.ca)), "not a resync ticket"),
+        (b"not a certificate".to_vec(), "not a certificate"),
+    ];
+    for (ticket, needle) in &cases {
+        assert_refused(rogue.bulk(2, ticket).await, Code::PermissionDenied, needle);
+    }
+    let expiring = der(&files.ca.issue_resync_ticket("utrecht", 100, 1).unwrap());
+    assert_eq!(rogue.bulk(1, &expiring).await.unwrap().len(), 1, "valid today");
+    clock.advance(chrono::Duration::days(2));
+    assert_refused(rogue.bulk(1, &expiring).await, Code::PermissionDenied, "expired");
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 1, "only the valid ticket's publish applied");
+    assert_eq!(ticket_refusals(&rdam).len(), cases.len() + 1);
+    rdam.stop().await.unwrap();
+}
+
+/// The operator's path: `virfed ca issue resync-ticket` writes a ticket that the node
+/// presents and its peers accept.
+#[test]
+fn resync_ticket_cli_writes_a_ticket_the_federation_ca_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    Ca::init(&ca_dir, "virfed federation CA", 365).unwrap();
+    let out = dir.path().join("utrecht-ticket.pem");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_virfed"))
+            .args(["ca", "issue", "resync-ticket", "--dir"])
+            .arg(&ca_dir)
+            .args(["--region", "utrecht", "--children", "2500", "--valid-days", "3", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("resync_ticket"));
+    let ticket = virfed::pki::ticket::read_ticket_file(&out).unwrap();
+    let cas = virfed::pki::ticket::ca_certs(&std::fs::read(ca_dir.join("ca.pem")).unwrap());
+    let t = virfed::pki::ticket::verify(&ticket, &cas, "utrecht", chrono::Utc::now()).unwrap();
+    assert_eq!(t.children, 2500);
+    let again = run(&[]);
+    assert!(!again.status.success(), "an existing ticket file is not overwritten without --force");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }

@@ -114,6 +114,7 @@ fn request(from: &str, epoch: u64, resync: bool, items: Vec<fpb::Item>) -> fpb::
         epoch,
         resync,
         items,
+        resync_ticket: Vec::new(),
     }
 }
 
@@ -952,10 +953,15 @@ async fn invariant2_oracle_budget_is_enforced_counted_and_audited() {
     // Items that blind nothing are not oracle queries and still pass.
     utrecht.exchange(request("utrecht", 42, false, vec![remove_item(4, &[3; 16])])).await.unwrap();
     assert_eq!(store.peer_index_len("utrecht"), 2);
-    // Resync is a separate (bulk) budget.
-    utrecht.exchange(probe(5, true)).await.unwrap();
+    // Resync is a separate (bulk) budget, open only with the federation CA's ticket.
+    let refused = utrecht.exchange(probe(5, true)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(store.peer_index_len("utrecht"), 2, "no ticket: nothing applied");
+    let ticket = virfed::pki::ticket::read_ticket_file(&files.regions[0].dir.join("resync-ticket.pem")).unwrap();
+    let with_ticket = fpb::ExchangeRequest { resync_ticket: ticket, ..probe(5, true) };
+    utrecht.exchange(with_ticket).await.unwrap();
     assert_eq!(store.peer_index_len("utrecht"), 3);
-    assert_eq!(counters.budget_rejections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(counters.budget_rejections.load(std::sync::atomic::Ordering::Relaxed), 2);
     rdam.stop().await.unwrap();
 }
 

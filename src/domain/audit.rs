@@ -63,6 +63,7 @@ actions! {
     FederationContactsRefused => "federation.contacts-refused", "Contact details from a peer for a pair this node did not detect.";
     FederationReplay => "federation.replay", "A peer replayed an already applied publish.";
     FederationProofRefused => "federation.proof-refused", "A peer's blinded answers or re-key failed their proof.";
+    FederationTicketRefused => "federation.ticket-refused", "A peer's bulk publish (resync) was refused for its resync ticket: missing, invalid, expired, another region's or used up.";
     FederationPeerKey => "federation.peer-key", "A peer's public blinding key was pinned, or replaced by its re-key announcement.";
 }
 

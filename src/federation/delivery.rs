@@ -31,6 +31,8 @@ pub struct PeerLink {
     /// This node's blinding towards the peer: publishes leave the outbox as base points
     /// `P·k` and go out as `P·k_B`.
     pub blind: PeerBlind,
+    /// This node's resync ticket file, sent with bulk publishes (re-read for each).
+    pub resync_ticket: Option<std::path::PathBuf>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -84,12 +86,20 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
                 _ = shutdown.recv() => return,
             }
         }
+        let resync_ticket = match (&link.resync_ticket, resync) {
+            (Some(path), true) => crate::pki::ticket::read_ticket_file(path).unwrap_or_else(|e| {
+                warn!(peer = %link.region, error = %e, "cannot read this node's resync ticket; sending the resync without one");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
         let request = pb::ExchangeRequest {
             protocol_version: PROTOCOL_VERSION,
             protocol_minor: PROTOCOL_MINOR,
             from_region: link.own_region.clone(),
             epoch,
             resync,
+            resync_ticket,
             items: batch.iter().map(|o| item_out(o.seq, &o.item)).collect(),
         };
         link.counters.delivery_attempts.fetch_add(1, Ordering::Relaxed);

@@ -24,10 +24,10 @@ pub enum FederationError {
     Version { got: u32, major: u32, minor: u32 },
     #[error("{0}")]
     BadRequest(String),
-    #[error(
-        "region {region} is over its hourly {kind} budget of blind requests; this is reported to the coordinators"
-    )]
-    OverBudget { region: String, kind: &'static str },
+    #[error("region {region} is over its {per} {kind} budget of blind requests; this is reported to the coordinators")]
+    OverBudget { region: String, kind: &'static str, per: &'static str },
+    #[error("region {region}: {error}")]
+    Ticket { region: String, error: crate::pki::ticket::TicketError },
     #[error("epoch {0:x} of this peer's store was replaced (a restore); its messages are no longer applied")]
     Superseded(u64),
     #[error("the node could not apply the exchange: {0}")]
@@ -52,6 +52,10 @@ impl From<FederationError> for Status {
             }
             FederationError::BadRequest(_) => Status::invalid_argument(e.to_string()),
             FederationError::OverBudget { .. } => Status::resource_exhausted(e.to_string()),
+            FederationError::Ticket { error: crate::pki::ticket::TicketError::UsedUp { .. }, .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
+            FederationError::Ticket { .. } => Status::permission_denied(e.to_string()),
             FederationError::Store(_) => Status::internal(e.to_string()),
         }
     }

@@ -20,6 +20,7 @@ use super::{cert_not_after, Counters, Federation, FederationError};
 use crate::domain::{AuditAction, Clock, RegionId};
 use crate::pb::federation as pb;
 use crate::pki::require_region;
+use crate::pki::ticket::{self, Ticket, TicketError};
 use crate::pseudonym::{BlindKey, Blinded, PeerBlind};
 
 /// The peer API.
@@ -33,6 +34,9 @@ struct Inner {
     region: String,
     /// This node's certificate file, for the expiry it reports in pings.
     cert_file: std::path::PathBuf,
+    /// The federation CA file: resync tickets must be signed by it (re-read per ticket, so
+    /// a CA rotation applies at once).
+    ca_file: std::path::PathBuf,
     /// This node's blinding key towards each configured peer (derived from its one key).
     blinds: HashMap<String, PeerBlind>,
     peers: HashSet<String>,
@@ -49,6 +53,7 @@ impl PeerService {
         federation: Federation,
         region: String,
         cert_file: std::path::PathBuf,
+        ca_file: std::path::PathBuf,
         blind_key: BlindKey,
         peers: HashSet<String>,
         oracle: Limit,
@@ -58,7 +63,18 @@ impl PeerService {
     ) -> PeerService {
         let blinds = peers.iter().map(|p| (p.clone(), blind_key.towards(p))).collect();
         PeerService {
-            inner: Arc::new(Inner { federation, region, cert_file, blinds, peers, oracle, resync, counters, clock }),
+            inner: Arc::new(Inner {
+                federation,
+                region,
+                cert_file,
+                ca_file,
+                blinds,
+                peers,
+                oracle,
+                resync,
+                counters,
+                clock,
+            }),
         }
     }
 
@@ -73,29 +89,52 @@ impl PeerService {
     }
 
     /// Takes `n` tokens from the peer's `kind` bucket, in one store write: the bucket is
-    /// stored when granted (with the `federation.resync` audit entry for a resync); when
-    /// refused nothing is taken and the `federation.budget-exceeded` entry is written
-    /// instead. The writer runs one job at a time and each reads what the one before
-    /// wrote, so concurrent exchanges of one peer never spend the same token twice.
-    async fn take_budget(&self, region: &str, kind: &'static str, n: u64) -> Result<bool, FederationError> {
+    /// stored when granted (with the `federation.resync` audit entry for a resync, naming
+    /// its ticket, whose use count grows by `n` in the same write); when refused nothing
+    /// is taken and the `federation.budget-exceeded` (or `federation.ticket-refused`, for a
+    /// used-up ticket) entry is written instead. The writer runs one job at a time and each
+    /// reads what the one before wrote, so concurrent exchanges of one peer never spend
+    /// the same token twice.
+    async fn take_budget(
+        &self,
+        region: &str,
+        kind: &'static str,
+        n: u64,
+        ticket: Option<Ticket>,
+    ) -> Result<(), FederationError> {
         let limit = if kind == "resync" { self.inner.resync } else { self.inner.oracle };
+        let per = if kind == "resync" { "daily" } else { "hourly" };
         let now = self.inner.clock.now();
         let now_ms = now.timestamp_millis();
         let (peer, actor, subject) = (region.to_owned(), format!("region:{region}"), format!("region {region}"));
-        let granted = self
+        let outcome = self
             .inner
             .federation
             .store()
             .write(move |tx| {
+                if let Some(t) = &ticket {
+                    let used = tx.ticket_used(&peer, &t.serial)?;
+                    if used.saturating_add(n) > t.children {
+                        let error =
+                            TicketError::UsedUp { serial: t.serial.clone(), children: t.children, used, asked: n };
+                        tx.log(now, &actor, AuditAction::FederationTicketRefused, &subject, &error.to_string())?;
+                        return Ok(Err(error));
+                    }
+                }
                 let stored = tx.budget(&peer, kind)?.map(|(tokens, at_ms)| Bucket { tokens, at_ms });
                 match limit.take(stored, now_ms, n) {
                     Ok(b) => {
                         tx.put_budget(&peer, kind, b.tokens, b.at_ms)?;
-                        if kind == "resync" {
-                            let detail = format!("{n} children blinded for a join or re-key");
+                        if let Some(t) = &ticket {
+                            let used = tx.ticket_used(&peer, &t.serial)? + n;
+                            tx.set_ticket_used(&peer, &t.serial, used)?;
+                            let detail = format!(
+                                "{n} children blinded for a join, re-key or restore under ticket {} ({used} of {} used)",
+                                t.serial, t.children
+                            );
                             tx.log(now, &actor, AuditAction::FederationResync, &subject, &detail)?;
                         }
-                        Ok(true)
+                        Ok(Ok(true))
                     }
                     Err(left) => {
                         let detail = format!(
@@ -106,12 +145,32 @@ impl PeerService {
                             if kind == "resync" { "day" } else { "hour" },
                         );
                         tx.log(now, &actor, AuditAction::FederationBudgetExceeded, &subject, &detail)?;
-                        Ok(false)
+                        Ok(Ok(false))
                     }
                 }
             })
             .await?;
-        Ok(granted)
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(FederationError::OverBudget { region: region.to_owned(), kind, per }),
+            Err(error) => Err(FederationError::Ticket { region: region.to_owned(), error }),
+        }
+    }
+
+    /// The resync ticket a bulk publish must carry: signed by the federation CA, valid now,
+    /// for the calling region. A refusal is audited.
+    async fn check_ticket(&self, region: &RegionId, der: &[u8]) -> Result<Ticket, FederationError> {
+        let cas = std::fs::read(&self.inner.ca_file).map(|pem| ticket::ca_certs(&pem)).unwrap_or_default();
+        match ticket::verify(der, &cas, region.as_str(), self.inner.clock.now()) {
+            Ok(t) => Ok(t),
+            Err(error) => {
+                let subject = format!("region {region}");
+                let _ = self
+                    .audit(region.as_str(), AuditAction::FederationTicketRefused, &subject, &error.to_string())
+                    .await;
+                Err(FederationError::Ticket { region: region.to_string(), error })
+            }
+        }
     }
 
     /// The calling region: from the certificate, and one of the configured peers.
@@ -186,10 +245,22 @@ impl PeerService {
         // The budget before any blinding: a refused request gets no blinded value back,
         // and no scalar multiplication is spent on it.
         let kind = if r.resync { "resync" } else { "oracle" };
-        if publishes > 0 && !self.take_budget(region.as_str(), kind, publishes).await? {
-            counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %region, publishes, kind, "peer over its blind budget; refused and audited");
-            return Err(FederationError::OverBudget { region: region.to_string(), kind });
+        if publishes > 0 {
+            // A bulk publish needs the CA's ticket for the caller; it is checked before any
+            // token is taken, and counted against its N in the same write as the tokens.
+            let ticket = match r.resync {
+                true => Some(self.check_ticket(&region, &r.resync_ticket).await.inspect_err(|e| {
+                    counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %region, publishes, error = %e, "peer's bulk publish refused for its resync ticket");
+                })?),
+                false => None,
+            };
+            self.take_budget(region.as_str(), kind, publishes, ticket).await.inspect_err(|e| {
+                if !matches!(e, FederationError::Store(_)) {
+                    counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %region, publishes, kind, "peer over its blind budget; refused and audited");
+                }
+            })?;
         }
         let granted = if r.resync { &counters.resync_blinds } else { &counters.oracle_blinds };
         granted.fetch_add(publishes, Ordering::Relaxed);

@@ -132,14 +132,19 @@ impl FederationFiles {
             let mut region_files = RegionFiles::create(&region_dir, region, api)?;
             let node = ca.issue(&CertSpec::node(region, vec!["localhost".into(), "127.0.0.1".into()], 365))?;
             write_cert_pair(&region_dir, "federation-node", &node, false)?;
+            // The CA's permission to publish in bulk (joins, re-keys, restores), as the
+            // federation's operators issue it for a region that joins.
+            let ticket = region_dir.join("resync-ticket.pem");
+            std::fs::write(&ticket, ca.issue_resync_ticket(region, FIXTURE_TICKET_CHILDREN, 30)?)?;
             let mut text = std::fs::read_to_string(&region_files.config_path)?;
             text.push_str(&format!(
-                "\n[federation]\nlisten = \"127.0.0.1:{}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\ncrls = [{:?}]\n",
+                "\n[federation]\nlisten = \"127.0.0.1:{}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\ncrls = [{:?}]\nresync_ticket = {:?}\n",
                 ports[i].1,
                 ca_dir.join("ca.pem"),
                 region_dir.join("federation-node.pem"),
                 region_dir.join("federation-node.key"),
                 ca_dir.join(crate::pki::CRL_FILE),
+                ticket,
             ));
             for (j, other) in regions.iter().enumerate() {
                 if i != j && peers(region, other) {
@@ -156,6 +161,9 @@ impl FederationFiles {
         Ok(FederationFiles { dir: dir.to_owned(), ca, ca_dir, regions: files })
     }
 }
+
+/// Children each fixture region's resync ticket allows (at each peer).
+pub const FIXTURE_TICKET_CHILDREN: u64 = 1_000_000;
 
 /// A node running in this process on real sockets.
 pub struct RunningRegion {

@@ -365,6 +365,43 @@ impl Ca {
         Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
+    /// A resync ticket (see [`super::ticket`]) for `region` to publish up to `children`
+    /// children in bulk at each peer, valid for `valid_days` days. Returns the PEM
+    /// certificate; its key pair is generated and dropped, so it can never be used to
+    /// authenticate.
+    pub fn issue_resync_ticket(&self, region: &str, children: u64, valid_days: u32) -> Result<String, PkiError> {
+        validate_id(region)?;
+        if children == 0 {
+            return Err(PkiError::InvalidSpec("a resync ticket allows at least one child (--children)".into()));
+        }
+        if valid_days == 0 {
+            return Err(PkiError::InvalidSpec("a resync ticket is valid at least one day (--valid-days)".into()));
+        }
+        let (not_before, not_after) = validity(valid_days);
+        if not_after > self.not_after {
+            return Err(PkiError::InvalidSpec(format!(
+                "the ticket would outlive the CA (CA valid until {}); choose fewer days",
+                self.not_after
+            )));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("resync ticket for {region}"));
+        dn.push(DnType::OrganizationName, "virfed");
+        params.distinguished_name = dn;
+        let uri = super::ticket::ticket_uri(region, children);
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.try_into().map_err(|e| PkiError::InvalidSpec(format!("ticket URI: {e}")))?));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        Ok(params.signed_by(&key, &self.issuer)?.pem())
+    }
+
     /// A PEM certificate revocation list naming `revoked_serials` (big-endian serial
     /// bytes, as returned by [`cert_serial`]), valid for `next_update_days` days.
     ///

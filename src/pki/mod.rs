@@ -16,6 +16,8 @@
 //!   [`TlsFiles`] or in-memory [`TlsMaterial`].
 //! - [`reload`]: [`TlsFiles`] and how they are loaded: the verifiers and certificates
 //!   built from files are re-read when those files change, without a restart.
+//! - [`ticket`]: resync tickets, certificates of the federation CA that allow one region a
+//!   bulk publish of N children ([`ticket::verify`]); never an identity.
 //! - [`transport`]: TLS over TCP for tonic — an accept loop that turns verified
 //!   connections into [`TlsConn`]s carrying a [`PeerInfo`] (handlers read it from the
 //!   request extensions), and client channels over the same client config.
@@ -26,6 +28,7 @@
 pub mod ca;
 pub mod identity;
 pub mod reload;
+pub mod ticket;
 pub mod tls;
 pub mod transport;
 

@@ -31,6 +31,9 @@ pub mod meta {
     /// Prefix of `peer_key/<peer>`: the public blinding key `Y` the peer uses towards this
     /// node, pinned on first sight and changed only by the peer's re-key announcement.
     pub const PEER_KEY: &str = "peer_key/";
+    /// Prefix of `ticket/<peer>/<serial hex>`: children the peer published here under that
+    /// resync ticket.
+    pub const TICKET: &str = "ticket/";
 
     pub fn joined(peer: &str) -> Vec<u8> {
         format!("{JOINED}{peer}").into_bytes()
@@ -38,6 +41,10 @@ pub mod meta {
 
     pub fn webhook_cursor(org: &str) -> Vec<u8> {
         format!("{WEBHOOK_CURSOR}{org}").into_bytes()
+    }
+
+    pub fn ticket(peer: &str, serial: &str) -> Vec<u8> {
+        format!("{TICKET}{peer}/{serial}").into_bytes()
     }
 
     pub fn peer_key(peer: &str) -> Vec<u8> {

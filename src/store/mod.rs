@@ -339,6 +339,11 @@ impl Store {
         self.write(move |tx| tx.set_blind_fingerprint(&fp)).await
     }
 
+    /// Children the peer has published here under the resync ticket `serial`.
+    pub fn ticket_used(&self, peer: &str, serial: &str) -> Result<u64, StoreError> {
+        self.meta_u64(&meta::ticket(peer, serial))
+    }
+
     /// The public blinding key the peer uses towards this node, if pinned ([`Tx::peer_key`]).
     pub fn peer_key(&self, peer: &str) -> Result<Option<crate::pseudonym::Blinded>, StoreError> {
         Ok(self.t(Table::Meta).get(meta::peer_key(peer))?.and_then(|v| v.as_ref().try_into().ok()))

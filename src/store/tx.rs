@@ -218,6 +218,16 @@ impl<'a> Tx<'a> {
         self.put(Table::Meta, &meta::budget(peer, kind), &(tokens, at_ms))
     }
 
+    /// Children the peer has published here under the resync ticket `serial`.
+    pub fn ticket_used(&self, peer: &str, serial: &str) -> TxResult<u64> {
+        self.meta_u64(&meta::ticket(peer, serial))
+    }
+
+    pub fn set_ticket_used(&self, peer: &str, serial: &str, used: u64) -> TxResult<()> {
+        self.t(Table::Meta).insert(meta::ticket(peer, serial), used.to_be_bytes())?;
+        Ok(())
+    }
+
     /// The public blinding key the peer uses towards this node, if pinned.
     pub fn peer_key(&self, peer: &str) -> TxResult<Option<Blinded>> {
         Ok(self.t(Table::Meta).get(meta::peer_key(peer))?.and_then(|v| v.as_ref().try_into().ok()))

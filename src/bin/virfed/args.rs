@@ -250,6 +250,28 @@ pub enum IssueCommand {
         #[command(flatten)]
         out: IssueOut,
     },
+    /// A resync ticket: lets REGION publish up to N children in bulk at each peer (a join,
+    /// a re-key, answering a peer's restore). Without one, peers refuse bulk publishes.
+    /// The region's operator sets [federation] resync_ticket to the file.
+    ResyncTicket {
+        #[arg(long, env = "VIRFED_CA_DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        region: String,
+        /// How many children the region may publish under it, at each peer (its child
+        /// count, with room to grow while the resync runs).
+        #[arg(long)]
+        children: u64,
+        /// Validity in days (a join or re-key takes hours; keep it short).
+        #[arg(long, default_value_t = 7)]
+        valid_days: u32,
+        /// Where to write the ticket (PEM; default: <dir>/resync-ticket-<region>.pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(clap::Args)]

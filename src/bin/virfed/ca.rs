@@ -54,6 +54,9 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
                     let stem = dns[0].replace(|c: char| !c.is_ascii_alphanumeric(), "-").to_lowercase();
                     (dir, CertSpec::server(dns, out.days), stem, out)
                 }
+                IssueCommand::ResyncTicket { dir, region, children, valid_days, out, force } => {
+                    return resync_ticket(&dir, &region, children, valid_days, out, force);
+                }
             };
             if let Some(identity) = &spec.identity {
                 virfed::pki::validate_id(identity.name())?;
@@ -66,5 +69,29 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
         }
     }
+    Ok(())
+}
+
+/// `virfed ca issue resync-ticket`: writes the ticket (a certificate, no key) to a file.
+fn resync_ticket(
+    dir: &std::path::Path,
+    region: &str,
+    children: u64,
+    valid_days: u32,
+    out: Option<std::path::PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let ca = Ca::load(dir)?;
+    let pem = ca.issue_resync_ticket(region, children, valid_days)?;
+    let path = out.unwrap_or_else(|| dir.join(format!("resync-ticket-{region}.pem")));
+    if path.exists() && !force {
+        anyhow::bail!("{} exists; choose another --out or pass --force", path.display());
+    }
+    std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {}: region {region} may publish up to {children} children in bulk at each peer for {valid_days} days; on that node set [federation] resync_ticket = {:?}",
+        path.display(),
+        path.display().to_string()
+    );
     Ok(())
 }
