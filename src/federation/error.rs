@@ -82,9 +82,27 @@ mod tests {
             (FederationError::Version { got: 9, major: 1, minor: 0 }, Code::FailedPrecondition, "upgrade"),
             (FederationError::bad("publish.point must be 32 bytes"), Code::InvalidArgument, "32 bytes"),
             (
-                FederationError::OverBudget { region: "a".into(), kind: "oracle" },
+                FederationError::OverBudget { region: "a".into(), kind: "oracle", per: "hourly" },
                 Code::ResourceExhausted,
                 "coordinators",
+            ),
+            (
+                FederationError::Ticket { region: "a".into(), error: crate::pki::ticket::TicketError::Missing },
+                Code::PermissionDenied,
+                "virfed ca issue resync-ticket",
+            ),
+            (
+                FederationError::Ticket {
+                    region: "a".into(),
+                    error: crate::pki::ticket::TicketError::UsedUp {
+                        serial: "ab".into(),
+                        children: 5,
+                        used: 5,
+                        asked: 1,
+                    },
+                },
+                Code::ResourceExhausted,
+                "new ticket",
             ),
             (FederationError::Superseded(0xab), Code::FailedPrecondition, "restore"),
             (FederationError::Store(StoreError::Failed("disk".into())), Code::Internal, "could not apply"),
