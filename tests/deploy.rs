@@ -4,12 +4,18 @@
 //! Prometheus configuration are parsed with serde_yaml, every node.toml they carry is parsed
 //! with `virfed::config::Config::parse`, and the ports, volume paths, probes, peers, scrape
 //! targets, the Dockerfile and the systemd unit are checked against those configs.
+//!
+//! Keys apart from data (issue 9): every node config puts its key files (`local.key`,
+//! `blind.key`, and `blind.key.new` during a re-key) in a `keys_dir` outside its `data_dir`,
+//! and every deploy layout gives that directory a writable mount of its own, so that a copy
+//! of the data volume holds no key.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
 use virfed::config::Config;
+use virfed::federation::rekey::pending_path;
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -101,6 +107,50 @@ fn config_files(config: &Config) -> Vec<PathBuf> {
     files
 }
 
+/// Every key file the node reads or writes: `local.key`, `blind.key`, and the `blind.key.new`
+/// that `virfed rekey` writes beside `blind.key` before it renames it into place.
+fn key_files(config: &Config) -> [PathBuf; 3] {
+    let blind = config.blind_key_path();
+    let pending = pending_path(&blind);
+    [config.local_key_path(), blind, pending]
+}
+
+/// The key files live in `keys_dir`, which is set, is not inside `data_dir` and does not hold
+/// it: then a snapshot or backup of the data volume holds no key (and the node does not warn).
+fn assert_keys_apart_from_data(config: &Config, what: &str) {
+    let (data, keys) = (config.data_dir.as_path(), config.keys_dir());
+    for (name, dir) in [("data_dir", data), ("keys_dir", keys)] {
+        assert!(
+            dir.is_absolute() && !dir.components().any(|c| c == Component::ParentDir),
+            "{what}: {name} {} should be an absolute path without `..`",
+            dir.display()
+        );
+    }
+    assert!(config.keys_dir.is_some(), "{what}: no keys_dir, so the key files default to data_dir");
+    assert!(
+        !config.keys_beside_data(),
+        "{what}: keys_dir {} is inside data_dir {} (the node warns at start)",
+        keys.display(),
+        data.display()
+    );
+    assert!(
+        !data.starts_with(keys),
+        "{what}: data_dir {} is inside keys_dir {}: a copy of the keys would hold the store",
+        data.display(),
+        keys.display()
+    );
+    for file in key_files(config) {
+        assert_eq!(
+            file.parent(),
+            Some(keys),
+            "{what}: {} should be in keys_dir {} (on its mount, in its backup)",
+            file.display(),
+            keys.display()
+        );
+        assert!(!file.starts_with(data), "{what}: key file {} is inside data_dir", file.display());
+    }
+}
+
 fn assert_http_listens_on_all_interfaces(config: &Config, what: &str) {
     assert!(
         config.http_listen.ip().is_unspecified(),
@@ -128,6 +178,11 @@ struct ComposeNode {
 
 fn compose() -> Value {
     yaml("docker-compose.yml")
+}
+
+/// The mount a path in the container is on: the one with the longest target above it.
+fn mount_holding<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+    mounts.iter().filter(|m| path.starts_with(&m.target)).max_by_key(|m| m.target.components().count())
 }
 
 fn compose_mounts(service: &Value, what: &str) -> Vec<Mount> {
@@ -248,18 +303,62 @@ fn compose_data_volume_is_mounted_at_each_config_data_dir() {
 }
 
 #[test]
+fn compose_keys_live_on_a_writable_volume_of_their_own_apart_from_the_data() {
+    let compose = compose();
+    let volumes = at(&compose, "volumes", "docker-compose.yml").as_mapping().expect("top-level volumes is a mapping");
+    let private_dirs = dockerfile_private_dirs();
+    let mut sources = BTreeSet::new();
+    for node in compose_nodes() {
+        let what = format!("docker-compose.yml service {}", node.service);
+        assert_keys_apart_from_data(&node.config, &what);
+        let keys_dir = node.config.keys_dir();
+        let data = node
+            .mounts
+            .iter()
+            .find(|m| m.target == node.config.data_dir)
+            .unwrap_or_else(|| panic!("{what}: nothing is mounted at data_dir {}", node.config.data_dir.display()));
+        let keys = node
+            .mounts
+            .iter()
+            .find(|m| m.target == keys_dir)
+            .unwrap_or_else(|| panic!("{what}: no volume is mounted at keys_dir {}", keys_dir.display()));
+        for file in key_files(&node.config) {
+            assert!(
+                mount_holding(&node.mounts, &file).is_some_and(|m| m.target == keys_dir),
+                "{what}: key file {} is not on the keys volume",
+                file.display()
+            );
+        }
+        assert!(
+            !keys.read_only,
+            "{what}: the keys volume must be writable (keys are created on first start, re-key writes blind.key.new)"
+        );
+        assert!(
+            volumes.contains_key(keys.source.as_str()),
+            "{what}: keys_dir is mounted from {:?}, which is not a named volume in the top-level `volumes`",
+            keys.source
+        );
+        assert_ne!(keys.source, data.source, "{what}: keys and data on the same volume");
+        for source in [&data.source, &keys.source] {
+            assert!(sources.insert(source.clone()), "{what}: volume {source:?} is used twice (per region: data, keys)");
+        }
+        assert!(
+            private_dirs.contains(keys_dir),
+            "{what}: the Dockerfile does not create keys_dir {} owned by uid 10001 with mode 0700, so a new named \
+             volume mounted there would start owned by root and the node could not create its keys",
+            keys_dir.display()
+        );
+    }
+}
+
+#[test]
 fn compose_mounts_every_certificate_file_the_config_reads_read_only() {
     for node in compose_nodes() {
         let what = format!("docker-compose.yml service {}", node.service);
         for file in config_files(&node.config) {
-            let mount = node
-                .mounts
-                .iter()
-                .filter(|m| file.starts_with(&m.target))
-                .max_by_key(|m| m.target.components().count())
-                .unwrap_or_else(|| {
-                    panic!("{what}: the config reads {} but no volume is mounted there", file.display())
-                });
+            let mount = mount_holding(&node.mounts, &file).unwrap_or_else(|| {
+                panic!("{what}: the config reads {} but no volume is mounted there", file.display())
+            });
             assert!(
                 mount.read_only,
                 "{what}: {} comes from a writable mount; certificates are mounted :ro",
@@ -542,13 +641,15 @@ fn k8s_volume_claim_is_mounted_at_the_config_data_dir() {
     let config = k8s_node_config();
     let sts = statefulset();
     assert_eq!(at(&sts, "spec.replicas", "StatefulSet").as_u64(), Some(1), "StatefulSet: one node per region");
-    let claims = seq(&sts, "spec.volumeClaimTemplates", "StatefulSet");
-    assert_eq!(claims.len(), 1, "StatefulSet: one volumeClaimTemplate for data_dir");
-    let claim = s(&claims[0], "metadata.name", "volumeClaimTemplate");
-    let mount = seq(node_container(&sts), "volumeMounts", "StatefulSet container virfed")
-        .iter()
-        .find(|m| m.get("name").and_then(Value::as_str) == Some(claim))
-        .unwrap_or_else(|| panic!("StatefulSet: the claim {claim:?} is not mounted"));
+    let claims = k8s_claims(&sts);
+    assert_eq!(claims.len(), 2, "StatefulSet: two volumeClaimTemplates, for data_dir and keys_dir");
+    let mount = k8s_mount_holding(&sts, &config.data_dir)
+        .unwrap_or_else(|| panic!("StatefulSet: nothing is mounted at data_dir {}", config.data_dir.display()));
+    assert!(
+        claims.contains_key(s(mount, "name", "data mount")),
+        "StatefulSet: data_dir must be on a volumeClaimTemplate, not on {:?}",
+        s(mount, "name", "data mount")
+    );
     assert_eq!(
         Path::new(s(mount, "mountPath", "data mount")),
         config.data_dir,
@@ -562,18 +663,146 @@ fn k8s_volume_claim_is_mounted_at_the_config_data_dir() {
     );
 }
 
+/// The StatefulSet's volumeClaimTemplates by name.
+fn k8s_claims(sts: &Value) -> BTreeMap<String, Value> {
+    seq(sts, "spec.volumeClaimTemplates", "StatefulSet")
+        .iter()
+        .map(|c| (s(c, "metadata.name", "volumeClaimTemplate").to_string(), c.clone()))
+        .collect()
+}
+
+/// The node container's volumeMount a path is on: the one with the longest mountPath above it.
+fn k8s_mount_holding<'a>(sts: &'a Value, path: &Path) -> Option<&'a Value> {
+    seq(node_container(sts), "volumeMounts", "StatefulSet container virfed")
+        .iter()
+        .filter(|m| path.starts_with(s(m, "mountPath", "volumeMount")))
+        .max_by_key(|m| Path::new(s(m, "mountPath", "volumeMount")).components().count())
+}
+
+fn init_containers(sts: &Value) -> &[Value] {
+    opt(pod_spec(sts), "initContainers").and_then(Value::as_sequence).map(|v| v.as_slice()).unwrap_or_default()
+}
+
+fn container_script(c: &Value) -> String {
+    opt(c, "command").and_then(Value::as_sequence).into_iter().flatten().map(scalar).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn k8s_keys_live_on_a_writable_claim_of_their_own_apart_from_the_data() {
+    let config = k8s_node_config();
+    let what = "deploy/k8s";
+    assert_keys_apart_from_data(&config, &format!("{what} ConfigMap"));
+    let sts = statefulset();
+    let claims = k8s_claims(&sts);
+    let keys_dir = config.keys_dir();
+    let data = k8s_mount_holding(&sts, &config.data_dir)
+        .unwrap_or_else(|| panic!("StatefulSet: nothing is mounted at data_dir {}", config.data_dir.display()));
+    let keys = k8s_mount_holding(&sts, keys_dir)
+        .unwrap_or_else(|| panic!("StatefulSet: keys_dir {} is on the read-only root filesystem", keys_dir.display()));
+    let keys_claim = s(keys, "name", "keys mount");
+    let data_claim = s(data, "name", "data mount");
+    assert_eq!(Path::new(s(keys, "mountPath", "keys mount")), keys_dir, "StatefulSet: mount the keys at keys_dir");
+    assert_ne!(keys_claim, data_claim, "StatefulSet: the keys are on the data volume");
+    assert!(
+        claims.contains_key(keys_claim),
+        "StatefulSet: keys_dir is on volume {keys_claim:?}, not on a volumeClaimTemplate: a Secret or ConfigMap is \
+         read-only (no key created on first start, no blind.key.new during re-key), an emptyDir is lost with the \
+         pod and the store is of no use without its keys"
+    );
+    assert_ne!(
+        keys.get("readOnly").and_then(Value::as_bool),
+        Some(true),
+        "StatefulSet: the keys volume must be writable (keys are created on first start, re-key writes blind.key.new)"
+    );
+    assert!(keys.get("subPath").is_none(), "StatefulSet: mount the whole keys claim at keys_dir, not a subPath");
+    for file in key_files(&config) {
+        let on = k8s_mount_holding(&sts, &file).map(|m| s(m, "name", "volumeMount"));
+        assert_eq!(on, Some(keys_claim), "StatefulSet: key file {} is not on the keys claim", file.display());
+    }
+    let component = |claim: &str| {
+        opt(&claims[claim], "metadata.labels").and_then(|l| l.get("app.kubernetes.io/component")).cloned()
+    };
+    assert!(
+        component(keys_claim).is_some() && component(keys_claim) != component(data_claim),
+        "StatefulSet: the keys and data claims need different app.kubernetes.io/component labels, so that \
+         snapshot and backup policies can leave the keys out"
+    );
+    for (key, value) in
+        opt(&sts, "spec.persistentVolumeClaimRetentionPolicy").and_then(Value::as_mapping).into_iter().flatten()
+    {
+        assert_eq!(
+            value.as_str(),
+            Some("Retain"),
+            "StatefulSet: persistentVolumeClaimRetentionPolicy {key:?} must be Retain"
+        );
+    }
+
+    // An init container that writes keys_dir (seeding it from a Secret) mounts the same claim
+    // at the same path, installs the files 0600, and its Secret is optional and read-only.
+    let example_secrets: BTreeMap<String, Value> =
+        k8s_objects_of("Secret").into_iter().map(|o| (s(&o, "metadata.name", "Secret").to_string(), o)).collect();
+    for init in init_containers(&sts) {
+        let name = s(init, "name", "initContainer");
+        let mounts = seq(init, "volumeMounts", name);
+        let Some(on_keys) = mounts.iter().find(|m| s(m, "name", "volumeMount") == keys_claim) else {
+            continue;
+        };
+        let what = format!("StatefulSet initContainer {name}");
+        assert_eq!(Path::new(s(on_keys, "mountPath", &what)), keys_dir, "{what}: mounts the keys claim elsewhere");
+        let script = container_script(init);
+        assert!(script.contains(&keys_dir.display().to_string()), "{what}: its script does not write keys_dir");
+        assert!(script.contains("install -m 0600"), "{what}: key files must be installed with mode 0600");
+        let key_names: Vec<String> = key_files(&config)[..2]
+            .iter()
+            .map(|f| f.file_name().and_then(|n| n.to_str()).expect("a file name").to_string())
+            .collect();
+        for m in mounts {
+            let mounted = s(m, "name", "volumeMount");
+            if claims.contains_key(mounted) {
+                continue;
+            }
+            let volume = pod_volume(&sts, mounted);
+            let Some(secret) = opt(volume, "secret.secretName").and_then(Value::as_str) else { continue };
+            assert_eq!(
+                m.get("readOnly").and_then(Value::as_bool),
+                Some(true),
+                "{what}: mount Secret {secret} readOnly"
+            );
+            assert_eq!(
+                opt(volume, "secret.optional").and_then(Value::as_bool),
+                Some(true),
+                "{what}: the seed Secret {secret} must be optional, or the pod cannot start without it"
+            );
+            let example = example_secrets
+                .get(secret)
+                .unwrap_or_else(|| panic!("deploy/k8s/secret.example.yaml shows no Secret {secret}"));
+            for key in &key_names {
+                assert!(
+                    opt(example, "stringData").and_then(|d| d.get(key.as_str())).is_some(),
+                    "secret.example.yaml {secret}: no key {key}"
+                );
+                assert!(script.contains(key.as_str()), "{what}: its script does not seed {key}");
+            }
+        }
+    }
+}
+
 #[test]
 fn k8s_pod_runs_non_root_with_a_read_only_root_filesystem() {
     let sts = statefulset();
     let pod = pod_spec(&sts);
     let what = "StatefulSet pod securityContext";
     assert_eq!(at(pod, "securityContext.runAsNonRoot", what).as_bool(), Some(true), "{what}: runAsNonRoot: true");
-    assert!(at(pod, "securityContext.fsGroup", what).as_u64().is_some(), "{what}: fsGroup makes the PVC writable");
+    assert!(at(pod, "securityContext.fsGroup", what).as_u64().is_some(), "{what}: fsGroup makes the PVCs writable");
+    assert_eq!(
+        opt(pod, "securityContext.fsGroupChangePolicy").and_then(Value::as_str),
+        Some("OnRootMismatch"),
+        "{what}: fsGroupChangePolicy OnRootMismatch; the default (Always) makes the key files group-readable at \
+         every mount, and the node then refuses them"
+    );
     let uid = at(pod, "securityContext.runAsUser", what).as_u64();
     assert_eq!(uid, Some(u64::from(dockerfile_uid())), "{what}: runAsUser should be the Dockerfile's USER");
-    let containers = seq(pod, "containers", "StatefulSet")
-        .iter()
-        .chain(opt(pod, "initContainers").and_then(Value::as_sequence).map(|v| v.as_slice()).unwrap_or_default());
+    let containers = seq(pod, "containers", "StatefulSet").iter().chain(init_containers(&sts));
     for c in containers {
         let what = format!("StatefulSet container {}", s(c, "name", "container"));
         assert_eq!(
@@ -604,17 +833,10 @@ fn k8s_certificates_come_from_secrets_mounted_read_only() {
             (name, keys)
         })
         .collect();
-    let init_script: String = opt(pod_spec(&sts), "initContainers")
-        .and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
-        .flat_map(|c| opt(c, "command").and_then(Value::as_sequence).cloned().unwrap_or_default())
-        .map(|v| scalar(&v))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let init_script: String = init_containers(&sts).iter().map(container_script).collect::<Vec<_>>().join(" ");
     let mut secret_mounts = 0;
     for m in mounts {
-        // The data volume comes from volumeClaimTemplates, not from the pod's volumes.
+        // The data and keys volumes come from volumeClaimTemplates, not from the pod's volumes.
         let name = s(m, "name", "volumeMount");
         let Some(volume) = seq(pod_spec(&sts), "volumes", "StatefulSet")
             .iter()
@@ -781,6 +1003,37 @@ fn dockerfile_volume() -> PathBuf {
     PathBuf::from(volumes[0].trim_matches(|c| c == '[' || c == ']' || c == '"'))
 }
 
+/// Directories the Dockerfile creates with `install -d -o 10001 -g 10001 -m 0700 DIR...`: a
+/// new named volume mounted on one starts with that owner and mode.
+fn dockerfile_private_dirs() -> BTreeSet<PathBuf> {
+    let uid = dockerfile_uid().to_string();
+    let mut dirs = BTreeSet::new();
+    for run in dockerfile_args("RUN") {
+        for command in run.split("&&") {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            if words.get(..2) != Some(&["install", "-d"][..]) {
+                continue;
+            }
+            let (mut options, mut paths) = (BTreeMap::new(), Vec::new());
+            let mut rest = words[2..].iter();
+            while let Some(word) = rest.next() {
+                if word.starts_with('-') {
+                    options.insert(*word, rest.next().copied().unwrap_or_default());
+                } else {
+                    paths.push(PathBuf::from(word));
+                }
+            }
+            let private = options.get("-o") == Some(&uid.as_str())
+                && options.get("-g") == Some(&uid.as_str())
+                && options.get("-m") == Some(&"0700");
+            if private {
+                dirs.extend(paths);
+            }
+        }
+    }
+    dirs
+}
+
 fn dockerfile_uid() -> u32 {
     let users = dockerfile_args("USER");
     let user = users.last().expect("Dockerfile: no USER instruction: the image would run as root");
@@ -814,6 +1067,13 @@ fn dockerfile_is_multistage_non_root_with_a_data_volume_at_the_default_data_dir(
     assert_eq!(uid, 10001, "Dockerfile: USER should be uid 10001");
     let example = parse_config(&read("node.example.toml"), "deploy/node.example.toml");
     assert_eq!(dockerfile_volume(), example.data_dir, "Dockerfile: VOLUME should be the default data_dir");
+    for dir in [example.data_dir.as_path(), example.keys_dir()] {
+        assert!(
+            dockerfile_private_dirs().contains(dir),
+            "Dockerfile: create {} with install -d -o {uid} -g {uid} -m 0700 (a new volume there starts so)",
+            dir.display()
+        );
+    }
     let expected: BTreeSet<u16> = config_ports(&example, "deploy/node.example.toml").into_values().collect();
     assert_eq!(dockerfile_exposed_ports(), expected, "Dockerfile: EXPOSE should be the default ports");
     assert_eq!(dockerfile_args("ENTRYPOINT"), ["[\"virfed\"]"], "Dockerfile: ENTRYPOINT [\"virfed\"]");
@@ -833,7 +1093,7 @@ fn systemd_unit_is_hardened_and_runs_virfed_node() {
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
     for wanted in [
         "User=virfed",
-        "StateDirectory=virfed",
+        "StateDirectoryMode=0700",
         "ProtectSystem=strict",
         "ProtectHome=true",
         "NoNewPrivileges=true",
@@ -854,17 +1114,55 @@ fn systemd_unit_is_hardened_and_runs_virfed_node() {
         exec.contains("virfed node --config "),
         "deploy/virfed.service: ExecStart={exec} should run virfed node --config"
     );
+}
+
+/// The values of `Key=` in one `[Section]` of the unit, each split at whitespace.
+fn unit_values(section: &str, key: &str) -> Vec<String> {
+    let text = read("virfed.service");
+    let mut current = "";
+    let mut values = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#') && !l.starts_with(';')) {
+        if line.starts_with('[') {
+            current = line;
+        } else if current == format!("[{section}]") {
+            if let Some(v) = line.strip_prefix(key).and_then(|v| v.strip_prefix('=')) {
+                values.extend(v.split_whitespace().map(String::from));
+            }
+        }
+    }
+    values
+}
+
+#[test]
+fn systemd_unit_gives_data_dir_and_keys_dir_each_a_writable_directory_of_its_own() {
     let example = parse_config(&read("node.example.toml"), "deploy/node.example.toml");
-    let writable: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("ReadWritePaths=")).collect();
+    assert_keys_apart_from_data(&example, "deploy/node.example.toml");
+    let dirs: BTreeSet<PathBuf> = BTreeSet::from([example.data_dir.clone(), example.keys_dir().to_path_buf()]);
+    let paths = |section: &str, key: &str| -> BTreeSet<PathBuf> {
+        unit_values(section, key).into_iter().map(PathBuf::from).collect()
+    };
+    // StateDirectory=NAME creates /var/lib/NAME, owned by User=, with StateDirectoryMode=.
+    let state: BTreeSet<PathBuf> =
+        unit_values("Service", "StateDirectory").iter().map(|n| Path::new("/var/lib").join(n)).collect();
     assert_eq!(
-        writable.iter().flat_map(|w| w.split_whitespace()).map(Path::new).collect::<Vec<_>>(),
-        vec![example.data_dir.as_path()],
-        "deploy/virfed.service: ReadWritePaths= should be data_dir only"
+        state, dirs,
+        "deploy/virfed.service: StateDirectory= should create data_dir and keys_dir of node.example.toml"
     );
     assert_eq!(
-        Path::new("/var/lib/virfed"),
-        example.data_dir,
-        "deploy/virfed.service: StateDirectory=virfed is /var/lib/virfed, the default data_dir"
+        paths("Service", "ReadWritePaths"),
+        dirs,
+        "deploy/virfed.service: ReadWritePaths= should be data_dir and keys_dir only (re-key writes blind.key.new)"
+    );
+    assert_eq!(
+        paths("Unit", "RequiresMountsFor"),
+        dirs,
+        "deploy/virfed.service: [Unit] RequiresMountsFor= data_dir and keys_dir, so the node never starts on the \
+         directory under a missing mount (and creates new keys there)"
+    );
+    assert_eq!(
+        unit_values("Service", "WorkingDirectory"),
+        [example.data_dir.display().to_string()],
+        "deploy/virfed.service: WorkingDirectory= data_dir"
     );
 }
 
