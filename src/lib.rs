@@ -38,7 +38,9 @@
 //!   bench`, figures printed next to their floors).
 //! - leaves every layer may use: [`shutdown`] (the signal every task listens to, so no
 //!   service imports `server` to learn it is stopping), [`backoff`] (jittered exponential
-//!   backoff for the retry loops: outbox, webhooks).
+//!   backoff for the retry loops: outbox, webhooks), [`https`] (the connector of the
+//!   node's outbound HTTP calls: TCP, then rustls with a [`pki`] config; plain http to
+//!   loopback only).
 //! - [`pb`]: generated protobuf code, nothing else.
 #![forbid(unsafe_code)]
 
@@ -51,6 +53,7 @@ pub mod dleq;
 pub mod domain;
 pub mod federation;
 pub mod health;
+pub mod https;
 #[cfg(feature = "kit")]
 pub mod kit;
 pub mod notify;
