@@ -18,7 +18,8 @@
 //!   API, outbox delivery), [`health`] (status, gRPC health, `/metrics`, `virfed status`),
 //!   [`dashboard`] (the coordinators' page), [`notify`] (signed webhooks),
 //!   [`participation`] (which organisations signal and which went quiet), [`client`] (the
-//!   CLI's mTLS client of a node).
+//!   CLI's mTLS client of a node), [`brp`] (the BRP Personen client: a child's parents
+//!   for family matches, D11; not wired into the node yet).
 //! - the application core: [`registry`] — when a match is made (D5), who is told what
 //!   (D5–D7), withdrawal, retention and erasure (D3, D4) — and [`federation::pairs`] —
 //!   when a cross-border pair is made or ended — as functions over a store transaction.
@@ -46,6 +47,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod brp;
 pub mod client;
 pub mod config;
 pub mod dashboard;
