@@ -495,11 +495,12 @@ impl BrpError {
     }
 }
 
-/// Replaces, in `text`, every run of 8 or more digits by `<redacted>`. A run may have
-/// single spaces, dots, dashes or no-break spaces between its digits (`1234.56.782` is
-/// one run), and any Unicode digit counts. A BSN has 9 digits, 8 before its leading zero
-/// is added: any text a BRP sends back may quote one, and none may reach a log or an
-/// error message.
+/// Replaces, in `text`, every run of 8 or more digits by `<redacted>`, and every run of 7
+/// that is a BSN once `00` is put before it (how a BSN such as `00xxxxxxx` reads when
+/// written as a number). A run may have single spaces, dots, dashes or no-break spaces
+/// between its digits (`1234.56.782` is one run), and any Unicode digit counts. A BSN has
+/// 9 digits, 8 before its leading zero is added: any text a BRP sends back may quote one,
+/// and none may reach a log or an error message.
 pub fn redact(text: &str) -> String {
     const MIN_DIGITS: usize = 8;
     let is_digit = |c: char| c.is_numeric();
@@ -529,7 +530,11 @@ pub fn redact(text: &str) -> String {
                 break;
             }
         }
-        if digits >= MIN_DIGITS {
+        let seven_digit_bsn = || {
+            let run: String = chars[start..end].iter().filter(|c| c.is_ascii_digit()).collect();
+            run.len() == 7 && Bsn::parse(&format!("00{run}")).is_ok()
+        };
+        if digits >= MIN_DIGITS || (digits == 7 && seven_digit_bsn()) {
             out.push_str("<redacted>");
         } else {
             out.extend(&chars[start..end]);
@@ -795,7 +800,7 @@ impl BrpClient {
     /// Reads a `200` answer into [`Parents`], validating every parent BSN.
     fn read_answer(&self, child: &Bsn, answer: &[u8]) -> Result<Parents, BrpError> {
         let answer: Answer = serde_json::from_slice(answer).map_err(|e| {
-            malformed(Endpoint::Personen, format!("not a RaadpleegMetBurgerservicenummer answer ({e})"))
+            malformed(Endpoint::Personen, format!("not a RaadpleegMetBurgerservicenummer answer ({})", json_fault(&e)))
         })?;
         if answer.kind != QUERY_TYPE {
             return Err(malformed(Endpoint::Personen, format!("answer type {:?}, expected {QUERY_TYPE}", answer.kind)));
@@ -870,7 +875,7 @@ impl BrpClient {
             return Err(error_answer(Endpoint::Token, status, &headers, &answer));
         }
         let answer: TokenAnswer = serde_json::from_slice(&answer)
-            .map_err(|e| malformed(Endpoint::Token, format!("not an OAuth token answer ({e})")))?;
+            .map_err(|e| malformed(Endpoint::Token, format!("not an OAuth token answer ({})", json_fault(&e))))?;
         if !answer.token_type.eq_ignore_ascii_case("bearer") {
             return Err(malformed(Endpoint::Token, format!("token_type {:?}, expected Bearer", answer.token_type)));
         }
@@ -929,6 +934,18 @@ impl Oauth {
             *cache = None;
         }
     }
+}
+
+/// What is wrong with a JSON answer, without serde's message: that quotes the values it
+/// could not use, which may be a BSN.
+fn json_fault(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Eof => "the JSON ends early",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "a field is missing or has the wrong type",
+        serde_json::error::Category::Io => "unreadable",
+    };
+    format!("{what}, at line {} column {}", e.line(), e.column())
 }
 
 fn malformed(endpoint: Endpoint, reason: String) -> BrpError {
@@ -1000,12 +1017,16 @@ mod tests {
         }
         // Full-width digits count too.
         assert_eq!(redact("１２３４５６７８２"), "<redacted>");
+        // A BSN starting with 00, written as a number, has 7 digits.
+        let double_zero = (1_000_000..9_999_999u32).map(|n| format!("00{n}")).find(|b| Bsn::parse(b).is_ok()).unwrap();
+        assert_eq!(redact(&format!("value {}", &double_zero[2..])), "value <redacted>");
     }
 
     #[test]
     fn redact_keeps_short_numbers_and_the_text_around_them() {
         assert_eq!(redact("HTTP 503 at line 1 column 57"), "HTTP 503 at line 1 column 57");
         assert_eq!(redact("burgerservicenummer[0]: ^[0-9]{9}$"), "burgerservicenummer[0]: ^[0-9]{9}$");
+        assert!(Bsn::parse("001234567").is_err());
         assert_eq!(redact("1234567 is seven"), "1234567 is seven");
         assert_eq!(redact("a 12345678 b"), "a <redacted> b");
         assert_eq!(redact("ends with 123456782."), "ends with <redacted>.");
