@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::{OrgId, RegionId};
+use crate::https::is_loopback_host;
 
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -330,12 +331,6 @@ impl Webhook {
             _ => Err(format!("webhooks.url {url}: use an https:// URL")),
         }
     }
-}
-
-/// `localhost` or a loopback IP literal (`Uri::host` keeps an IPv6 literal's brackets).
-fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parses an id field, naming the field in the error (serde adds the line and column).

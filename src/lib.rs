@@ -18,7 +18,8 @@
 //!   API, outbox delivery), [`health`] (status, gRPC health, `/metrics`, `virfed status`),
 //!   [`dashboard`] (the coordinators' page), [`notify`] (signed webhooks),
 //!   [`participation`] (which organisations signal and which went quiet), [`client`] (the
-//!   CLI's mTLS client of a node).
+//!   CLI's mTLS client of a node), [`brp`] (the BRP Personen client: a child's parents
+//!   for family matches, D11; not wired into the node yet).
 //! - the application core: [`registry`] — when a match is made (D5), who is told what
 //!   (D5–D7), withdrawal, retention and erasure (D3, D4) — and [`federation::pairs`] —
 //!   when a cross-border pair is made or ended — as functions over a store transaction.
@@ -38,12 +39,15 @@
 //!   bench`, figures printed next to their floors).
 //! - leaves every layer may use: [`shutdown`] (the signal every task listens to, so no
 //!   service imports `server` to learn it is stopping), [`backoff`] (jittered exponential
-//!   backoff for the retry loops: outbox, webhooks).
+//!   backoff for the retry loops: outbox, webhooks), [`https`] (the connector of the
+//!   node's outbound HTTP calls: TCP, then rustls with a [`pki`] config; plain http to
+//!   loopback only).
 //! - [`pb`]: generated protobuf code, nothing else.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod backoff;
+pub mod brp;
 pub mod client;
 pub mod config;
 pub mod dashboard;
@@ -51,6 +55,7 @@ pub mod dleq;
 pub mod domain;
 pub mod federation;
 pub mod health;
+pub mod https;
 #[cfg(feature = "kit")]
 pub mod kit;
 pub mod notify;

@@ -12,8 +12,8 @@
 //! webhook's `ca` file: there is no system root store in this crate, and a notice must not
 //! reach whoever a public CA vouches for. Plain `http://` is accepted by the config only to
 //! a loopback address (a TLS-terminating proxy on the same host); see
-//! [`crate::config::Webhook`]. The connector below is the whole client side: TCP connect,
-//! then a tokio-rustls handshake for `https`, wrapped in `TokioIo` for hyper.
+//! [`crate::config::Webhook`]. The client side is [`crate::https::HttpsConnector`] with a
+//! config from [`crate::pki::https_client_config`], shared with the BRP client.
 //!
 //! **Signature.** Every attempt carries
 //! `X-Virfed-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." ‖ body)>`
@@ -22,36 +22,24 @@
 //! [`DEFAULT_TOLERANCE_SECS`]. The time is the attempt's, read from the injected clock,
 //! so a retry after a long outage is signed fresh rather than looking stale.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::client::Resumption;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use hyper_util::rt::TokioExecutor;
+use rustls::ClientConfig;
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{Config, Webhook};
 use crate::domain::{Clock, Notice, OrgId, SystemClock};
+use crate::https::HttpsConnector;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -174,146 +162,35 @@ pub fn spawn_webhooks_with_clock(
             .map_err(|e| format!("webhook secret {}: {e}", hook.secret_file.display()))?;
         let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
         let uri: http::Uri = hook.url.parse().map_err(|e| format!("webhooks.url {}: {e}", hook.url))?;
-        let connector = Connector::for_webhook(hook, &uri)?;
+        let connector = webhook_connector(hook, &uri)?;
         tasks.push(tokio::spawn(deliver(store.clone(), org, uri, connector, secret, clock.clone(), shutdown.clone())));
     }
     Ok(tasks)
 }
 
-/// The rustls client config of an `https` webhook: trusts the certificates in `ca_pem`
-/// only, ring provider, ALPN `http/1.1`, no session resumption (a resumed session skips
-/// certificate verification).
+/// The connector of one webhook: plain TCP for an `http://` URL (loopback only, see the
+/// config), TLS trusting only the webhook's `ca` for `https://`.
+fn webhook_connector(hook: &Webhook, uri: &http::Uri) -> Result<HttpsConnector, String> {
+    if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+        return Ok(HttpsConnector::loopback_plain());
+    }
+    let ca = hook.ca.as_ref().ok_or_else(|| format!("webhooks.url {}: an https webhook needs `ca`", hook.url))?;
+    let what = format!("webhooks.ca {}", ca.display());
+    let pem = std::fs::read(ca).map_err(|e| format!("{what}: {e}"))?;
+    Ok(HttpsConnector::new(webhook_tls_config(&pem, &what)?))
+}
+
+/// The rustls client config of an `https` webhook: [`crate::pki::https_client_config`],
+/// which trusts the certificates in `ca_pem` only.
 fn webhook_tls_config(ca_pem: &[u8], what: &str) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| format!("{what}: not a PEM certificate ({e})"))?;
-        roots.add(cert).map_err(|e| format!("{what}: not usable as a trust anchor ({e})"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{what}: holds no PEM certificate (give the CA certificate of the webhook receiver)"));
-    }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{what}: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.resumption = Resumption::disabled();
-    Ok(Arc::new(config))
-}
-
-/// The hyper-util connector of one webhook: TCP, then TLS when the URL is `https`.
-#[derive(Clone)]
-struct Connector {
-    /// Present for `https` URLs.
-    tls: Option<TlsConnector>,
-}
-
-impl Connector {
-    fn for_webhook(hook: &Webhook, uri: &http::Uri) -> Result<Connector, String> {
-        if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
-            return Ok(Connector { tls: None });
-        }
-        let ca = hook.ca.as_ref().ok_or_else(|| format!("webhooks.url {}: an https webhook needs `ca`", hook.url))?;
-        let what = format!("webhooks.ca {}", ca.display());
-        let pem = std::fs::read(ca).map_err(|e| format!("{what}: {e}"))?;
-        Ok(Connector { tls: Some(TlsConnector::from(webhook_tls_config(&pem, &what)?)) })
-    }
-}
-
-impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
-            // `Uri::host` keeps the brackets of an IPv6 literal; sockets and SNI want it bare.
-            let host = uri.host().ok_or_else(|| invalid(format!("{uri}: no host")))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-            let port = uri.port_u16().unwrap_or(if tls.is_some() { 443 } else { 80 });
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let Some(tls) = tls else { return Ok(TokioIo::new(Stream::Plain(tcp))) };
-            let name = ServerName::try_from(host).map_err(|e| invalid(format!("{uri}: {e}")))?;
-            Ok(TokioIo::new(Stream::Tls(Box::new(tls.connect(name, tcp).await?))))
-        })
-    }
-}
-
-/// A webhook connection: plain TCP (loopback only, see the config) or TLS over TCP.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
+    crate::pki::https_client_config(ca_pem, what).map_err(|e| e.to_string())
 }
 
 async fn deliver(
     store: Store,
     org: OrgId,
     uri: http::Uri,
-    connector: Connector,
+    connector: HttpsConnector,
     secret: Vec<u8>,
     clock: Arc<dyn Clock>,
     mut shutdown: Shutdown,
@@ -449,7 +326,7 @@ mod tests {
     #[test]
     fn the_webhook_tls_config_needs_a_certificate() {
         let err = webhook_tls_config(b"not pem", "webhooks.ca x.pem").unwrap_err();
-        assert!(err.contains("webhooks.ca x.pem") && err.contains("no PEM certificate"), "{err}");
+        assert!(err.contains("webhooks.ca x.pem") && err.contains("no certificate"), "{err}");
         let ca = crate::pki::Ca::generate("receiver CA", 1).unwrap();
         let config = webhook_tls_config(ca.cert_pem().as_bytes(), "ca").unwrap();
         assert_eq!(config.alpn_protocols, [b"http/1.1"]);

@@ -8,6 +8,9 @@
 //!   cross-border matches.
 //! - [`bench`]: `virfed bench`, figures printed next to the floors they are measured
 //!   against.
+//! - [`brp`]: a local BRP Personen API (and OAuth token endpoint) in the shapes of the
+//!   public specification, with switches for outages, slowness and malformed answers, for
+//!   the BRP client's tests and the demo.
 //!
 //! The kit is not part of a node: it mints throwaway CAs in temp dirs. Keeping it behind a
 //! feature keeps it (and `tempfile`) out of a production binary and out of the library's
@@ -15,6 +18,7 @@
 //! uses anyhow, and the binary's `anyhow` takes a `KitError` with `?` like any other.
 
 pub mod bench;
+pub mod brp;
 pub mod demo;
 pub mod fixture;
 

@@ -13,7 +13,9 @@
 //!   honours its CRLs, optionally pins the server's identity), for production and tests
 //!   alike, always with the ring provider chosen explicitly so no process-wide default can
 //!   change what we accept, and without session resumption. Each takes a [`TlsSource`]:
-//!   [`TlsFiles`] or in-memory [`TlsMaterial`].
+//!   [`TlsFiles`] or in-memory [`TlsMaterial`]. Calls out of the federation (webhooks,
+//!   the BRP) get their HTTP/1.1 configs here too: [`https_client_config`] (only the
+//!   service's configured CA) and [`https_client_config_with_cert`] (and mutual TLS).
 //! - [`reload`]: [`TlsFiles`] and how they are loaded: the verifiers and certificates
 //!   built from files are re-read when those files change, without a restart.
 //! - [`ticket`]: resync tickets, certificates of the federation CA that allow one region a
@@ -40,7 +42,10 @@ pub use ca::{
 };
 pub use identity::{identity_from_cert, validate_id, Identity};
 pub use reload::TlsFiles;
-pub use tls::{client_config, client_config_expecting, server_config, TlsMaterial, TlsSource};
+pub use tls::{
+    client_config, client_config_expecting, https_client_config, https_client_config_with_cert, server_config,
+    TlsMaterial, TlsSource,
+};
 pub use transport::{connect, connect_lazy, peer_of, require_region, tls_incoming, PeerInfo, TlsConn};
 
 /// Everything that can go wrong with certificates, keys and TLS set-up.

@@ -11,6 +11,13 @@
 //! resumption off: a resumed TLS 1.3 session skips certificate verification, which
 //! would let a revoked peer back in on an old ticket.
 //!
+//! Calls out of the federation (webhook receivers, the BRP) are HTTP/1.1 over TLS to
+//! servers that hold no virfed identity: [`https_client_config`] trusts only the CA the
+//! operator configured for that service (no system roots: a notice or a BSN must not go
+//! to whoever a public CA vouches for), checks the server's name the WebPKI way, and
+//! presents no certificate; [`https_client_config_with_cert`] also presents one (mutual
+//! TLS, as the BRP's gateway asks). Same provider, no resumption, ALPN `http/1.1`.
+//!
 //! What a config is built from is a [`TlsSource`]: a node's [`TlsFiles`], re-read when
 //! they change (see [`super::reload`]), or [`TlsMaterial`] held in memory (the CLI, which
 //! reads its files once per run; tests, which mint their certificates). Either way the
@@ -244,6 +251,60 @@ fn client_config_with(source: TlsSource, expected: Option<Identity>) -> Result<A
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// The ALPN protocol of outbound HTTPS calls (webhooks, BRP).
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The client side of an outbound HTTPS call to a service outside the federation (a
+/// webhook receiver): trusts only the certificates in `ca_pem` (`what` names that input in
+/// errors, e.g. the config field and file), verifies the server's certificate for the
+/// name dialled, presents no certificate. Ring provider, ALPN `http/1.1`, no session
+/// resumption.
+pub fn https_client_config(ca_pem: &[u8], what: &str) -> Result<Arc<ClientConfig>, PkiError> {
+    let roots = root_store_from(ca_pem, what)?;
+    let config = https_builder(roots)?.with_no_client_auth();
+    Ok(https_finish(config))
+}
+
+/// Like [`https_client_config`], and authenticates with the certificate chain in
+/// `cert_pem` and its key in `key_pem` (mutual TLS: the BRP's gateway). `cert_what` and
+/// `key_what` name those inputs in errors. Fails when the key does not belong to the
+/// certificate.
+pub fn https_client_config_with_cert(
+    ca_pem: &[u8],
+    what: &str,
+    cert_pem: &[u8],
+    cert_what: &str,
+    key_pem: &[u8],
+    key_what: &str,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let roots = root_store_from(ca_pem, what)?;
+    let chain = parse_certs(cert_pem, cert_what)?;
+    let key = parse_key(key_pem, key_what)?;
+    // Checked here so that the error names both files (rustls would say "inconsistent keys").
+    certified_key(chain.clone(), key.clone_key())
+        .map_err(|_| PkiError::KeyMismatch { key: key_what.to_owned(), cert: cert_what.to_owned() })?;
+    let config = https_builder(roots)?
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| PkiError::Tls(format!("{cert_what} and {key_what}: {e}")))?;
+    Ok(https_finish(config))
+}
+
+fn https_builder(
+    roots: RootCertStore,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, PkiError> {
+    let verifier = server_verifier((Arc::new(roots), Vec::new()))?;
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Tls(format!("protocol versions: {e}")))?
+        .with_webpki_verifier(verifier))
+}
+
+fn https_finish(mut config: ClientConfig) -> Arc<ClientConfig> {
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
 }
 
 /// Trust anchors and the CRLs to check against.
@@ -503,6 +564,31 @@ mod tests {
         let mut m = org_material(&ca);
         m.key_pem = org_material(&ca).key_pem;
         assert!(matches!(client_config(&m), Err(PkiError::Tls(_))));
+    }
+
+    #[test]
+    fn https_configs_speak_http1_trust_the_given_ca_and_present_a_certificate_only_when_given() {
+        let ca = Ca::generate("service CA", 30).expect("CA");
+        let plain = https_client_config(ca.cert_pem().as_bytes(), "ca").expect("https");
+        assert_eq!(plain.alpn_protocols, [b"http/1.1"]);
+        assert!(!plain.client_auth_cert_resolver.has_certs());
+        let m = org_material(&ca);
+        let mtls = https_client_config_with_cert(&m.ca_pem, "ca", &m.cert_pem, "brp.pem", &m.key_pem, "brp.key")
+            .expect("mtls");
+        assert_eq!(mtls.alpn_protocols, [b"http/1.1"]);
+        assert!(mtls.client_auth_cert_resolver.has_certs());
+        let err = https_client_config(b"", "brp.ca /etc/virfed/brp-ca.pem").expect_err("empty CA accepted");
+        assert!(err.to_string().contains("brp.ca /etc/virfed/brp-ca.pem: contains no certificate"), "{err}");
+    }
+
+    #[test]
+    fn an_https_client_key_of_another_certificate_names_both_files() {
+        let ca = Ca::generate("service CA", 30).expect("CA");
+        let (m, other) = (org_material(&ca), org_material(&ca));
+        let err = https_client_config_with_cert(&m.ca_pem, "ca", &m.cert_pem, "brp.pem", &other.key_pem, "brp.key")
+            .expect_err("mismatched key accepted");
+        assert!(matches!(&err, PkiError::KeyMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("brp.key does not belong to brp.pem"), "{err}");
     }
 
     #[test]
