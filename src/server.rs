@@ -538,7 +538,7 @@ async fn sweeper(
 }
 
 /// Creates `dir` (and its parents) if missing; a directory this call creates is 0700.
-fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     if dir.exists() {
         return Ok(());
     }

@@ -343,6 +343,8 @@ async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
     use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
     let config = &region.config;
     std::fs::create_dir_all(&config.data_dir)?;
+    // As the node does at start: the key files live in their own directory.
+    crate::server::create_private_dir(config.keys_dir())?;
     let store = crate::store::Store::open(&config.store_path(), &Default::default())?;
     let local = crate::pseudonym::LocalKey::load_or_create(&config.local_key_path())?;
     let blind =
