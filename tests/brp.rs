@@ -4,9 +4,9 @@
 //! API key, an invalid parent BSN, OAuth client credentials, mutual TLS, and no BSN in any
 //! log line or error text.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virfed::brp::{
@@ -473,53 +473,16 @@ async fn raw_post(url: &str, body: &str, content_type: &str) -> (u16, String, St
 
 // ---- no BSN in logs or errors (invariant 1, parents included) -------------------------------
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 /// Every path of the client, for every vector BSN as a child and as a parent, with a
 /// thread-local TRACE capture. It runs alone in a child process of this test binary (as
 /// the client API's invariant-1 test does), so tracing's process-wide call-site cache,
 /// filled by other tests' threads, cannot hide lines from the capture.
 #[tokio::test(flavor = "current_thread")]
 async fn family_brp_no_bsn_in_errors_or_logs() {
-    use tracing_subscriber::util::SubscriberInitExt;
-    const ALONE: &str = "VIRFED_BRP_CANARY_ALONE";
-    if std::env::var_os(ALONE).is_none() {
-        let name = "family_brp_no_bsn_in_errors_or_logs";
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--test-threads=1"])
-            .env(ALONE, "1")
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "the test failed in its own process:\n{text}");
-        assert!(text.contains("1 passed"), "the test did not run in its own process:\n{text}");
+    if !common::in_own_process("family_brp_no_bsn_in_errors_or_logs", "VIRFED_BRP_CANARY_ALONE") {
         return;
     }
-    let capture = Capture::default();
-    let _guard = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(capture.clone())
-        .finish()
-        .set_default();
+    let capture = common::capture_logs();
 
     let dir = tempfile::tempdir().unwrap();
     let valid = valid();
@@ -583,7 +546,7 @@ async fn family_brp_no_bsn_in_errors_or_logs() {
     assert_eq!(errors, valid.len() * 6);
     assert!(client.skipped_invalid_parents() > 0);
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = String::from_utf8(capture.bytes()).unwrap();
     assert!(logs.contains("BRP lookup: person found"), "the capture saw no client line:\n{logs}");
     assert!(logs.contains("not valid (D9)"), "the capture saw no skipped-parent line");
     assert!(shown.iter().any(|s| s.contains("<redacted>")), "the careless problems were not redacted");

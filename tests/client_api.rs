@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
@@ -1467,26 +1466,6 @@ async fn stop_releases_the_store_before_it_returns() {
 
 // ---- invariant 1 ------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 /// The node runs on this one thread (current-thread runtime), so a thread-local subscriber
 /// sees every log line of the node at TRACE level, including `log` records (rustls, sled).
 /// tracing caches each call site's interest process-wide, so while other tests of this
@@ -1494,27 +1473,10 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
 /// test therefore runs alone, in a child process of this test binary.
 #[tokio::test(flavor = "current_thread")]
 async fn invariant1_bsn_never_appears_in_logs_errors_or_files() {
-    use tracing_subscriber::util::SubscriberInitExt;
-    const ALONE: &str = "VIRFED_INVARIANT1_ALONE";
-    if std::env::var_os(ALONE).is_none() {
-        let name = "invariant1_bsn_never_appears_in_logs_errors_or_files";
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--test-threads=1"])
-            .env(ALONE, "1")
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "the test failed in its own process:\n{text}");
-        assert!(text.contains("1 passed"), "the test did not run in its own process:\n{text}");
+    if !common::in_own_process("invariant1_bsn_never_appears_in_logs_errors_or_files", "VIRFED_INVARIANT1_ALONE") {
         return;
     }
-    let capture = Capture::default();
-    let _guard = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(capture.clone())
-        .finish()
-        .set_default();
+    let capture = common::capture_logs();
 
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(t0());
@@ -1580,9 +1542,8 @@ async fn invariant1_bsn_never_appears_in_logs_errors_or_files() {
         }
     }
     let files = region.stop().await.unwrap();
-    drop(_guard);
-
-    let logs = capture.0.lock().unwrap().clone();
+    let logs = capture.bytes();
+    drop(capture);
     let log_text = String::from_utf8_lossy(&logs).to_string();
     assert!(!logs.is_empty(), "the log capture is empty: the test could not fail");
     // DEBUG lines of the node itself and TRACE lines of its stack (h2, rustls) were captured.

@@ -71,3 +71,71 @@ pub fn node_material(ca_dir: &Path, region: &str) -> TlsMaterial {
     let issued = ca.issue(&CertSpec::node(region, vec!["localhost".into()], 30)).unwrap();
     TlsMaterial::from_issued(&ca.cert_pem(), &issued)
 }
+
+/// Everything a TRACE-level, thread-local `tracing` subscriber writes while it is held:
+/// the log capture of the privacy canary tests (invariant 1). Run such a test on a
+/// current-thread runtime and in its own process ([`in_own_process`]).
+pub struct LogCapture {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone, Default)]
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
+    type Writer = Sink;
+    fn make_writer(&'a self) -> Sink {
+        self.clone()
+    }
+}
+
+/// Starts capturing every log line of this thread at TRACE level.
+pub fn capture_logs() -> LogCapture {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let sink = Sink::default();
+    let guard = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(sink.clone())
+        .finish()
+        .set_default();
+    LogCapture { bytes: sink.0, _guard: guard }
+}
+
+impl LogCapture {
+    /// What was logged so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().clone()
+    }
+}
+
+/// Runs the test `name` of this test binary alone in a child process (marked by the
+/// environment variable `env`), so tracing's process-wide call-site interest cache, filled
+/// by other tests logging on other threads, cannot hide lines from a thread-local capture.
+/// Returns `true` in the child, which then runs the test body; in the parent it asserts
+/// that the child ran exactly that test and passed, and returns `false`.
+pub fn in_own_process(name: &str, env: &str) -> bool {
+    if std::env::var_os(env).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env(env, "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the test failed in its own process:\n{text}");
+    assert!(text.contains("1 passed"), "the test did not run in its own process:\n{text}");
+    false
+}
