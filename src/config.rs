@@ -98,7 +98,7 @@ pub struct Federation {
     /// Revocation lists of the federation CA; re-read when they change.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
-    /// Blinding key file (created 0600 on first start); default `<data_dir>/blind.key`.
+    /// Blinding key file (created 0600 on first start); default `<keys_dir>/blind.key`.
     #[serde(default)]
     pub blind_key: Option<PathBuf>,
     /// The oracle budget's capacity: the most blind requests (new children) a peer may
@@ -506,8 +506,10 @@ impl Config {
     }
 
     /// Whether the key files sit inside the data directory (one snapshot holds both).
+    /// Whether a key file lives inside the data directory (the keys directory, or a
+    /// blinding key path set on its own).
     pub fn keys_beside_data(&self) -> bool {
-        self.keys_dir().starts_with(&self.data_dir)
+        self.keys_dir().starts_with(&self.data_dir) || self.blind_key_path().starts_with(&self.data_dir)
     }
 
     pub fn local_key_path(&self) -> PathBuf {

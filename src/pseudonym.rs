@@ -259,6 +259,16 @@ impl LocalKey {
         Ok(LocalKey(bytes))
     }
 
+    /// A public fingerprint of the key, `SHA-256("virfed/local-key-fingerprint/v1" ‖ key)`:
+    /// lets the store check that it is opened with the key its child keys were made with.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = Sha256::new();
+        h.update(b"virfed/local-key-fingerprint/v1");
+        h.update(self.0);
+        h.finalize().into()
+    }
+
     /// The child's handle towards `peer`: `HMAC(local key, "virfed/handle/v1" ‖ peer ‖ 0 ‖
     /// child key)`, first 16 bytes. Stable (so re-sends are idempotent) and unlinkable
     /// across peers without the local key.

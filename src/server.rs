@@ -59,6 +59,10 @@ pub enum NodeError {
     Serve(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(
+        "the local key {path} is not the key this store was written with, so no child already stored could be found by BSN; restore local.key from your key backup (if it was just created because the file was missing, remove it first)"
+    )]
+    WrongLocalKey { path: PathBuf },
 }
 
 type SweepRequest = oneshot::Sender<Result<SweepReport, String>>;
@@ -152,6 +156,11 @@ impl Node {
         let store =
             Store::open(&config.store_path(), &StoreOptions { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
         info!(path = %config.store_path().display(), "store opened");
+        match store.local_fingerprint()? {
+            None => store.set_local_fingerprint(local_key.fingerprint()).await?,
+            Some(fp) if fp == local_key.fingerprint() => {}
+            Some(_) => return Err(NodeError::WrongLocalKey { path: config.local_key_path() }),
+        }
         let match_officer = config.match_officer.org.clone();
         // The pair rules run on every node (with no peers on a stand-alone one), so every
         // child has its point from the start and a later federation publishes all of them.

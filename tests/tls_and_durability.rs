@@ -1120,3 +1120,32 @@ async fn world_readable_local_key_stops_the_node_from_starting() {
     region.stop().await.expect("stop");
     assert_eq!(std::fs::read(&key_path).expect("read local.key"), key);
 }
+
+/// A lost `local.key` must not be silently replaced: a new key would make every stored
+/// child unfindable by BSN (each is keyed by an HMAC under the old key). The store records
+/// the key's fingerprint on first start and refuses any other key, saying how to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_other_local_key_is_refused_not_silently_replaced() {
+    let tmp = tempdir();
+    let files = RegionFiles::create(tmp.path(), "rotterdam", loopback(0)).expect("files");
+    let region = RunningRegion::start_with(files, Arc::new(SystemClock)).await.expect("first start");
+    let files = region.stop().await.expect("stop");
+    let key_path = files.config.local_key_path();
+    let key = std::fs::read(&key_path).expect("read local.key");
+
+    std::fs::remove_file(&key_path).unwrap();
+    let err = match Node::bind(files.config.clone(), Arc::new(SystemClock)).await {
+        Ok(_) => panic!("a node started with a new local.key on an existing store"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("restore local.key from your key backup") && err.contains("remove it first"), "{err}");
+    let config = files.config_path.to_str().expect("utf-8 path");
+    let out = cli(&["node", "--config", config], None).await.expect_code(1, "node with another local.key");
+    assert!(out.stderr.contains("not the key this store was written with"), "{}", out.stderr);
+
+    // The operator restores the key: the node starts again on the same store.
+    std::fs::remove_file(&key_path).unwrap();
+    virfed::pki::write_secret_file(&key_path, &key).unwrap();
+    let region = restart_in_process(files).await;
+    region.stop().await.expect("stop");
+}

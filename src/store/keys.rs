@@ -16,6 +16,8 @@ pub mod meta {
     pub const OUTBOX_SEQ: &[u8] = b"outbox_seq";
     pub const EPOCH: &[u8] = b"epoch";
     pub const BLIND_FP: &[u8] = b"blind_key_fingerprint";
+    /// A fingerprint of the local key the store's child keys were made with.
+    pub const LOCAL_FP: &[u8] = b"local_key_fingerprint";
     pub const MATCH_OFFICER: &[u8] = b"match_officer";
     /// Set by a restore: on the next start, ask every peer for a resync.
     pub const RESYNC_AFTER_RESTORE: &[u8] = b"resync_after_restore";

@@ -334,6 +334,16 @@ impl Store {
         Ok(self.t(Table::Meta).get(meta::BLIND_FP)?.and_then(|v| v.as_ref().try_into().ok()))
     }
 
+    /// The fingerprint of the local key the store was written with, if recorded.
+    pub fn local_fingerprint(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.t(Table::Meta).get(meta::LOCAL_FP)?.and_then(|v| v.as_ref().try_into().ok()))
+    }
+
+    /// Records the local key's fingerprint (first start).
+    pub async fn set_local_fingerprint(&self, fp: [u8; 32]) -> Result<(), StoreError> {
+        self.write(move |tx| tx.set_local_fingerprint(&fp)).await
+    }
+
     /// Records the blinding key's fingerprint (first start with federation).
     pub async fn set_blind_fingerprint(&self, fp: [u8; 32]) -> Result<(), StoreError> {
         self.write(move |tx| tx.set_blind_fingerprint(&fp)).await

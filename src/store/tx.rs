@@ -194,6 +194,11 @@ impl<'a> Tx<'a> {
         }
     }
 
+    pub fn set_local_fingerprint(&self, fp: &[u8; 32]) -> TxResult<()> {
+        self.t(Table::Meta).insert(meta::LOCAL_FP, fp)?;
+        Ok(())
+    }
+
     pub fn set_blind_fingerprint(&self, fp: &[u8; 32]) -> TxResult<()> {
         self.t(Table::Meta).insert(meta::BLIND_FP, fp)?;
         Ok(())
