@@ -61,7 +61,7 @@
 //! ```
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,78 +104,7 @@ const MAX_TEXT: usize = 200;
 /// At most this many `invalidParams` are kept.
 const MAX_INVALID_PARAMS: usize = 10;
 
-/// The `[brp]` config table: where and how to ask the BRP for a child's parents.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrpConfig {
-    /// Base URL of the BRP Personen API, e.g.
-    /// `https://brp-gateway.example.nl/haalcentraal/api/brp`; lookups POST to
-    /// `{url}/personen`. `https://`, or `http://` to a loopback address only (a local
-    /// TLS-terminating proxy). No query string, no user info.
-    pub url: String,
-    /// The CA certificate(s) (PEM) trusted for the BRP and the token endpoint: required
-    /// when either is `https://`, and the only roots trusted (virfed uses no system roots).
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// Our client certificate (PEM, optionally followed by intermediates) for mutual TLS.
-    /// Give it together with `client_key`, or neither.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// The private key of `client_cert` (PEM, mode 0600).
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-    /// How the node authenticates its requests.
-    pub auth: BrpAuth,
-    /// Milliseconds each HTTP exchange (token or lookup, connecting included) may take
-    /// before it counts as a timeout (retryable).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-/// How requests to the BRP are authenticated: `auth = { api_key = { ... } }` or
-/// `auth = { oauth = { ... } }`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BrpAuth {
-    /// A fixed API key in a request header.
-    ApiKey(ApiKeyAuth),
-    /// An OAuth 2.0 client-credentials token (RFC 6749 §4.4) as `Authorization: Bearer`.
-    Oauth(OauthAuth),
-}
-
-/// `auth = { api_key = { header = "X-API-KEY", value_file = "…" } }`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyAuth {
-    /// The header carrying the key.
-    #[serde(default = "default_api_key_header")]
-    pub header: String,
-    /// File holding the key (mode 0600; surrounding whitespace is trimmed).
-    pub value_file: PathBuf,
-}
-
-/// `auth = { oauth = { token_url, client_id, client_secret_file, scope } }`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OauthAuth {
-    /// The token endpoint: `https://`, or `http://` to a loopback address only.
-    pub token_url: String,
-    /// Our client id at the authorisation server.
-    pub client_id: String,
-    /// File holding the client secret (mode 0600; surrounding whitespace is trimmed).
-    pub client_secret_file: PathBuf,
-    /// The scope to ask for, if the authorisation server wants one.
-    #[serde(default)]
-    pub scope: Option<String>,
-}
-
-fn default_timeout_ms() -> u64 {
-    DEFAULT_TIMEOUT_MS
-}
-
-fn default_api_key_header() -> String {
-    DEFAULT_API_KEY_HEADER.to_owned()
-}
+pub use crate::config::{ApiKeyAuth, BrpAuth, BrpConfig, OauthAuth};
 
 impl BrpConfig {
     /// Checks the URLs, the TLS fields and the auth fields without reading any file; the

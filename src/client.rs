@@ -118,6 +118,7 @@ pub fn format_notice(n: &pb::Notice) -> String {
     } else {
         format!("your signal {}", n.signal_id)
     };
+    let kind = if n.family { format!("FAMILY {kind}") } else { kind.to_owned() };
     let mut out = format!("#{} {kind} for the {to}, {about}; counterparts:\n", n.cursor);
     for p in &n.counterparts {
         out.push_str(&format_party(p));

@@ -80,7 +80,108 @@ pub struct Config {
     /// Optional: this node's place in a federation of regions.
     #[serde(default)]
     pub federation: Option<Federation>,
+    /// Family matches (D11): where a child's parents come from.
+    #[serde(default)]
+    pub family: FamilyConfig,
+    /// The BRP Personen API, for `family.source = "brp"`.
+    #[serde(default)]
+    pub brp: Option<BrpConfig>,
 }
+
+/// The `[family]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyConfig {
+    /// `"request"` (default: the regional application sends `parent_bsns` with each
+    /// registration), `"brp"` (the node asks the BRP, `[brp]`, and refuses `parent_bsns`),
+    /// or `"off"` (no family matches; `parent_bsns` refused).
+    #[serde(default)]
+    pub source: FamilySource,
+}
+
+/// Where a child's parents come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilySource {
+    #[default]
+    Request,
+    Brp,
+    Off,
+}
+
+/// The `[brp]` config table: where and how to ask the BRP for a child's parents.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrpConfig {
+    /// Base URL of the BRP Personen API, e.g.
+    /// `https://brp-gateway.example.nl/haalcentraal/api/brp`; lookups POST to
+    /// `{url}/personen`. `https://`, or `http://` to a loopback address only (a local
+    /// TLS-terminating proxy). No query string, no user info.
+    pub url: String,
+    /// The CA certificate(s) (PEM) trusted for the BRP and the token endpoint: required
+    /// when either is `https://`, and the only roots trusted (virfed uses no system roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Our client certificate (PEM, optionally followed by intermediates) for mutual TLS.
+    /// Give it together with `client_key`, or neither.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM, mode 0600).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// How the node authenticates its requests.
+    pub auth: BrpAuth,
+    /// Milliseconds each HTTP exchange (token or lookup, connecting included) may take
+    /// before it counts as a timeout (retryable).
+    #[serde(default = "default_brp_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// How requests to the BRP are authenticated: `auth = { api_key = { ... } }` or
+/// `auth = { oauth = { ... } }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrpAuth {
+    /// A fixed API key in a request header.
+    ApiKey(ApiKeyAuth),
+    /// An OAuth 2.0 client-credentials token (RFC 6749 §4.4) as `Authorization: Bearer`.
+    Oauth(OauthAuth),
+}
+
+/// `auth = { api_key = { header = "X-API-KEY", value_file = "…" } }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuth {
+    /// The header carrying the key.
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// File holding the key (mode 0600; surrounding whitespace is trimmed).
+    pub value_file: PathBuf,
+}
+
+/// `auth = { oauth = { token_url, client_id, client_secret_file, scope } }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OauthAuth {
+    /// The token endpoint: `https://`, or `http://` to a loopback address only.
+    pub token_url: String,
+    /// Our client id at the authorisation server.
+    pub client_id: String,
+    /// File holding the client secret (mode 0600; surrounding whitespace is trimmed).
+    pub client_secret_file: PathBuf,
+    /// The scope to ask for, if the authorisation server wants one.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+fn default_brp_timeout_ms() -> u64 {
+    crate::brp::DEFAULT_TIMEOUT_MS
+}
+
+fn default_api_key_header() -> String {
+    crate::brp::DEFAULT_API_KEY_HEADER.to_owned()
+}
+
 
 /// The node-to-node side: its own port, the federation CA, and the peers.
 #[derive(Clone, Debug, Deserialize)]
@@ -399,6 +500,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        match (self.family.source, &self.brp) {
+            (FamilySource::Brp, None) => {
+                return Err("family.source = \"brp\" needs a [brp] table (url, ca, auth): where to ask for parents".into())
+            }
+            (FamilySource::Brp, Some(brp)) => brp.validate().map_err(|e| e.to_string())?,
+            (_, Some(_)) => {
+                return Err("[brp] is set but family.source is not \"brp\"; set family.source = \"brp\" or remove [brp]".into())
+            }
+            _ => {}
+        }
         for hook in &self.webhooks {
             hook.validate()?;
         }

@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{Config, Webhook};
-use crate::domain::{Clock, Notice, OrgId, SystemClock};
+use crate::domain::{Clock, Notice, NoticeKind, OrgId, SystemClock};
 use crate::https::HttpsConnector;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -57,7 +57,34 @@ pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 #[derive(Serialize)]
 struct Delivery<'a> {
     cursor: u64,
-    notice: &'a Notice,
+    notice: WebhookNotice<'a>,
+}
+
+/// A notice as a webhook receives it: `kind` is `MatchCreated`, `MatchEnded` or `History`,
+/// and `family` is true for a family match (D11), as on the watch stream.
+#[derive(Serialize)]
+struct WebhookNotice<'a> {
+    kind: NoticeKind,
+    family: bool,
+    addressee: crate::domain::Addressee,
+    recipient: &'a OrgId,
+    own_signal: Option<crate::domain::SignalId>,
+    signals: &'a [crate::domain::SignalId],
+    counterparts: &'a [crate::domain::Party],
+}
+
+impl<'a> WebhookNotice<'a> {
+    fn of(n: &'a Notice) -> WebhookNotice<'a> {
+        WebhookNotice {
+            kind: n.kind.base(),
+            family: n.kind.is_family(),
+            addressee: n.addressee,
+            recipient: &n.recipient,
+            own_signal: n.own_signal,
+            signals: &n.signals,
+            counterparts: &n.counterparts,
+        }
+    }
 }
 
 /// Why a webhook signature is refused by [`verify_signature`].
@@ -210,7 +237,7 @@ async fn deliver(
             continue;
         }
         for (seq, notice) in batch {
-            let body = serde_json::to_vec(&Delivery { cursor: seq, notice: &notice }).unwrap_or_default();
+            let body = serde_json::to_vec(&Delivery { cursor: seq, notice: WebhookNotice::of(&notice) }).unwrap_or_default();
             let request = http::Request::post(uri.clone())
                 .header("content-type", "application/json")
                 .header(SIGNATURE_HEADER, signature(&secret, clock.now().timestamp(), &body))

@@ -20,10 +20,14 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Sha256, Sha512};
 
-use crate::domain::{Bsn, ChildKey};
+use crate::domain::{Bsn, ChildKey, ParentKey};
 
 /// Domain separation for hashing a BSN to the group (protocol v1).
 pub const BSN_POINT_DOMAIN: &[u8] = b"virfed/bsn/v1";
+/// Domain separation for hashing a parent's BSN to the group (family matches): a parent's
+/// point never equals a child's point for the same BSN, so a parent entry can never pair
+/// with a child entry.
+pub const PARENT_POINT_DOMAIN: &[u8] = b"virfed/parent-bsn/v1";
 /// Domain separation for per-peer handles.
 pub const HANDLE_DOMAIN: &[u8] = b"virfed/handle/v1";
 
@@ -38,6 +42,14 @@ pub type Blinded = [u8; 32];
 pub fn bsn_point(bsn: &Bsn) -> RistrettoPoint {
     let mut input = Vec::with_capacity(BSN_POINT_DOMAIN.len() + 9);
     input.extend_from_slice(BSN_POINT_DOMAIN);
+    input.extend_from_slice(bsn.normalised_digits());
+    RistrettoPoint::hash_from_bytes::<Sha512>(&input)
+}
+
+/// `hash_to_ristretto("virfed/parent-bsn/v1" ‖ 9 digits)`: a parent's point (family matches).
+pub fn parent_point(bsn: &Bsn) -> RistrettoPoint {
+    let mut input = Vec::with_capacity(PARENT_POINT_DOMAIN.len() + 9);
+    input.extend_from_slice(PARENT_POINT_DOMAIN);
     input.extend_from_slice(bsn.normalised_digits());
     RistrettoPoint::hash_from_bytes::<Sha512>(&input)
 }
@@ -99,6 +111,11 @@ impl BlindKey {
     /// `P·k` for a BSN: what this node publishes to a peer.
     pub fn blind_bsn(&self, bsn: &Bsn) -> Blinded {
         (bsn_point(bsn) * self.0).compress().to_bytes()
+    }
+
+    /// `P'·k` for a parent's BSN ([`parent_point`]): what this node publishes for a parent.
+    pub fn blind_parent(&self, bsn: &Bsn) -> Blinded {
+        (parent_point(bsn) * self.0).compress().to_bytes()
     }
 
     /// `Q·k` for a point received from a peer. Refuses invalid encodings and the identity
@@ -212,6 +229,9 @@ impl PeerBlind {
 
 /// Domain separation for the local child pseudonym; bump the version to re-key the format.
 pub const LOCAL_CHILD_DOMAIN: &[u8] = b"virfed/local-child/v1";
+/// Domain separation for the local parent pseudonym (family matches): a parent's key never
+/// equals a child's key for the same BSN.
+pub const LOCAL_PARENT_DOMAIN: &[u8] = b"virfed/local-parent/v1";
 
 /// Errors loading or creating a key file.
 #[derive(Debug, thiserror::Error)]
@@ -286,10 +306,56 @@ impl LocalKey {
 
     /// The child's local pseudonym.
     pub fn child_key(&self, bsn: &Bsn) -> ChildKey {
+        ChildKey(self.keyed(LOCAL_CHILD_DOMAIN, bsn))
+    }
+
+    /// A parent's local pseudonym (its own domain string).
+    pub fn parent_key(&self, bsn: &Bsn) -> ParentKey {
+        ParentKey(self.keyed(LOCAL_PARENT_DOMAIN, bsn))
+    }
+
+    /// Seals a child's BSN for the durable BRP lookup queue: ChaCha20-Poly1305 under
+    /// `HMAC(local key, "virfed/brp-queue/v1")` with a random nonce, bound to the child's
+    /// pseudonym as associated data. Returns nonce ‖ ciphertext ‖ tag. Without the local key
+    /// (which lives in `keys_dir`, never in a backup) the queue is unreadable.
+    pub fn seal_bsn(&self, bsn: &Bsn, child: &ChildKey) -> Vec<u8> {
+        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, self.queue_key().as_slice()).expect("32-byte key"));
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut data = zeroize::Zeroizing::new(bsn.normalised_digits().to_vec());
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(child.0), &mut *data)
+            .expect("ChaCha20-Poly1305 seals 9 bytes");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens what [`LocalKey::seal_bsn`] sealed for `child`; `None` when it was not sealed
+    /// under this key for this child.
+    pub fn open_bsn(&self, sealed: &[u8], child: &ChildKey) -> Option<Bsn> {
+        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, self.queue_key().as_slice()).ok()?);
+        let (nonce, body) = sealed.split_at_checked(NONCE_LEN)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = zeroize::Zeroizing::new(body.to_vec());
+        let plain = key.open_in_place(nonce, Aad::from(child.0), &mut data).ok()?;
+        Bsn::parse(std::str::from_utf8(plain).ok()?).ok()
+    }
+
+    fn queue_key(&self) -> zeroize::Zeroizing<[u8; 32]> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(LOCAL_CHILD_DOMAIN);
+        mac.update(b"virfed/brp-queue/v1");
+        zeroize::Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
+    fn keyed(&self, domain: &[u8], bsn: &Bsn) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(domain);
         mac.update(bsn.normalised_digits());
-        ChildKey(mac.finalize().into_bytes().into())
+        mac.finalize().into_bytes().into()
     }
 }
 

@@ -263,6 +263,7 @@ impl Node {
             shutdown: shutdown_rx,
             registration_limits,
             watch_max_age: Duration::from_secs(config.client_max_connection_age_secs),
+            family: config.family.source,
         });
         let peer_addr = peer.as_ref().map(|p| p.addr);
         Ok(Node {

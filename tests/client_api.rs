@@ -91,6 +91,7 @@ fn req(bsn: &str, org: &str) -> pb::RegisterSignalRequest {
         date_of_birth: DOB.into(),
         professional: Some(pro(org)),
         removal_date: String::new(),
+        parent_bsns: vec![],
     }
 }
 
@@ -286,7 +287,8 @@ async fn d1_signal_holds_only_contacts_and_dates_and_views_and_notices_carry_no_
     }
     for (org, n) in &all {
         // Exhaustive: a notice has no date, BSN or reason field.
-        let pb::Notice { cursor: _, kind: _, addressee: _, signal_id, signal_ids, counterparts } = n.clone();
+        let pb::Notice { cursor: _, kind: _, addressee: _, signal_id, signal_ids, counterparts, family } = n.clone();
+        assert!(!family, "a child match is not a family match");
         assert_eq!(kind(n), pb::NoticeKind::MatchCreated);
         let bytes = n.encode_to_vec();
         for forbidden in [bsn.as_str(), DOB, "2026-03-10", "2028-03-10", "2026-", "2028-"] {

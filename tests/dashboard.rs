@@ -115,6 +115,7 @@ async fn dashboard_grid_shows_a_stopped_node_as_down_in_headless_chromium() {
             date_of_birth: "2014-05-01".into(),
             professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
             removal_date: String::new(),
+            parent_bsns: vec![],
         })
         .await
         .unwrap();

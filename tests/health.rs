@@ -69,6 +69,7 @@ fn register(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
         date_of_birth: "2014-05-01".into(),
         professional: Some(pb::Contact { name: c.name, role: c.role, phone: "+31 6 1234 5678".into(), email: c.email }),
         removal_date: String::new(),
+        parent_bsns: vec![],
     }
 }
 

@@ -100,6 +100,8 @@ async fn regenerate_store_v1_fixture() {
             removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(),
             now: SystemClock.now(),
             point: Some(blind.blind_bsn(&bsn)),
+            parents: vec![],
+            lookup: None,
         };
         registry.register(&new, "fixture").await.unwrap();
     }

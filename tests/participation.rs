@@ -384,6 +384,7 @@ async fn real_node_flags_exactly_the_org_quiet_for_200_days_while_its_peer_signa
                 date_of_birth: "2014-05-01".into(),
                 professional: Some(professional),
                 removal_date: String::new(),
+                parent_bsns: vec![],
             };
             assert!(client.register_signal(request).await.unwrap().into_inner().created);
         }

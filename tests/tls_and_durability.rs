@@ -86,6 +86,7 @@ fn register_request(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
         date_of_birth: "2014-05-01".into(),
         professional: Some(pb_contact(who, "prof@example.nl")),
         removal_date: String::new(),
+        parent_bsns: vec![],
     }
 }
 

@@ -48,8 +48,8 @@ pub fn party_out(p: &Party) -> pb::Party {
 
 pub fn notice_out(cursor: u64, n: &Notice) -> pb::Notice {
     let kind = match n.kind {
-        NoticeKind::MatchCreated => pb::NoticeKind::MatchCreated,
-        NoticeKind::MatchEnded => pb::NoticeKind::MatchEnded,
+        NoticeKind::MatchCreated | NoticeKind::FamilyMatchCreated => pb::NoticeKind::MatchCreated,
+        NoticeKind::MatchEnded | NoticeKind::FamilyMatchEnded => pb::NoticeKind::MatchEnded,
         NoticeKind::History => pb::NoticeKind::History,
     };
     let addressee = match n.addressee {
@@ -64,5 +64,6 @@ pub fn notice_out(cursor: u64, n: &Notice) -> pb::Notice {
         signal_id: n.own_signal.map(|s| s.to_string()).unwrap_or_default(),
         signal_ids: n.signals.iter().map(|s| s.to_string()).collect(),
         counterparts: n.counterparts.iter().map(party_out).collect(),
+        family: n.kind.is_family(),
     }
 }

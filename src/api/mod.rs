@@ -42,6 +42,8 @@ use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
 use crate::pki::{peer_of, Identity};
 use crate::pseudonym::LocalKey;
+use crate::config::FamilySource;
+use crate::registry::family::NewParent;
 use crate::registry::{NewSignal, Registry, Withdrawn};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -66,6 +68,8 @@ pub struct ApiState {
     /// maximum connection age, so that the stream does not hold a revoked certificate's
     /// connection open).
     pub watch_max_age: Duration,
+    /// Where a child's parents come from (family matches, D11).
+    pub family: FamilySource,
 }
 
 impl ApiState {
@@ -205,6 +209,51 @@ impl SignalsService {
         ))
     }
 
+    /// The request's parents (D11): at most 2, each a valid BSN (D9), none the child's own,
+    /// none twice; only on a node whose parents come from the request. Messages name the
+    /// field by position, never the number.
+    fn parents(&self, raw: &[String], child: &Bsn) -> Result<Vec<Bsn>, Status> {
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refuse = |m: String| -> Status { ApiError::InvalidArgument(m).into() };
+        match self.state.family {
+            FamilySource::Request => {}
+            FamilySource::Brp => {
+                return Err(refuse(
+                    "parent_bsns is not accepted here: this region looks a child's parents up in the BRP itself; \
+                     send the registration without parent_bsns"
+                        .into(),
+                ))
+            }
+            FamilySource::Off => {
+                return Err(refuse(
+                    "parent_bsns is not accepted here: this region does not make family matches \
+                     (family.source = \"off\"); send the registration without parent_bsns"
+                        .into(),
+                ))
+            }
+        }
+        if raw.len() > 2 {
+            return Err(refuse(format!(
+                "parent_bsns lists {} BSNs; give at most 2 (the parents as the BRP lists them); nothing was registered",
+                raw.len()
+            )));
+        }
+        let mut out: Vec<Bsn> = Vec::with_capacity(raw.len());
+        for (i, text) in raw.iter().enumerate() {
+            let bsn = Bsn::parse(text).map_err(|e| refuse(format!("parent_bsns[{i}]: {e}; nothing was registered")))?;
+            if bsn == *child {
+                return Err(refuse(format!("parent_bsns[{i}] is the child's own BSN; give the parents' BSNs")));
+            }
+            if out.contains(&bsn) {
+                return Err(refuse(format!("parent_bsns[{i}] repeats an earlier parent; give each parent once")));
+            }
+            out.push(bsn);
+        }
+        Ok(out)
+    }
+
     fn signal_id(raw: &str) -> Result<SignalId, ApiError> {
         SignalId::parse(raw).map_err(|_| {
             ApiError::InvalidArgument(format!(
@@ -237,20 +286,35 @@ impl pb::signals_server::Signals for SignalsService {
         if let Err(refused) = self.state.registration_limits.take(&org.id, now.timestamp_millis()) {
             return Err(self.rate_limited(&org.id, refused).await.into());
         }
+        let parents = self.parents(&r.parent_bsns, &bsn)?;
+        let child = self.state.local_key.child_key(&bsn);
+        let blind = self.state.blind_key.as_ref();
         let new = NewSignal {
-            child: self.state.local_key.child_key(&bsn),
+            child,
             org: org.id.clone(),
             professional,
             date_of_birth: dob,
             removal_date,
             now,
-            point: self.state.blind_key.as_ref().map(|k| k.blind_bsn(&bsn)),
+            point: blind.map(|k| k.blind_bsn(&bsn)),
+            parents: parents
+                .iter()
+                .map(|p| NewParent { key: self.state.local_key.parent_key(p), point: blind.map(|k| k.blind_parent(p)) })
+                .collect(),
+            lookup: (self.state.family == FamilySource::Brp).then(|| self.state.local_key.seal_bsn(&bsn, &child)),
         };
         let done = self.state.registry.register(&new, &format!("org:{}", org.id)).await.map_err(ApiError::from)?;
         info!(signal = %done.signal.id, org = %org.id, created = done.created, matches = done.matched_with, "signal registered");
+        let family_lookup = match self.state.family {
+            FamilySource::Off => "off",
+            FamilySource::Request => "request",
+            FamilySource::Brp if done.lookup_pending => "pending",
+            FamilySource::Brp => "known",
+        };
         Ok(Response::new(pb::RegisterSignalResponse {
             signal: Some(convert::signal_out(&done.signal)),
             created: done.created,
+            family_lookup: family_lookup.into(),
         }))
     }
 
@@ -313,6 +377,7 @@ impl pb::signals_server::Signals for SignalsService {
             .map(|m| pb::MatchView {
                 signal_id: m.own.id.to_string(),
                 counterparts: m.counterparts.iter().map(convert::party_out).collect(),
+                family_counterparts: m.family.iter().map(convert::party_out).collect(),
             })
             .collect();
         Ok(Response::new(pb::ListMatchesResponse { matches }))

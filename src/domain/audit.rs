@@ -51,6 +51,11 @@ actions! {
     NoticeMatchCreated => "notice.match-created", "A match notice (D5).";
     NoticeMatchEnded => "notice.match-ended", "A match-ended notice (D7).";
     NoticeHistory => "notice.history", "A history notice (D6).";
+    NoticeFamilyMatchCreated => "notice.family-match-created", "A family match notice (D11).";
+    NoticeFamilyMatchEnded => "notice.family-match-ended", "A family match-ended notice (D11, D7).";
+    FamilyParentLinked => "family.parent-linked", "A child's parents were recorded (as pseudonyms) for family matches (D11).";
+    FamilyLookupQueued => "family.lookup-queued", "A BRP parent lookup was queued for a new child (D11).";
+    FamilyLookupDone => "family.lookup-done", "A queued BRP parent lookup completed (D11).";
     FederationMatch => "federation.match", "A cross-region pair matched.";
     FederationMatchEnded => "federation.match-ended", "A cross-region pair ended.";
     FederationExchange => "federation.exchange", "Items applied from a peer.";

@@ -233,6 +233,26 @@ impl fmt::Debug for ChildKey {
     }
 }
 
+/// The local pseudonym of a parent of a child (family matches, D11): a keyed hash of the
+/// parent's BSN under the node's local key with its own domain string. In the federation's
+/// tables a parent is a *subject* like a child, under [`ParentKey::subject`]; the two key
+/// spaces never meet (different domain strings).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ParentKey(pub [u8; 32]);
+
+impl ParentKey {
+    /// The parent as a subject of the federation's tables (which are keyed by 32 bytes).
+    pub fn subject(&self) -> ChildKey {
+        ChildKey(self.0)
+    }
+}
+
+impl fmt::Debug for ParentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ParentKey(..)")
+    }
+}
+
 /// Why a signal is in the archive (D4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ArchiveReason {
@@ -308,6 +328,43 @@ pub enum NoticeKind {
     MatchEnded,
     /// Only archived signals existed when this signal was made (D6).
     History,
+    /// Active signals on two different children with a parent in common (family match,
+    /// D11). Appended: the variant index is part of the stored notice.
+    FamilyMatchCreated,
+    /// A counterpart of a family match was withdrawn, expired or erased (D7).
+    FamilyMatchEnded,
+}
+
+impl NoticeKind {
+    /// Whether the notice is about a family match (signals on different children who share
+    /// a parent); the notice says nothing else about how.
+    pub fn is_family(self) -> bool {
+        matches!(self, NoticeKind::FamilyMatchCreated | NoticeKind::FamilyMatchEnded)
+    }
+
+    /// The family form of a match kind.
+    pub fn family(self) -> NoticeKind {
+        match self {
+            NoticeKind::MatchCreated => NoticeKind::FamilyMatchCreated,
+            NoticeKind::MatchEnded => NoticeKind::FamilyMatchEnded,
+            other => other,
+        }
+    }
+
+    /// The kind without the family flag (as the watch stream and webhooks show it, with
+    /// `family` beside it).
+    pub fn base(self) -> NoticeKind {
+        match self {
+            NoticeKind::FamilyMatchCreated => NoticeKind::MatchCreated,
+            NoticeKind::FamilyMatchEnded => NoticeKind::MatchEnded,
+            other => other,
+        }
+    }
+
+    /// Whether a match was made (child or family).
+    pub fn is_created(self) -> bool {
+        matches!(self, NoticeKind::MatchCreated | NoticeKind::FamilyMatchCreated)
+    }
 }
 
 /// The person within the receiving organisation a notice is for (D5).

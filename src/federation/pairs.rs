@@ -14,10 +14,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::item::{InItem, Incoming, Item, OutItem, OutPublish};
-use crate::domain::{AuditAction, ChildKey, NoticeKind, Party, RegionId};
+use crate::domain::{AuditAction, ChildKey, NoticeKind, ParentKey, Party, RegionId};
 use crate::pseudonym::{BlindKey, Blinded, Handle, LocalKey, PeerBlind};
 use crate::registry::notices::{self, Notify};
-use crate::registry::{ChildChange, ChildState, FederationHook};
+use crate::registry::{family, ChildChange, ChildState, FederationHook};
 use crate::store::{ChildRecord, CrossPair, PairState, RemoteEntry, StoreError, Tx, TxResult};
 
 /// Contacts a reconcile sent to the peer: for a match (D5) or, `archived`, my earlier
@@ -94,7 +94,7 @@ impl Pairs {
     /// For a join or resync: publishes the child to `peer` unless it is gone, deciding on its
     /// state inside this transaction. Returns whether it did.
     pub fn join_publish(&self, tx: &Tx<'_>, peer: &str, child: &ChildKey, point: Blinded) -> TxResult<bool> {
-        let record = tx.child(child)?;
+        let record = subject(tx, child)?;
         if ChildState::of(&record) == ChildState::None {
             return Ok(false);
         }
@@ -130,7 +130,7 @@ impl Pairs {
     ) -> TxResult<()> {
         if let Some(mut pair) = tx.pair(child, peer)? {
             if pair.is_matched() {
-                self.end_pair(tx, peer, &mut pair, &ChildRecord::default(), at)?;
+                self.end_pair(tx, peer, child, &mut pair, &ChildRecord::default(), at)?;
             }
         }
         tx.remove_own_handle(peer, handle)?;
@@ -174,7 +174,8 @@ impl Pairs {
                     tx.enqueue(peer, &item)?;
                     sent = Some(Sent { parties, archived: false });
                     let region = format!("region {peer}");
-                    tx.log(at, "system:matcher", AuditAction::FederationMatch, &region, "pair matched")?;
+                    let what = if family::is_parent(tx, child)? { "family pair matched" } else { "pair matched" };
+                    tx.log(at, "system:matcher", AuditAction::FederationMatch, &region, what)?;
                     // Contacts are only taken for a pair this node detected, never held from
                     // before it did; stores of earlier versions may still hold some.
                     p.pending.clear();
@@ -186,7 +187,8 @@ impl Pairs {
                 // when my child just went from matched to archived: that ends a match, and
                 // the peer's reporters did not signal a child with only archived signals.
                 let was_matched = pair.as_ref().is_some_and(CrossPair::is_matched);
-                if !was_matched {
+                // History notices stay child-only: a parent's archived signals tell nobody.
+                if !was_matched && !family::is_parent(tx, child)? {
                     let parties = self.local_parties(&notify, tx, &record.archived)?;
                     let item = OutItem::Contacts {
                         from: my_handle,
@@ -199,7 +201,7 @@ impl Pairs {
                 }
                 if let Some(mut p) = pair {
                     if was_matched {
-                        self.end_pair(tx, peer, &mut p, record, at)?;
+                        self.end_pair(tx, peer, child, &mut p, record, at)?;
                     }
                     p.pending.clear();
                     tx.put_pair(child, peer, &p)?;
@@ -208,7 +210,7 @@ impl Pairs {
             _ => {
                 if let Some(mut p) = pair {
                     if p.is_matched() {
-                        self.end_pair(tx, peer, &mut p, record, at)?;
+                        self.end_pair(tx, peer, child, &mut p, record, at)?;
                     }
                     // Contacts held for a pair that is not (or no longer) there are stale.
                     p.pending.clear();
@@ -224,6 +226,7 @@ impl Pairs {
         &self,
         tx: &Tx<'_>,
         peer: &str,
+        child: &ChildKey,
         pair: &mut CrossPair,
         record: &ChildRecord,
         at: DateTime<Utc>,
@@ -235,9 +238,10 @@ impl Pairs {
         if !gone.is_empty() {
             if record.active.is_empty() {
                 // My side ended it: no local reporter is left to tell, the officer still is.
-                notify.officer_only(NoticeKind::MatchEnded, &gone)?;
+                let kind = if family::is_parent(tx, child)? { NoticeKind::FamilyMatchEnded } else { NoticeKind::MatchEnded };
+                notify.officer_only(kind, &gone)?;
             } else {
-                notify.locals(NoticeKind::MatchEnded, record, &gone)?;
+                tell(tx, at, child, peer, NoticeKind::MatchEnded, record, &gone)?;
             }
         }
         tx.log(at, "system:matcher", AuditAction::FederationMatchEnded, &format!("region {peer}"), "pair ended")
@@ -245,7 +249,9 @@ impl Pairs {
 
     fn add_remote_parties(
         &self,
-        notify: &Notify<'_, '_>,
+        tx: &Tx<'_>,
+        at: DateTime<Utc>,
+        (peer, child): (&str, &ChildKey),
         pair: &mut CrossPair,
         record: &ChildRecord,
         parties: Vec<Party>,
@@ -260,7 +266,7 @@ impl Pairs {
             }
         }
         if !fresh.is_empty() {
-            notify.locals(NoticeKind::MatchCreated, record, &fresh)?;
+            tell(tx, at, child, peer, NoticeKind::MatchCreated, record, &fresh)?;
         }
         Ok(())
     }
@@ -318,7 +324,7 @@ impl Pairs {
                     // In reply, my own contacts for the pair: if the peer detected the match
                     // first, my Contacts to it may have been refused as early.
                     if let Some(child) = tx.own_handle(peer, to)? {
-                        let record = tx.child(&child)?;
+                        let record = subject(tx, &child)?;
                         done.contacts = self.local_parties(&Notify::new(tx, at), tx, &record.active)?;
                     }
                 }
@@ -397,9 +403,9 @@ impl Pairs {
                     let (gone_parties, kept): (Vec<Party>, Vec<Party>) =
                         std::mem::take(&mut pair.remote_parties).into_iter().partition(|p| p.org_id == *org);
                     pair.remote_parties = kept;
-                    let record = tx.child(&child)?;
+                    let record = subject(tx, &child)?;
                     if !gone_parties.is_empty() && !record.active.is_empty() {
-                        Notify::new(tx, at).locals(NoticeKind::MatchEnded, &record, &gone_parties)?;
+                        tell(tx, at, &child, peer, NoticeKind::MatchEnded, &record, &gone_parties)?;
                     }
                     tx.put_pair(&child, peer, &pair)?;
                 }
@@ -413,7 +419,7 @@ impl Pairs {
         let Some(child) = tx.own_blinded(peer, d)? else { return Ok(vec![]) };
         match tx.pair(&child, peer)? {
             Some(pair) if pair.is_matched() => {
-                let record = tx.child(&child)?;
+                let record = subject(tx, &child)?;
                 self.local_parties(&Notify::new(tx, at), tx, &record.active)
             }
             _ => Ok(vec![]),
@@ -441,7 +447,7 @@ impl Pairs {
         let Some(child) = tx.own_handle(peer, to)? else {
             return Ok(ContactsOutcome::Gone);
         };
-        let record = tx.child(&child)?;
+        let record = subject(tx, &child)?;
         if ChildState::of(&record) != ChildState::Active {
             return Ok(ContactsOutcome::Gone);
         }
@@ -487,6 +493,9 @@ impl Pairs {
             .collect();
         let notify = Notify::new(tx, at);
         if archived {
+            if family::is_parent(tx, &child)? {
+                return refuse("history contacts for a family pair (history notices are child-only)");
+            }
             if entry.active {
                 return refuse("history contacts for a child the sender has active signals on");
             }
@@ -497,7 +506,7 @@ impl Pairs {
             let Some(mut pair) = tx.pair(&child, peer)?.filter(|p| p.is_matched() && p.peer_handle == *from) else {
                 return refuse("contacts for a pair that is not matched here");
             };
-            self.add_remote_parties(&notify, &mut pair, &record, parties)?;
+            self.add_remote_parties(tx, at, (peer, &child), &mut pair, &record, parties)?;
             tx.put_pair(&child, peer, &pair)?;
         }
         Ok(ContactsOutcome::Applied)
@@ -506,7 +515,7 @@ impl Pairs {
     /// After a change to the peer's entry `d`: re-evaluate my child under `d`, if any.
     fn reconcile_remote(&self, tx: &Tx<'_>, peer: &str, d: &Blinded, at: DateTime<Utc>) -> TxResult<Option<Sent>> {
         if let Some(child) = tx.own_blinded(peer, d)? {
-            let record = tx.child(&child)?;
+            let record = subject(tx, &child)?;
             return self.reconcile(tx, peer, &child, d, &record, at);
         }
         Ok(None)
@@ -544,7 +553,7 @@ impl Pairs {
         d: &Blinded,
         at: DateTime<Utc>,
     ) -> TxResult<()> {
-        let record = tx.child(child)?;
+        let record = subject(tx, child)?;
         if ChildState::of(&record) == ChildState::None {
             return Ok(()); // deleted meanwhile; its Remove follows in the outbox
         }
@@ -583,7 +592,7 @@ impl Pairs {
         for (child, point) in points {
             let fresh = old.rekey_point(new, point).map_err(|_| bad())?;
             tx.put_point(child, &fresh)?;
-            let active = !tx.child(child)?.active.is_empty();
+            let active = !subject(tx, child)?.active.is_empty();
             for peer in self.peers.iter() {
                 self.publish(tx, peer, child, fresh, active, true)?;
             }
@@ -619,6 +628,31 @@ impl Pairs {
     }
 }
 
+/// The record of a subject of the pair rules: a child's own, or a parent's (the union of
+/// its children's signals, `registry::family`).
+fn subject(tx: &Tx<'_>, key: &ChildKey) -> TxResult<ChildRecord> {
+    Ok(family::subject_record(tx, key)?.0)
+}
+
+/// My local reporters on the subject learn about parties of `peer`: for a child every
+/// active reporter (D5, D7); for a parent the reporters on its children, with the family
+/// flag and less the parties each knows already (`registry::family::tell_remote`).
+fn tell(
+    tx: &Tx<'_>,
+    at: DateTime<Utc>,
+    key: &ChildKey,
+    peer: &str,
+    kind: NoticeKind,
+    record: &ChildRecord,
+    parties: &[Party],
+) -> TxResult<()> {
+    if family::is_parent(tx, key)? {
+        family::tell_remote(tx, at, &ParentKey(key.0), peer, kind, parties)
+    } else {
+        Notify::new(tx, at).locals(kind, record, parties)
+    }
+}
+
 /// A public key's fingerprint as shown in audit entries and status: the first 8 bytes of
 /// `SHA-256(Y)`, hex.
 pub fn key_fingerprint(public_key: &Blinded) -> String {
@@ -635,7 +669,7 @@ impl FederationHook for Pairs {
             return Ok(());
         }
         let child = change.child;
-        let record = tx.child(child)?;
+        let record = subject(tx, child)?;
         // A child known before this node had a blinding point (registered before the
         // federation was configured) is published on its first registration with one.
         let unpublished = change.after != ChildState::None && change.point.is_some() && tx.point(child)?.is_none();
@@ -669,16 +703,16 @@ impl FederationHook for Pairs {
                     if !pair.is_matched() {
                         continue;
                     }
-                    if let Some(party) = &change.added {
+                    if !change.added.is_empty() {
                         let item = OutItem::Contacts {
                             from: handle,
                             to: pair.peer_handle,
                             archived: false,
-                            parties: vec![party.clone()],
+                            parties: change.added.clone(),
                         };
                         tx.enqueue(peer, &item)?;
                     }
-                    if let Some(org) = &change.removed_org {
+                    for org in &change.removed_orgs {
                         tx.enqueue(peer, &OutItem::PartyGone { from: handle, to: pair.peer_handle, org: org.clone() })?;
                     }
                 }
@@ -691,6 +725,10 @@ impl FederationHook for Pairs {
             tx.put_point(child, &point)?;
         }
         Ok(())
+    }
+
+    fn family_parties(&self, tx: &Tx<'_>, child: &ChildKey) -> TxResult<Vec<Party>> {
+        family::remote_family_parties(tx, child, &self.peers)
     }
 
     /// Remote parties of every matched pair of the child (for a new local reporter, D5).

@@ -272,5 +272,13 @@ pub fn register_request(bsn: &str, who: &str, email: &str) -> pb::RegisterSignal
         date_of_birth: "2014-05-01".into(),
         professional: Some(pb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
         removal_date: String::new(),
+        parent_bsns: vec![],
     }
+}
+
+/// [`register_request`] with the child's parents (family matches).
+pub fn register_with_parents(bsn: &str, parents: &[&str], who: &str, email: &str) -> pb::RegisterSignalRequest {
+    let mut r = register_request(bsn, who, email);
+    r.parent_bsns = parents.iter().map(|p| (*p).to_owned()).collect();
+    r
 }

@@ -12,6 +12,7 @@
 //! `federation` implements it. So the registry never imports the federation, and the
 //! federation builds on the registry's notice rules.
 
+pub mod family;
 pub mod notices;
 pub mod signals;
 
@@ -49,10 +50,10 @@ pub struct ChildChange<'a> {
     pub after: ChildState,
     /// `P·a`, known when the change is a registration.
     pub point: Option<Blinded>,
-    /// A new local party on an already active child.
-    pub added: Option<Party>,
-    /// A local organisation that stopped signalling a still active child.
-    pub removed_org: Option<OrgId>,
+    /// New local parties on an already active subject.
+    pub added: Vec<Party>,
+    /// Local organisations that stopped signalling a still active subject.
+    pub removed_orgs: Vec<OrgId>,
 }
 
 /// The federation's part in local changes, run inside the same transaction.
@@ -61,6 +62,9 @@ pub trait FederationHook: Send + Sync {
     fn child_changed(&self, tx: &Tx<'_>, change: &ChildChange<'_>, at: DateTime<Utc>) -> TxResult<()>;
     /// The parties of every matched cross-region pair of the child (for a new reporter, D5).
     fn remote_parties(&self, tx: &Tx<'_>, child: &ChildKey) -> TxResult<Vec<Party>>;
+    /// The parties of the matched cross-region family pairs of the child's parents, less
+    /// those known through the child's own pairs (for a reporter on the child, D11).
+    fn family_parties(&self, tx: &Tx<'_>, child: &ChildKey) -> TxResult<Vec<Party>>;
 }
 
 /// A signal to register, already validated.
@@ -74,6 +78,11 @@ pub struct NewSignal {
     pub now: DateTime<Utc>,
     /// The child's point blinded with this node's key (`P·a`), for the federation.
     pub point: Option<Blinded>,
+    /// The child's parents (0-2, D11), as pseudonyms with their points.
+    pub parents: Vec<family::NewParent>,
+    /// The child's BSN sealed for a BRP parent lookup (`LocalKey::seal_bsn`), when the node
+    /// asks the BRP: queued in the same write if the child is new here.
+    pub lookup: Option<Vec<u8>>,
 }
 
 /// Result of a registration (D2: a repeat returns the existing signal).
@@ -83,6 +92,8 @@ pub struct Registered {
     pub created: bool,
     /// Number of other active signals on the child: > 0 means a match (D5).
     pub matched_with: usize,
+    /// A BRP parent lookup for the child is queued (family matches follow when it is done).
+    pub lookup_pending: bool,
 }
 
 /// What a withdrawal did.
@@ -104,7 +115,10 @@ pub struct SweepReport {
 #[derive(Clone, Debug)]
 pub struct MatchView {
     pub own: Signal,
+    /// Child match: the other reporters on the same child.
     pub counterparts: Vec<Party>,
+    /// Family match: the reporters on children who share a parent with it (D11).
+    pub family: Vec<Party>,
 }
 
 /// The region's signals: the rules run as durable writes on the store. Cheap to clone.
@@ -251,13 +265,52 @@ impl Registry {
                     counterparts.push(notices::party_of(&signal, org.as_ref()));
                 }
             }
+            let mut same_child = Vec::new();
             for pair in self.store.pairs_of(&own.child)? {
                 if pair.is_matched() {
-                    counterparts.extend(pair.remote_parties);
+                    same_child.extend(pair.remote_parties);
                 }
             }
-            if !counterparts.is_empty() {
-                out.push(MatchView { own, counterparts });
+            let family = self.family_of(&own, &same_child)?;
+            counterparts.extend(same_child);
+            if !counterparts.is_empty() || !family.is_empty() {
+                out.push(MatchView { own, counterparts, family });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The family counterparts of one active signal: other organisations' active signals on
+    /// its siblings here, then the parties of its parents' matched family pairs elsewhere,
+    /// less those it knows through its own child's matches (`same_child`).
+    fn family_of(&self, own: &Signal, same_child: &[Party]) -> Result<Vec<Party>, StoreError> {
+        let mut out: Vec<Party> = Vec::new();
+        let parents = self.store.parents_of(&own.child)?;
+        let mut siblings = std::collections::BTreeSet::new();
+        for parent in &parents {
+            siblings.extend(self.store.children_of(parent)?.into_iter().filter(|c| *c != own.child));
+        }
+        for sibling in siblings {
+            for (id, org) in self.store.child(&sibling)?.active {
+                if org == own.org {
+                    continue;
+                }
+                if let Some(signal) = self.store.signal(&id)? {
+                    out.push(notices::party_of(&signal, self.store.org(&signal.org)?.as_ref()));
+                }
+            }
+        }
+        for parent in &parents {
+            for pair in self.store.pairs_of(&parent.subject())? {
+                if !pair.is_matched() {
+                    continue;
+                }
+                for p in pair.remote_parties {
+                    let known = |q: &Party| q.region == p.region && q.org_id == p.org_id;
+                    if !same_child.iter().any(known) && !out.iter().any(known) {
+                        out.push(p);
+                    }
+                }
             }
         }
         Ok(out)

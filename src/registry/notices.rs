@@ -128,6 +128,8 @@ pub fn audit_line(notice: &Notice, cursor: u64) -> (AuditAction, String, String)
         NoticeKind::MatchCreated => AuditAction::NoticeMatchCreated,
         NoticeKind::MatchEnded => AuditAction::NoticeMatchEnded,
         NoticeKind::History => AuditAction::NoticeHistory,
+        NoticeKind::FamilyMatchCreated => AuditAction::NoticeFamilyMatchCreated,
+        NoticeKind::FamilyMatchEnded => AuditAction::NoticeFamilyMatchEnded,
     };
     let addressee = match notice.addressee {
         Addressee::Professional => "professional",

@@ -4,11 +4,12 @@
 
 use chrono::{DateTime, NaiveDate};
 
+use super::family;
 use super::notices::{self, Notify};
 use super::{ChildChange, FederationHook, NewSignal, Registered, RegistryError};
 use crate::domain::retention::{self, ActiveFate, ArchivedFate};
 use crate::domain::{ArchiveReason, AuditAction, ChildKey, Signal, SignalId, SignalState};
-use crate::store::{ChildRecord, StoreError, Tx, TxResult};
+use crate::store::{ChildRecord, Lookup, StoreError, Tx, TxResult};
 
 type Utc = chrono::Utc;
 
@@ -56,8 +57,11 @@ pub fn register(
             return Err(StoreError::Corrupt { what: "signal index" }.into());
         };
         tx.log(new.now, actor, AuditAction::SignalRegisterRepeat, &signal.id.to_string(), "")?;
+        // A repeat may name parents not known yet: their family matches form now.
+        family::add_parents(tx, fed, &new.child, &new.parents, new.now, &signal.id.to_string())?;
         let matched_with = child.active.len() - 1;
-        return Ok(Ok(Registered { signal, created: false, matched_with }));
+        let lookup_pending = tx.waiting_lookup(&new.child)?.is_some();
+        return Ok(Ok(Registered { signal, created: false, matched_with, lookup_pending }));
     }
     let signal = Signal {
         id: SignalId::random(),
@@ -72,6 +76,7 @@ pub fn register(
     };
     let others = tx.signals_of(&child.active)?;
     let before = ChildState::of(&child);
+    let picture = family::Picture::of(tx, fed, &new.child)?;
     let remote = match fed {
         Some(fed) => fed.remote_parties(tx, &new.child)?,
         None => Vec::new(),
@@ -99,11 +104,26 @@ pub fn register(
         before,
         after: ChildState::Active,
         point: new.point,
-        added: Some(me.party.clone()),
-        removed_org: None,
+        added: vec![me.party.clone()],
+        removed_orgs: vec![],
     };
     changed(tx, fed, change, new.now)?;
-    Ok(Ok(Registered { matched_with: others.len(), signal, created: true }))
+    let linked = family::link(tx, &new.child, &new.parents)?;
+    if !linked.is_empty() {
+        let detail = format!("{} parent(s) linked", linked.len());
+        tx.log(new.now, "system:family", AuditAction::FamilyParentLinked, &signal.id.to_string(), &detail)?;
+    }
+    family::settle(tx, fed, picture, &new.parents, new.now)?;
+    // A child new here, on a node that asks the BRP: its parent lookup is queued in this
+    // same write, so it survives a crash and never delays the answer.
+    if let (Some(sealed), ChildState::None) = (&new.lookup, before) {
+        let at_ms = new.now.timestamp_millis();
+        let lookup = Lookup { child: new.child, sealed: sealed.clone(), attempts: 0, next_at_ms: at_ms, queued_at_ms: at_ms };
+        tx.push_lookup(&lookup)?;
+        tx.log(new.now, "system:family", AuditAction::FamilyLookupQueued, &signal.id.to_string(), "")?;
+    }
+    let lookup_pending = tx.waiting_lookup(&new.child)?.is_some();
+    Ok(Ok(Registered { matched_with: others.len(), signal, created: true, lookup_pending }))
 }
 
 /// Who retires a signal, why, and when: the audit entry of the change (D8).
@@ -125,6 +145,7 @@ pub fn retire(
 ) -> TxResult<()> {
     let Retirement { at, actor, action, detail } = why;
     let notify = Notify::new(tx, at);
+    let picture = family::Picture::of(tx, fed, &signal.child)?;
     let mut child = tx.child(&signal.child)?;
     let before = ChildState::of(&child);
     let was_active = signal.is_active();
@@ -153,10 +174,11 @@ pub fn retire(
         before,
         after: ChildState::of(&child),
         point: None,
-        added: None,
-        removed_org: (was_active && !org_still_active).then(|| signal.org.clone()),
+        added: vec![],
+        removed_orgs: (was_active && !org_still_active).then(|| signal.org.clone()).into_iter().collect(),
     };
-    changed(tx, fed, change, at)
+    changed(tx, fed, change, at)?;
+    family::settle(tx, fed, picture, &[], at)
 }
 
 /// Deletes every signal and archive entry of a child (D3 age limit, D4 erasure).
@@ -168,6 +190,7 @@ pub fn delete_child(
     actor: &str,
     action: AuditAction,
 ) -> TxResult<u32> {
+    let picture = family::Picture::of(tx, fed, child)?;
     let record = tx.child(child)?;
     let mut count = 0;
     for (id, org) in record.active.iter().chain(record.archived.iter()) {
@@ -177,15 +200,20 @@ pub fn delete_child(
         count += 1;
     }
     tx.put_child(child, &ChildRecord::default())?;
+    // An erasure takes the child's queued BRP lookup (its sealed BSN) with it.
+    if let Some(seq) = tx.waiting_lookup(child)? {
+        tx.remove_lookup(seq)?;
+    }
     let change = ChildChange {
         child,
         before: ChildState::of(&record),
         after: ChildState::None,
         point: None,
-        added: None,
-        removed_org: None,
+        added: vec![],
+        removed_orgs: vec![],
     };
     changed(tx, fed, change, at)?;
+    family::settle(tx, fed, picture, &[], at)?;
     Ok(count)
 }
 

@@ -5,7 +5,7 @@
 //! separator); sequence numbers are big-endian so byte order is numeric order. The `fed`
 //! table holds several kinds of entry under a one-byte tag (see [`Fed`]).
 
-use crate::domain::{ChildKey, OrgId, SignalId};
+use crate::domain::{ChildKey, OrgId, ParentKey, SignalId};
 use crate::pseudonym::{Blinded, Handle};
 
 /// Meta keys (the `meta` table), one per typed accessor of the store.
@@ -186,6 +186,39 @@ impl Fed {
     }
     pub fn seen(peer: &str) -> Vec<u8> {
         Self::key(Self::S, &[peer.as_bytes()])
+    }
+}
+
+/// The `family` table: which parents a child has and which children a parent has here,
+/// both as local pseudonyms (no BSN). A transaction cannot scan, so each side is one
+/// record.
+///
+/// | tag | key    | value |
+/// |-----|--------|-------|
+/// | `c` | child  | `Vec<ParentKey>` (0-2 as the source listed them) |
+/// | `p` | parent | `Vec<ChildKey>` (its children with a signal here) |
+/// | `q` | seq    | a queued BRP lookup (`records::Lookup`) |
+/// | `w` | child  | the seq of the child's queued lookup |
+pub struct Family;
+
+impl Family {
+    pub fn parents_of(child: &ChildKey) -> Vec<u8> {
+        Fed::key(b'c', &[&child.0])
+    }
+    pub fn children_of(parent: &ParentKey) -> Vec<u8> {
+        Fed::key(b'p', &[&parent.0])
+    }
+    pub fn all_parents() -> Vec<u8> {
+        vec![b'p']
+    }
+    pub fn lookup(seq: u64) -> Vec<u8> {
+        Fed::key(b'q', &[&seq.to_be_bytes()])
+    }
+    pub fn all_lookups() -> Vec<u8> {
+        vec![b'q']
+    }
+    pub fn waiting(child: &ChildKey) -> Vec<u8> {
+        Fed::key(b'w', &[&child.0])
     }
 }
 

@@ -60,12 +60,12 @@ pub use engine::TxError;
 use engine::{Db, Tree, TreeSet};
 use keys::{meta, Fed};
 use records::decode;
-pub use records::{ChildRecord, CrossPair, PairState, PeerSeen, Queued, RemoteEntry};
+pub use records::{ChildRecord, CrossPair, Lookup, PairState, PeerSeen, Queued, RemoteEntry};
 pub use tx::{Tx, TxResult};
 pub use writer::WriteStats;
 use writer::Writer;
 
-use crate::domain::{AuditAction, ChildKey, OrgId, Organisation, Signal, SignalId};
+use crate::domain::{AuditAction, ChildKey, OrgId, Organisation, ParentKey, Signal, SignalId};
 
 /// Version of the on-disk layout. Bump it with a migration when a key or value changes.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -97,11 +97,13 @@ pub(crate) enum Table {
     Audit,
     Fed,
     Outbox,
+    /// Children's parents (family matches): see `keys::Family`.
+    Family,
 }
 
 /// Table names on disk, indexed by [`Table`].
-pub(crate) const TABLES: [&str; 9] =
-    ["meta", "orgs", "signals", "children", "org_signals", "notices", "audit", "fed", "outbox"];
+pub(crate) const TABLES: [&str; 10] =
+    ["meta", "orgs", "signals", "children", "org_signals", "notices", "audit", "fed", "outbox", "family"];
 
 /// One outbox item ready for delivery.
 #[derive(Clone, Debug)]
@@ -269,6 +271,25 @@ impl Store {
     }
 
     /// Every child record.
+    /// The child's parents known here (family matches).
+    pub fn parents_of(&self, child: &ChildKey) -> Result<Vec<ParentKey>, StoreError> {
+        Ok(self.get(Table::Family, &keys::Family::parents_of(child), "child's parents")?.unwrap_or_default())
+    }
+
+    /// The parent's children with a signal here.
+    pub fn children_of(&self, parent: &ParentKey) -> Result<Vec<ChildKey>, StoreError> {
+        Ok(self.get(Table::Family, &keys::Family::children_of(parent), "parent's children")?.unwrap_or_default())
+    }
+
+    /// Every parent known here, with its children.
+    pub fn parents(&self) -> impl Iterator<Item = Result<(ParentKey, Vec<ChildKey>), StoreError>> + '_ {
+        self.t(Table::Family).scan_prefix(keys::Family::all_parents()).map(|item| {
+            let (k, v) = item?;
+            let key: [u8; 32] = k.get(1..).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt { what: "parent key" })?;
+            Ok((ParentKey(key), decode(&v, "parent's children")?))
+        })
+    }
+
     pub fn children(&self) -> impl Iterator<Item = Result<ChildRecord, StoreError>> + '_ {
         self.values(Table::Children, &[], "child record")
     }

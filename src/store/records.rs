@@ -7,7 +7,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::StoreError;
-use crate::domain::{OrgId, Party, SignalId};
+use crate::domain::{ChildKey, OrgId, Party, SignalId};
 use crate::pseudonym::{Blinded, Handle};
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -94,6 +94,21 @@ pub struct PeerSeen {
     pub last_seq: u64,
     /// Earlier epochs of the peer's store: requests from them are refused.
     pub retired: Vec<u64>,
+}
+
+/// A BRP parent lookup waiting in the durable queue (family matches, D11). The child's BSN
+/// is needed to ask the BRP, so it is kept here sealed (AEAD under a key derived from the
+/// local key, which lives in `keys_dir`, never in the data directory or a backup) and only
+/// until the lookup completes; `child` is its pseudonym.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lookup {
+    pub child: ChildKey,
+    /// Nonce ‖ ciphertext ‖ tag of the 9 BSN digits.
+    pub sealed: Vec<u8>,
+    pub attempts: u32,
+    /// Unix ms of the next attempt.
+    pub next_at_ms: i64,
+    pub queued_at_ms: i64,
 }
 
 /// An outbox value: an item of the peer protocol and when it was queued (for the

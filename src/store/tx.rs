@@ -12,10 +12,10 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::audit::{self, AuditEntry};
 use super::engine::{TxError, TxTree};
-use super::keys::{self, meta, Fed};
-use super::records::{decode, encode, ChildRecord, CrossPair, PeerSeen, Queued, RemoteEntry};
+use super::keys::{self, meta, Family, Fed};
+use super::records::{decode, encode, ChildRecord, CrossPair, Lookup, PeerSeen, Queued, RemoteEntry};
 use super::{StoreError, Table};
-use crate::domain::{AuditAction, ChildKey, Notice, OrgId, Organisation, Signal, SignalId};
+use crate::domain::{AuditAction, ChildKey, Notice, OrgId, Organisation, ParentKey, Signal, SignalId};
 use crate::pseudonym::{Blinded, Handle};
 
 /// The result of a step inside a transaction: an error aborts the whole batch.
@@ -124,6 +124,71 @@ impl<'a> Tx<'a> {
 
     pub fn remove_org_signal(&self, org: &OrgId, id: &SignalId) -> TxResult<()> {
         self.remove(Table::OrgSignals, &keys::org_signal(org, id))
+    }
+
+    // ---- family (see `keys::Family`) --------------------------------------------------------
+
+    /// The child's parents known here (none when the source listed none).
+    pub fn parents_of(&self, child: &ChildKey) -> TxResult<Vec<ParentKey>> {
+        Ok(self.get(Table::Family, &Family::parents_of(child), "child's parents")?.unwrap_or_default())
+    }
+
+    /// Stores the child's parents; an empty list is removed.
+    pub fn put_parents_of(&self, child: &ChildKey, parents: &[ParentKey]) -> TxResult<()> {
+        if parents.is_empty() {
+            self.remove(Table::Family, &Family::parents_of(child))
+        } else {
+            self.put(Table::Family, &Family::parents_of(child), &parents)
+        }
+    }
+
+    /// The parent's children with a signal here.
+    pub fn children_of(&self, parent: &ParentKey) -> TxResult<Vec<ChildKey>> {
+        Ok(self.get(Table::Family, &Family::children_of(parent), "parent's children")?.unwrap_or_default())
+    }
+
+    /// Stores the parent's children; an empty list removes the parent.
+    pub fn put_children_of(&self, parent: &ParentKey, children: &[ChildKey]) -> TxResult<()> {
+        if children.is_empty() {
+            self.remove(Table::Family, &Family::children_of(parent))
+        } else {
+            self.put(Table::Family, &Family::children_of(parent), &children)
+        }
+    }
+
+    /// Queues a BRP lookup for its child; returns its sequence number (the outbox's
+    /// counter: unique).
+    pub fn push_lookup(&self, lookup: &Lookup) -> TxResult<u64> {
+        let mut counter = self.outbox_seq.borrow_mut();
+        let seq = match *counter {
+            Some(s) => s,
+            None => self.meta_u64(meta::OUTBOX_SEQ)?,
+        } + 1;
+        *counter = Some(seq);
+        self.put(Table::Family, &Family::lookup(seq), lookup)?;
+        self.t(Table::Family).insert(Family::waiting(&lookup.child), seq.to_be_bytes())?;
+        Ok(seq)
+    }
+
+    /// The sequence number of the child's queued lookup, if one waits.
+    pub fn waiting_lookup(&self, child: &ChildKey) -> TxResult<Option<u64>> {
+        Ok(self.t(Table::Family).get(Family::waiting(child))?.map(|v| keys::u64_value(Some(&v))))
+    }
+
+    pub fn lookup(&self, seq: u64) -> TxResult<Option<Lookup>> {
+        self.get(Table::Family, &Family::lookup(seq), "queued lookup")
+    }
+
+    pub fn put_lookup(&self, seq: u64, lookup: &Lookup) -> TxResult<()> {
+        self.put(Table::Family, &Family::lookup(seq), lookup)
+    }
+
+    /// Removes a queued lookup (done, or its child erased) with its child's marker.
+    pub fn remove_lookup(&self, seq: u64) -> TxResult<()> {
+        if let Some(lookup) = self.lookup(seq)? {
+            self.remove(Table::Family, &Family::waiting(&lookup.child))?;
+        }
+        self.remove(Table::Family, &Family::lookup(seq))
     }
 
     // ---- notices and the audit chain ------------------------------------------------------

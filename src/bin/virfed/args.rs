@@ -334,12 +334,18 @@ pub enum By {
 #[derive(Subcommand)]
 pub enum SignalCommand {
     /// Register a signal. The BSN is read from standard input unless --bsn is given
-    /// (arguments are visible to other users in the process list).
+    /// (arguments are visible to other users in the process list). On standard input, the
+    /// child's parents (family matches) may follow the child's BSN on the same line:
+    /// `CHILD [PARENT [PARENT]]`, separated by spaces.
     Register {
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(long)]
         bsn: Option<String>,
+        /// A parent's BSN (at most twice), for family matches on a node whose family.source
+        /// is "request". Visible in the process list: prefer standard input.
+        #[arg(long = "parent")]
+        parents: Vec<String>,
         /// The child's date of birth, YYYY-MM-DD.
         #[arg(long)]
         dob: String,

@@ -56,13 +56,16 @@ pub async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
 
 pub async fn signal(cmd: SignalCommand) -> anyhow::Result<()> {
     match cmd {
-        SignalCommand::Register { conn, bsn, dob, removal_date, name, role, phone, email } => {
+        SignalCommand::Register { conn, bsn, mut parents, dob, removal_date, name, role, phone, email } => {
             let bsn = match bsn {
                 Some(b) => b,
                 None => {
                     let mut line = String::new();
                     std::io::stdin().lock().read_line(&mut line).context("reading the BSN from standard input")?;
-                    line.trim().to_string()
+                    let mut words = line.split_whitespace().map(str::to_owned);
+                    let child = words.next().unwrap_or_default();
+                    parents.extend(words);
+                    child
                 }
             };
             let mut client = pb::signals_client::SignalsClient::new(conn.connect().await?);
@@ -72,6 +75,7 @@ pub async fn signal(cmd: SignalCommand) -> anyhow::Result<()> {
                     date_of_birth: dob,
                     professional: Some(pb::Contact { name, role, phone, email }),
                     removal_date: removal_date.unwrap_or_default(),
+                    parent_bsns: parents,
                 })
                 .await
                 .map_err(refused)?
@@ -79,6 +83,9 @@ pub async fn signal(cmd: SignalCommand) -> anyhow::Result<()> {
             let verb = if resp.created { "registered" } else { "already registered (unchanged)" };
             let signal = resp.signal.context("the node sent no signal")?;
             println!("{verb}: {}", format_signal(&signal));
+            if resp.family_lookup == "pending" {
+                println!("family matches: the parents are being looked up in the BRP; notices follow");
+            }
         }
         SignalCommand::Withdraw { conn, id, reason, by } => {
             let reason = match reason {
@@ -119,9 +126,17 @@ pub async fn matches(cmd: MatchesCommand) -> anyhow::Result<()> {
                 out.push_str("no active matches\n");
             }
             for m in list.matches {
-                out.push_str(&format!("your signal {} matches:\n", m.signal_id));
-                for p in &m.counterparts {
-                    out.push_str(&format_party(p));
+                if !m.counterparts.is_empty() {
+                    out.push_str(&format!("your signal {} matches:\n", m.signal_id));
+                    for p in &m.counterparts {
+                        out.push_str(&format_party(p));
+                    }
+                }
+                if !m.family_counterparts.is_empty() {
+                    out.push_str(&format!("your signal {} has a family match with:\n", m.signal_id));
+                    for p in &m.family_counterparts {
+                        out.push_str(&format_party(p));
+                    }
                 }
             }
             emit(&out)?;

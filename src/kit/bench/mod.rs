@@ -77,6 +77,8 @@ async fn store_rate(clients: usize, total: usize) -> KitResult<f64> {
                     removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
                     now: SystemClock.now(),
                     point: None,
+                    parents: vec![],
+                    lookup: None,
                 };
                 registry.register(&new, "bench").await?;
             }
@@ -373,6 +375,8 @@ async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
                 removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
                 now: SystemClock.now(),
                 point: Some(blind.blind_bsn(&bsn)),
+                parents: vec![],
+                lookup: None,
             };
             registry.register(&new, "bench").await?;
             Ok::<_, super::KitError>(())

@@ -1,0 +1,451 @@
+//! Family matches (D11): signals on different children who share a parent, in one region
+//! and across regions. Real nodes on loopback, real mTLS, real sled; readiness is awaited
+//! on watch streams, never by sleeping. Where a double notice would be a bug, a test checks
+//! that nothing more arrives for a while.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use prost::Message;
+use tokio_stream::StreamExt;
+use virfed::domain::{Clock, ManualClock, SystemClock};
+use virfed::kit::fixture::{register_with_parents, FederationFiles, RunningRegion, MATCH_OFFICER_ORG};
+use virfed::pb::client as pb;
+
+use common::{email_of, files_under};
+
+const STEP: Duration = Duration::from_secs(20);
+const QUIET: Duration = Duration::from_millis(700);
+
+/// A valid BSN (D9) per seed, distinct per seed (8 + check digit).
+fn bsn(seed: u32) -> String {
+    let mut n = 20_000_000 + seed * 100;
+    loop {
+        let digits: Vec<u32> = format!("{n:08}").chars().map(|c| c.to_digit(10).unwrap()).collect();
+        let sum: u32 = digits.iter().zip((2..=9).rev()).map(|(d, w)| d * w).sum();
+        let check = sum % 11;
+        if check < 10 {
+            return format!("{n:08}{check}");
+        }
+        n += 1;
+    }
+}
+
+/// A registration of `child` with `parents` by professional `who` (unique e-mail).
+fn req(child: &str, parents: &[&str], who: &str) -> pb::RegisterSignalRequest {
+    register_with_parents(child, parents, who, &email_of(who))
+}
+
+struct Watcher {
+    who: String,
+    stream: tonic::Streaming<pb::Notice>,
+}
+
+impl Watcher {
+    async fn open(region: &RunningRegion, org: &str) -> Watcher {
+        let mut client = region.org_client(org).await.unwrap();
+        let stream = client.watch(pb::WatchRequest { after_cursor: 0 }).await.unwrap().into_inner();
+        Watcher { who: format!("{}/{org}", region.files.config.region), stream }
+    }
+
+    async fn one(&mut self) -> pb::Notice {
+        match tokio::time::timeout(STEP, self.stream.next()).await {
+            Ok(Some(Ok(n))) => n,
+            other => panic!("{}: expected a notice, got {other:?}", self.who),
+        }
+    }
+
+    async fn quiet(&mut self) {
+        if let Ok(next) = tokio::time::timeout(QUIET, self.stream.next()).await {
+            panic!("{}: no further notice expected, got {:?}", self.who, next.map(|n| n.map(|n| describe(&n))));
+        }
+    }
+}
+
+fn kind(n: &pb::Notice) -> pb::NoticeKind {
+    pb::NoticeKind::try_from(n.kind).unwrap()
+}
+
+fn describe(n: &pb::Notice) -> String {
+    let family = if n.family { "family " } else { "" };
+    format!("#{} {family}{:?} parties {:?}", n.cursor, kind(n), keys(&n.counterparts))
+}
+
+/// `region/org/professional` of a party ("-" for this region).
+fn party_key(p: &pb::Party) -> String {
+    let region = if p.region_id.is_empty() { "-" } else { &p.region_id };
+    format!("{region}/{}/{}", p.organisation_id, p.professional.as_ref().map(|c| c.name.as_str()).unwrap_or(""))
+}
+
+fn keys(parties: &[pb::Party]) -> BTreeSet<String> {
+    parties.iter().map(party_key).collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+async fn add_orgs(r: &RunningRegion) {
+    let region = &r.files.config.region;
+    for (id, domain) in [("jeugdzorg", "youth-care"), ("school", "education"), ("ggd", "health")] {
+        r.add_org(id, &format!("{id} {region}"), domain, None).await.unwrap();
+    }
+    r.add_org(MATCH_OFFICER_ORG, "Gemeente", "social-support", None).await.unwrap();
+}
+
+async fn one_region() -> (tempfile::TempDir, RunningRegion) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = RunningRegion::start(dir.path(), "rotterdam", Arc::new(SystemClock)).await.unwrap();
+    add_orgs(&r).await;
+    (dir, r)
+}
+
+async fn federation(regions: &[&str], clock: Arc<dyn Clock>) -> (tempfile::TempDir, Vec<RunningRegion>) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = FederationFiles::create(dir.path(), regions).unwrap();
+    let running = RunningRegion::start_federation(files, clock).await.unwrap();
+    for r in &running {
+        add_orgs(r).await;
+    }
+    (dir, running)
+}
+
+async fn register(r: &RunningRegion, org: &str, request: pb::RegisterSignalRequest) -> pb::RegisterSignalResponse {
+    let resp = r.org_client(org).await.unwrap().register_signal(request).await.unwrap().into_inner();
+    assert!(resp.created, "{org}: a new signal was expected");
+    resp
+}
+
+fn id(resp: &pb::RegisterSignalResponse) -> String {
+    resp.signal.as_ref().unwrap().signal_id.clone()
+}
+
+async fn withdraw(r: &RunningRegion, org: &str, signal_id: &str) {
+    r.org_client(org)
+        .await
+        .unwrap()
+        .withdraw_signal(pb::WithdrawSignalRequest {
+            signal_id: signal_id.into(),
+            reason: pb::WithdrawReason::ConcernResolved as i32,
+            withdrawn_by: pb::Withdrawer::Professional as i32,
+        })
+        .await
+        .unwrap();
+}
+
+async fn erase(r: &RunningRegion, child: &str) {
+    let mut officer = r.org_client(MATCH_OFFICER_ORG).await.unwrap();
+    officer.erase_child(pb::EraseChildRequest { bsn: child.into() }).await.unwrap();
+}
+
+async fn matches(r: &RunningRegion, org: &str) -> Vec<pb::MatchView> {
+    r.org_client(org).await.unwrap().list_matches(pb::ListMatchesRequest {}).await.unwrap().into_inner().matches
+}
+
+/// Asserts `n` is a family match notice (made, or `ended`) naming exactly `parties`.
+fn assert_family(n: &pb::Notice, ended: bool, parties: &[&str]) {
+    let want = if ended { pb::NoticeKind::MatchEnded } else { pb::NoticeKind::MatchCreated };
+    assert!(n.family && kind(n) == want, "expected a family {want:?}, got {}", describe(n));
+    assert_eq!(keys(&n.counterparts), set(parties), "{}", describe(n));
+}
+
+fn assert_child(n: &pb::Notice, parties: &[&str]) {
+    assert!(!n.family && kind(n) == pb::NoticeKind::MatchCreated, "expected a child match, got {}", describe(n));
+    assert_eq!(keys(&n.counterparts), set(parties), "{}", describe(n));
+}
+
+// ---- in one region ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_siblings_in_one_region_are_matched_with_the_family_flag() {
+    let (_dir, r) = one_region().await;
+    let (mother, father) = (bsn(1), bsn(2));
+    let mut school = Watcher::open(&r, "school").await;
+    let mut jeugdzorg = Watcher::open(&r, "jeugdzorg").await;
+    let mut officer = Watcher::open(&r, MATCH_OFFICER_ORG).await;
+    let first = register(&r, "school", req(&bsn(10), &[&mother, &father], "Sanne School")).await;
+    assert_eq!(first.family_lookup, "request");
+    // The brother shares only the mother.
+    register(&r, "jeugdzorg", req(&bsn(11), &[&mother], "Joris Jeugd")).await;
+    assert_family(&school.one().await, false, &["-/jeugdzorg/Joris Jeugd"]);
+    assert_family(&jeugdzorg.one().await, false, &["-/school/Sanne School"]);
+    let n = officer.one().await;
+    assert_family(&n, false, &["-/school/Sanne School", "-/jeugdzorg/Joris Jeugd"]);
+    assert_eq!(n.signal_ids.len(), 2);
+    // A third child with neither parent matches nobody.
+    register(&r, "ggd", req(&bsn(12), &[&bsn(3)], "Gert Ggd")).await;
+    school.quiet().await;
+    jeugdzorg.quiet().await;
+    officer.quiet().await;
+    // matches list names the family counterpart apart from child counterparts.
+    let list = matches(&r, "school").await;
+    assert_eq!(list.len(), 1);
+    assert!(list[0].counterparts.is_empty());
+    assert_eq!(keys(&list[0].family_counterparts), set(&["-/jeugdzorg/Joris Jeugd"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_the_same_child_with_a_shared_parent_gives_one_child_match_and_no_family_match() {
+    let (_dir, r) = one_region().await;
+    let (child, mother) = (bsn(20), bsn(21));
+    let mut school = Watcher::open(&r, "school").await;
+    let mut jeugdzorg = Watcher::open(&r, "jeugdzorg").await;
+    register(&r, "school", req(&child, &[&mother], "Sanne School")).await;
+    register(&r, "jeugdzorg", req(&child, &[&mother], "Joris Jeugd")).await;
+    assert_child(&school.one().await, &["-/jeugdzorg/Joris Jeugd"]);
+    assert_child(&jeugdzorg.one().await, &["-/school/Sanne School"]);
+    school.quiet().await;
+    jeugdzorg.quiet().await;
+    let list = matches(&r, "school").await;
+    assert!(list[0].family_counterparts.is_empty(), "{list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_an_8_digit_parent_bsn_is_the_same_parent_as_its_9_digit_form() {
+    let (_dir, r) = one_region().await;
+    // A parent whose BSN starts with 0: sent once with 9 digits, once with 8.
+    let parent = (0..).map(|s| format!("0{}", &bsn(300 + s)[1..])).find(|b| virfed::domain::Bsn::parse(b).is_ok());
+    let parent = parent.unwrap();
+    assert!(parent.starts_with('0'));
+    let mut school = Watcher::open(&r, "school").await;
+    register(&r, "school", req(&bsn(30), &[&parent], "Sanne School")).await;
+    register(&r, "jeugdzorg", req(&bsn(31), &[&parent[1..]], "Joris Jeugd")).await;
+    assert_family(&school.one().await, false, &["-/jeugdzorg/Joris Jeugd"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_an_invalid_parent_bsn_is_refused_with_a_clear_error_and_nothing_written() {
+    let (_dir, r) = one_region().await;
+    let child = bsn(40);
+    let good = bsn(41);
+    let before = r.handle.store().audit_entries().unwrap().len();
+    let mut bad_check = good.clone().into_bytes();
+    bad_check[8] = if bad_check[8] == b'9' { b'0' } else { bad_check[8] + 1 };
+    let bad_check = String::from_utf8(bad_check).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![good.clone(), bad_check.clone()], "parent_bsns[1]: the BSN fails the 11-proef"),
+        (vec!["12 34".into()], "parent_bsns[0]: the BSN has 5 characters"),
+        (vec![good.clone(), bsn(42), bsn(43)], "lists 3 BSNs; give at most 2"),
+        (vec![good.clone(), good.clone()], "parent_bsns[1] repeats an earlier parent"),
+        (vec![child.clone()], "parent_bsns[0] is the child's own BSN"),
+    ];
+    for (parents, expected) in cases {
+        let mut request = req(&child, &[], "Sanne School");
+        request.parent_bsns = parents.clone();
+        let err = r.org_client("school").await.unwrap().register_signal(request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{parents:?}");
+        assert!(err.message().contains(expected), "{parents:?}: {}", err.message());
+        for p in parents.iter().chain([&child]) {
+            assert!(!err.message().contains(p.as_str()), "the error echoes a BSN: {}", err.message());
+        }
+    }
+    assert_eq!(r.handle.store().counts().unwrap().active, 0, "nothing registered");
+    assert_eq!(r.handle.store().audit_entries().unwrap().len(), before, "nothing written");
+    assert!(r.handle.store().parents().next().is_none(), "no parent recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_a_notice_carries_no_bsn_no_child_or_parent_identifier_and_no_date() {
+    let (_dir, r) = one_region().await;
+    let (a, b, mother) = (bsn(50), bsn(51), bsn(52));
+    let mut officer = Watcher::open(&r, MATCH_OFFICER_ORG).await;
+    let mut school = Watcher::open(&r, "school").await;
+    let mut jeugdzorg = Watcher::open(&r, "jeugdzorg").await;
+    register(&r, "school", req(&a, &[&mother], "Sanne School")).await;
+    register(&r, "jeugdzorg", req(&b, &[&mother], "Joris Jeugd")).await;
+    let store = r.handle.store();
+    let local = virfed::pseudonym::LocalKey::load_or_create(&r.files.keys_dir().join("local.key")).unwrap();
+    let pseudonyms: Vec<Vec<u8>> = [
+        local.child_key(&virfed::domain::Bsn::parse(&a).unwrap()).0.to_vec(),
+        local.child_key(&virfed::domain::Bsn::parse(&b).unwrap()).0.to_vec(),
+        local.parent_key(&virfed::domain::Bsn::parse(&mother).unwrap()).0.to_vec(),
+    ]
+    .into();
+    assert_eq!(store.parents().count(), 1);
+    for n in [school.one().await, jeugdzorg.one().await, officer.one().await] {
+        // Exhaustive: the family flag is the only thing added to a notice.
+        let pb::Notice { cursor: _, kind: _, addressee: _, signal_id: _, signal_ids: _, counterparts, family } =
+            n.clone();
+        assert!(family);
+        assert_eq!(counterparts.len(), if n.addressee == pb::Addressee::MatchOfficer as i32 { 2 } else { 1 });
+        let bytes = n.encode_to_vec();
+        for forbidden in [a.as_str(), b.as_str(), mother.as_str(), "2014-05-01", "2014-", "2028-", "2029-"] {
+            assert!(!contains(&bytes, forbidden.as_bytes()), "notice holds {forbidden:?}: {n:?}");
+        }
+        for p in &pseudonyms {
+            assert!(!contains(&bytes, p), "notice holds a pseudonym");
+            assert!(!contains(&bytes, hex(p).as_bytes()), "notice holds a pseudonym in hex");
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_withdrawal_and_erasure_end_local_family_matches() {
+    let (_dir, r) = one_region().await;
+    let (a, b, c, mother) = (bsn(60), bsn(61), bsn(62), bsn(63));
+    let mut school = Watcher::open(&r, "school").await;
+    let mut jeugdzorg = Watcher::open(&r, "jeugdzorg").await;
+    let mut ggd = Watcher::open(&r, "ggd").await;
+    register(&r, "school", req(&a, &[&mother], "Sanne School")).await;
+    let j = register(&r, "jeugdzorg", req(&b, &[&mother], "Joris Jeugd")).await;
+    assert_family(&school.one().await, false, &["-/jeugdzorg/Joris Jeugd"]);
+    assert_family(&jeugdzorg.one().await, false, &["-/school/Sanne School"]);
+    withdraw(&r, "jeugdzorg", &id(&j)).await;
+    assert_family(&school.one().await, true, &["-/jeugdzorg/Joris Jeugd"]);
+    jeugdzorg.quiet().await;
+    // A third sibling, then the first child is erased: the third learns it ended.
+    register(&r, "ggd", req(&c, &[&mother], "Gert Ggd")).await;
+    assert_family(&school.one().await, false, &["-/ggd/Gert Ggd"]);
+    assert_family(&ggd.one().await, false, &["-/school/Sanne School"]);
+    erase(&r, &a).await;
+    assert_family(&ggd.one().await, true, &["-/school/Sanne School"]);
+    school.quiet().await;
+    ggd.quiet().await;
+    assert!(matches(&r, "ggd").await.is_empty());
+}
+
+// ---- across regions ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_siblings_in_two_regions_are_notified_on_both_sides_with_the_flag() {
+    let (_dir, regions) = federation(&["rotterdam", "utrecht"], Arc::new(SystemClock)).await;
+    let (rdam, utr) = (&regions[0], &regions[1]);
+    let (mother, father) = (bsn(70), bsn(71));
+    let mut rs = Watcher::open(rdam, "school").await;
+    let mut uj = Watcher::open(utr, "jeugdzorg").await;
+    let mut ro = Watcher::open(rdam, MATCH_OFFICER_ORG).await;
+    let mut uo = Watcher::open(utr, MATCH_OFFICER_ORG).await;
+    register(rdam, "school", req(&bsn(72), &[&mother, &father], "Rosa Rotterdam")).await;
+    // The sister in Utrecht: both parents shared, one family match, notified once.
+    register(utr, "jeugdzorg", req(&bsn(73), &[&father, &mother], "Uwe Utrecht")).await;
+    assert_family(&rs.one().await, false, &["utrecht/jeugdzorg/Uwe Utrecht"]);
+    assert_family(&uj.one().await, false, &["rotterdam/school/Rosa Rotterdam"]);
+    assert_family(&ro.one().await, false, &["-/school/Rosa Rotterdam", "utrecht/jeugdzorg/Uwe Utrecht"]);
+    assert_family(&uo.one().await, false, &["-/jeugdzorg/Uwe Utrecht", "rotterdam/school/Rosa Rotterdam"]);
+    rs.quiet().await;
+    uj.quiet().await;
+    let list = matches(rdam, "school").await;
+    assert_eq!(keys(&list[0].family_counterparts), set(&["utrecht/jeugdzorg/Uwe Utrecht"]));
+    // Neither region holds the other's parent or child BSNs, nor its own, in plain form.
+    for r in &regions {
+        let mut files = Vec::new();
+        files_under(&r.files.config.data_dir, &mut files);
+        for f in files {
+            let bytes = std::fs::read(&f).unwrap();
+            for canary in [&mother, &father, &bsn(72), &bsn(73)] {
+                assert!(!contains(&bytes, canary.as_bytes()), "{} holds a BSN", f.display());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_a_child_and_its_sibling_in_two_regions_give_each_match_once() {
+    let (_dir, regions) = federation(&["rotterdam", "utrecht"], Arc::new(SystemClock)).await;
+    let (rdam, utr) = (&regions[0], &regions[1]);
+    let (x, y, mother) = (bsn(80), bsn(81), bsn(82));
+    let mut rs = Watcher::open(rdam, "school").await;
+    let mut rj = Watcher::open(rdam, "jeugdzorg").await;
+    let mut us = Watcher::open(utr, "school").await;
+    let mut uj = Watcher::open(utr, "jeugdzorg").await;
+    // Rotterdam: school on X, jeugdzorg on Y (siblings).
+    register(rdam, "school", req(&x, &[&mother], "Rs X")).await;
+    register(rdam, "jeugdzorg", req(&y, &[&mother], "Rj Y")).await;
+    assert_family(&rs.one().await, false, &["-/jeugdzorg/Rj Y"]);
+    assert_family(&rj.one().await, false, &["-/school/Rs X"]);
+    // Utrecht: school on X; child match with Rotterdam's school, family match with the rest.
+    register(utr, "school", req(&x, &[&mother], "Us X")).await;
+    let mut at_us = BTreeSet::new();
+    for _ in 0..2 {
+        let n = us.one().await;
+        at_us.insert(format!("{} {:?}", n.family, keys(&n.counterparts)));
+    }
+    assert_eq!(
+        at_us,
+        BTreeSet::from([
+            format!("false {:?}", set(&["rotterdam/school/Rs X"])),
+            format!("true {:?}", set(&["rotterdam/jeugdzorg/Rj Y"])),
+        ])
+    );
+    assert_child(&rs.one().await, &["utrecht/school/Us X"]);
+    assert_family(&rj.one().await, false, &["utrecht/school/Us X"]);
+    // Utrecht: jeugdzorg on Y; child match with Rotterdam's jeugdzorg, family with both X.
+    register(utr, "jeugdzorg", req(&y, &[&mother], "Uj Y")).await;
+    let mut at_uj = BTreeSet::new();
+    for _ in 0..2 {
+        let n = uj.one().await;
+        for p in &n.counterparts {
+            at_uj.insert(format!("{} {}", n.family, party_key(p)));
+        }
+    }
+    assert_eq!(
+        at_uj,
+        set(&["false rotterdam/jeugdzorg/Rj Y", "true -/school/Us X", "true rotterdam/school/Rs X"]),
+        "each pair once, as child or family match"
+    );
+    assert_family(&us.one().await, false, &["-/jeugdzorg/Uj Y"]);
+    assert_child(&rj.one().await, &["utrecht/jeugdzorg/Uj Y"]);
+    assert_family(&rs.one().await, false, &["utrecht/jeugdzorg/Uj Y"]);
+    for w in [&mut rs, &mut rj, &mut us, &mut uj] {
+        w.quiet().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_withdrawal_expiry_and_erasure_end_the_family_match_on_both_sides() {
+    let clock = ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap());
+    let (_dir, regions) = federation(&["rotterdam", "utrecht"], Arc::new(clock.clone())).await;
+    let (rdam, utr) = (&regions[0], &regions[1]);
+    let mother = bsn(90);
+    let mut rs = Watcher::open(rdam, "school").await;
+    let mut rj = Watcher::open(rdam, "jeugdzorg").await;
+    let mut rg = Watcher::open(rdam, "ggd").await;
+    let mut us = Watcher::open(utr, "school").await;
+    // Withdrawal in Utrecht ends it in Rotterdam.
+    register(rdam, "school", req(&bsn(91), &[&mother], "Rs One")).await;
+    let u = register(utr, "school", req(&bsn(92), &[&mother], "Us Two")).await;
+    assert_family(&rs.one().await, false, &["utrecht/school/Us Two"]);
+    assert_family(&us.one().await, false, &["rotterdam/school/Rs One"]);
+    withdraw(utr, "school", &id(&u)).await;
+    assert_family(&rs.one().await, true, &["utrecht/school/Us Two"]);
+    us.quiet().await;
+    // Expiry in Rotterdam ends it in Utrecht.
+    let mut short = req(&bsn(93), &[&mother], "Rj Short");
+    short.removal_date = (clock.today() + chrono::Duration::days(7)).to_string();
+    register(rdam, "jeugdzorg", short).await;
+    assert_family(&rs.one().await, false, &["-/jeugdzorg/Rj Short"]);
+    assert_family(&rj.one().await, false, &["-/school/Rs One"]);
+    let u = register(utr, "school", req(&bsn(94), &[&mother], "Us Three")).await;
+    let mut told = BTreeSet::new();
+    for _ in 0..2 {
+        told.extend(keys(&us.one().await.counterparts));
+    }
+    assert_eq!(told, set(&["rotterdam/school/Rs One", "rotterdam/jeugdzorg/Rj Short"]));
+    assert_family(&rs.one().await, false, &["utrecht/school/Us Three"]);
+    assert_family(&rj.one().await, false, &["utrecht/school/Us Three"]);
+    clock.advance(chrono::Duration::days(8));
+    assert_eq!(rdam.handle.sweep_now().await.unwrap().archived, 1);
+    assert_family(&rs.one().await, true, &["-/jeugdzorg/Rj Short"]);
+    assert_family(&us.one().await, true, &["rotterdam/jeugdzorg/Rj Short"]);
+    // Erasure of Rotterdam's last child of the mother ends it in Utrecht, and the parent
+    // is removed at the peer.
+    erase(rdam, &bsn(91)).await;
+    assert_family(&us.one().await, true, &["rotterdam/school/Rs One"]);
+    for w in [&mut rs, &mut rj, &mut rg, &mut us] {
+        w.quiet().await;
+    }
+    assert!(matches(utr, "school").await.iter().all(|m| m.family_counterparts.is_empty()));
+    let _ = u;
+}
