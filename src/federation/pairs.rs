@@ -91,6 +91,47 @@ impl Pairs {
         Ok(notify.reporters(&tx.signals_of(ids)?)?.into_iter().map(|r| r.party).collect())
     }
 
+    /// The contacts a matched pair sends: a child's active parties; for a parent, those on
+    /// its children linked to the peer (`registry::family::linked_parties`).
+    fn sent_parties(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        subject: &ChildKey,
+        record: &ChildRecord,
+        at: DateTime<Utc>,
+    ) -> TxResult<Vec<Party>> {
+        if family::is_parent(tx, subject)? {
+            family::linked_parties(tx, &ParentKey(subject.0), peer, at)
+        } else {
+            self.local_parties(&Notify::new(tx, at), tx, &record.active)
+        }
+    }
+
+    /// A child's publish to `peer` was answered for the first time (see
+    /// `registry::family::linked_to`): family parties cross in both directions now.
+    pub fn child_linked(&self, tx: &Tx<'_>, peer: &str, child: &ChildKey, at: DateTime<Utc>) -> TxResult<()> {
+        if family::is_parent(tx, child)? {
+            return Ok(());
+        }
+        let send = |parent: &ParentKey, parties: &[Party]| -> TxResult<()> {
+            let subject = parent.subject();
+            let Some(pair) = tx.pair(&subject, peer)?.filter(CrossPair::is_matched) else { return Ok(()) };
+            if parties.is_empty() {
+                return Ok(());
+            }
+            let item = OutItem::Contacts {
+                from: self.handle(peer, &subject),
+                to: pair.peer_handle,
+                archived: false,
+                parties: parties.to_vec(),
+            };
+            tx.enqueue(peer, &item)?;
+            Ok(())
+        };
+        family::linked_to(tx, child, peer, at, &send)
+    }
+
     /// For a join or resync: publishes the child to `peer` unless it is gone, deciding on its
     /// state inside this transaction. Returns whether it did.
     pub fn join_publish(&self, tx: &Tx<'_>, peer: &str, child: &ChildKey, point: Blinded) -> TxResult<bool> {
@@ -164,7 +205,7 @@ impl Pairs {
                 if p.state != PairState::Matched {
                     p.state = PairState::Matched;
                     p.peer_handle = entry.handle;
-                    let parties = self.local_parties(&notify, tx, &record.active)?;
+                    let parties = self.sent_parties(tx, peer, child, record, at)?;
                     let item = OutItem::Contacts {
                         from: my_handle,
                         to: entry.handle,
@@ -325,7 +366,7 @@ impl Pairs {
                     // first, my Contacts to it may have been refused as early.
                     if let Some(child) = tx.own_handle(peer, to)? {
                         let record = subject(tx, &child)?;
-                        done.contacts = self.local_parties(&Notify::new(tx, at), tx, &record.active)?;
+                        done.contacts = self.sent_parties(tx, peer, &child, &record, at)?;
                     }
                 }
             }
@@ -346,7 +387,9 @@ impl Pairs {
                         .map_err(|e| e.to_string()),
                 };
                 match verdict {
-                    Ok(()) => self.apply_publish_answer(tx, peer, &child, blinded, at)?,
+                    Ok(()) => {
+                        self.apply_publish_answer(tx, peer, &child, blinded, at)?;
+                    }
                     Err(e) => {
                         let why = format!("re-key item refused: {e}");
                         tx.log(
@@ -420,7 +463,7 @@ impl Pairs {
         match tx.pair(&child, peer)? {
             Some(pair) if pair.is_matched() => {
                 let record = subject(tx, &child)?;
-                self.local_parties(&Notify::new(tx, at), tx, &record.active)
+                self.sent_parties(tx, peer, &child, &record, at)
             }
             _ => Ok(vec![]),
         }
@@ -545,6 +588,8 @@ impl Pairs {
     }
 
     /// Applies the peer's answer to one of my publishes: records `D` and checks the pair.
+    /// Returns whether this is the subject's first link to the peer (then, once the peer's
+    /// contacts in the answer are applied too, call [`Pairs::child_linked`]).
     pub fn apply_publish_answer(
         &self,
         tx: &Tx<'_>,
@@ -552,12 +597,13 @@ impl Pairs {
         child: &ChildKey,
         d: &Blinded,
         at: DateTime<Utc>,
-    ) -> TxResult<()> {
+    ) -> TxResult<bool> {
         let record = subject(tx, child)?;
         if ChildState::of(&record) == ChildState::None {
-            return Ok(()); // deleted meanwhile; its Remove follows in the outbox
+            return Ok(false); // deleted meanwhile; its Remove follows in the outbox
         }
-        if let Some(old) = tx.link(child, peer)? {
+        let old = tx.link(child, peer)?;
+        if let Some(old) = old {
             if old != *d {
                 tx.remove_own_blinded(peer, &old)?;
             }
@@ -565,7 +611,7 @@ impl Pairs {
         tx.put_own_blinded(peer, d, child)?;
         tx.put_link(child, peer, d)?;
         self.reconcile(tx, peer, child, d, &record, at)?;
-        Ok(())
+        Ok(old.is_none())
     }
 
     /// Re-keys everything that depends on this node's blinding key (see `docs/protocol.md`):
@@ -703,13 +749,17 @@ impl FederationHook for Pairs {
                     if !pair.is_matched() {
                         continue;
                     }
-                    if !change.added.is_empty() {
-                        let item = OutItem::Contacts {
-                            from: handle,
-                            to: pair.peer_handle,
-                            archived: false,
-                            parties: change.added.clone(),
-                        };
+                    // A family party goes once its own child is linked to the peer (then
+                    // `child_linked` sends it), after that child's own match, if any.
+                    let mut added = Vec::new();
+                    for (party, on) in &change.added {
+                        if on == child || family::linked(tx, on, peer)? {
+                            added.push(party.clone());
+                        }
+                    }
+                    if !added.is_empty() {
+                        let item =
+                            OutItem::Contacts { from: handle, to: pair.peer_handle, archived: false, parties: added };
                         tx.enqueue(peer, &item)?;
                     }
                     for org in &change.removed_orgs {

@@ -145,16 +145,20 @@ impl Federation {
                     match &out.item {
                         Item::Publish(p) => {
                             let Some(d) = answer.blinded else { continue };
-                            pairs.apply_publish_answer(tx, &peer, &p.child, &d, now)?;
-                            if answer.contacts.is_empty() {
-                                continue;
-                            }
+                            let first = pairs.apply_publish_answer(tx, &peer, &p.child, &d, now)?;
                             // The peer's contacts for the pair it detected, from its child that
                             // blinds to the same D; applied only if this node now detects the
                             // same pair itself.
-                            let Some(entry) = tx.remote(&peer, &d)? else { continue };
-                            let (contacts, archived) = (&answer.contacts, answer.contacts_archived);
-                            pairs.receive_contacts(tx, &peer, &entry.handle, &p.handle, archived, contacts, now)?;
+                            if !answer.contacts.is_empty() {
+                                if let Some(entry) = tx.remote(&peer, &d)? {
+                                    let (contacts, archived) = (&answer.contacts, answer.contacts_archived);
+                                    pairs.receive_contacts(tx, &peer, &entry.handle, &p.handle, archived, contacts, now)?;
+                                }
+                            }
+                            // With the child's own match settled, family parties cross.
+                            if first {
+                                pairs.child_linked(tx, &peer, &p.child, now)?;
+                            }
                         }
                         // The peer's own contacts in reply to mine (see `Pairs::apply_incoming`).
                         Item::Contacts { from, to, archived: false, .. } if !answer.contacts.is_empty() => {

@@ -266,9 +266,9 @@ pub fn settle(
         if b == a && was_orgs == now_orgs {
             continue;
         }
-        let mut added = Vec::new();
+        let mut added: Vec<(Party, ChildKey)> = Vec::new();
         for (id, org) in &now.active {
-            if was_orgs.contains(org) || added.iter().any(|p: &Party| p.org_id == *org) {
+            if was_orgs.contains(org) || added.iter().any(|(p, _)| p.org_id == *org) {
                 continue;
             }
             let signal = match signals.get(id) {
@@ -278,7 +278,7 @@ pub fn settle(
                     None => continue,
                 },
             };
-            added.push(notify.reporter(&signal)?.party);
+            added.push((notify.reporter(&signal)?.party, signal.child));
         }
         let subject = parent.subject();
         let change = ChildChange {
@@ -337,7 +337,9 @@ pub fn tell_remote(
     let mut told: Vec<Party> = Vec::new();
     for child in tx.children_of(parent)? {
         let record = tx.child(&child)?;
-        if record.active.is_empty() {
+        // A child not linked to the peer yet learns the peer's family parties once it is
+        // (`linked_to`), after its own child match with the peer, if any, is known.
+        if record.active.is_empty() || !linked(tx, &child, peer)? {
             continue;
         }
         let known = known_from(tx, &child, peer, Some(parent))?;
@@ -360,6 +362,65 @@ pub fn tell_remote(
             let refs: Vec<&Reporter> = involved.iter().collect();
             out.push(notices::to_officer(kind, &officer, &refs, &told));
         }
+    }
+    notify.send(out)
+}
+
+/// Whether the child's own publish to `peer` has been answered (its link exists), so that
+/// its child match with the peer, if there is one, is known here and at the peer before any
+/// family party about it crosses. A child never published (no point) counts as linked.
+pub fn linked(tx: &Tx<'_>, child: &ChildKey, peer: &str) -> TxResult<bool> {
+    Ok(tx.link(child, peer)?.is_some() || tx.point(child)?.is_none())
+}
+
+/// The parties a parent's family pair with `peer` sends: the active signals on its children
+/// that are linked to the peer (the others follow when they are, `Pairs::child_linked`).
+pub fn linked_parties(tx: &Tx<'_>, parent: &ParentKey, peer: &str, at: DateTime<Utc>) -> TxResult<Vec<Party>> {
+    let notify = Notify::new(tx, at);
+    let mut out: Vec<Party> = Vec::new();
+    for child in tx.children_of(parent)? {
+        if !linked(tx, &child, peer)? {
+            continue;
+        }
+        for reporter in notify.active_reporters(&tx.child(&child)?)? {
+            out.push(reporter.party);
+        }
+    }
+    Ok(out)
+}
+
+/// A child's publish to `peer` was answered for the first time: its reporters learn the
+/// peer's family parties (less those of its own child match, which are known by now), and
+/// its parties go to the peer's side of each matched family pair (`send`: per parent, the
+/// parties and the pair's handles).
+pub fn linked_to(
+    tx: &Tx<'_>,
+    child: &ChildKey,
+    peer: &str,
+    at: DateTime<Utc>,
+    send: &dyn Fn(&ParentKey, &[Party]) -> TxResult<()>,
+) -> TxResult<()> {
+    let record = tx.child(child)?;
+    if record.active.is_empty() {
+        return Ok(());
+    }
+    let notify = Notify::new(tx, at);
+    let reporters = notify.active_reporters(&record)?;
+    let mine: Vec<Party> = reporters.iter().map(|r| r.party.clone()).collect();
+    for parent in tx.parents_of(child)? {
+        send(&parent, &mine)?;
+    }
+    let remote = remote_family_parties(tx, child, &[peer.to_owned()])?;
+    if remote.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    for reporter in &reporters {
+        out.extend(notices::to_reporter(NoticeKind::FamilyMatchCreated, reporter, &remote));
+    }
+    if let Some(officer) = notify.officer()? {
+        let refs: Vec<&Reporter> = reporters.iter().collect();
+        out.push(notices::to_officer(NoticeKind::FamilyMatchCreated, &officer, &refs, &remote));
     }
     notify.send(out)
 }
@@ -397,6 +458,9 @@ pub fn remote_family_parties(tx: &Tx<'_>, child: &ChildKey, peers: &[String]) ->
         return Ok(out);
     }
     for peer in peers {
+        if !linked(tx, child, peer)? {
+            continue;
+        }
         let same_child = match tx.pair(child, peer)? {
             Some(pair) if pair.is_matched() => pair.remote_parties,
             _ => Vec::new(),

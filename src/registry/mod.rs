@@ -50,8 +50,10 @@ pub struct ChildChange<'a> {
     pub after: ChildState,
     /// `P·a`, known when the change is a registration.
     pub point: Option<Blinded>,
-    /// New local parties on an already active subject.
-    pub added: Vec<Party>,
+    /// New local parties on an already active subject, each with the child its signal is on
+    /// (the subject itself for a child; a family party is sent to a peer only once its child
+    /// is linked there, see `registry::family`).
+    pub added: Vec<(Party, ChildKey)>,
     /// Local organisations that stopped signalling a still active subject.
     pub removed_orgs: Vec<OrgId>,
 }

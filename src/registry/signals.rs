@@ -104,7 +104,7 @@ pub fn register(
         before,
         after: ChildState::Active,
         point: new.point,
-        added: vec![me.party.clone()],
+        added: vec![(me.party.clone(), new.child)],
         removed_orgs: vec![],
     };
     changed(tx, fed, change, new.now)?;
