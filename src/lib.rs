@@ -19,7 +19,7 @@
 //!   [`dashboard`] (the coordinators' page), [`notify`] (signed webhooks),
 //!   [`participation`] (which organisations signal and which went quiet), [`client`] (the
 //!   CLI's mTLS client of a node), [`brp`] (the BRP Personen client: a child's parents
-//!   for family matches, D11; not wired into the node yet).
+//!   for family matches, D11) and [`lookups`] (the durable BRP lookup queue's worker).
 //! - the application core: [`registry`] — when a match is made (D5), who is told what
 //!   (D5–D7), withdrawal, retention and erasure (D3, D4) — and [`federation::pairs`] —
 //!   when a cross-border pair is made or ended — as functions over a store transaction.
@@ -58,6 +58,7 @@ pub mod health;
 pub mod https;
 #[cfg(feature = "kit")]
 pub mod kit;
+pub mod lookups;
 pub mod notify;
 pub mod participation;
 pub mod pki;

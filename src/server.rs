@@ -324,6 +324,20 @@ impl Node {
             state.shutdown.clone(),
         )
         .map_err(NodeError::Config)?;
+        let lookups = match (&config.brp, config.family.source) {
+            (Some(brp), crate::config::FamilySource::Brp) => {
+                let brp = crate::brp::BrpClient::new(brp).map_err(|e| NodeError::Config(e.to_string()))?;
+                let worker = crate::lookups::LookupWorker {
+                    registry: state.registry.clone(),
+                    brp,
+                    local_key: state.local_key.clone(),
+                    blind_key: state.blind_key.clone(),
+                    clock: state.clock.clone(),
+                };
+                Some(tokio::spawn(worker.run(state.shutdown.clone())))
+            }
+            _ => None,
+        };
         let signals =
             SignalsServer::new(SignalsService::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES);
         let orgs = OrganisationsServer::new(OrganisationsService::new(state.clone()))
@@ -382,6 +396,9 @@ impl Node {
         health.set_api_bound(false);
         shutdown_tx.trigger();
         let _ = sweeper.await;
+        if let Some(lookups) = lookups {
+            let _ = lookups.await;
+        }
         let _ = probe.await;
         let _ = http.await;
         let _ = expiry.await;

@@ -451,3 +451,114 @@ async fn family_withdrawal_expiry_and_erasure_end_the_family_match_on_both_sides
     // on one of its children remains (the expired one in Rotterdam).
     withdraw(utr, "school", &id(&u)).await;
 }
+
+// ---- parents from the BRP ------------------------------------------------------------------
+
+/// A region whose parents come from the kit's BRP server at `url` (API key).
+fn brp_region(dir: &std::path::Path, url: &str) -> virfed::kit::fixture::RegionFiles {
+    use virfed::brp::{ApiKeyAuth, BrpAuth, BrpConfig};
+    let mut files = virfed::kit::fixture::RegionFiles::create(dir, "rotterdam", ([127, 0, 0, 1], 0).into()).unwrap();
+    let value_file = dir.join("brp-api-key");
+    virfed::pseudonym::write_new_secret(&value_file, b"family-test-key").unwrap();
+    files.config.family.source = virfed::config::FamilySource::Brp;
+    files.config.brp = Some(BrpConfig {
+        url: url.to_owned(),
+        ca: None,
+        client_cert: None,
+        client_key: None,
+        auth: BrpAuth::ApiKey(ApiKeyAuth { header: "X-API-KEY".into(), value_file }),
+        timeout_ms: 2000,
+    });
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_brp_lookups_wait_in_a_durable_queue_and_complete_after_the_brp_returns() {
+    use virfed::kit::brp::{BrpFault, BrpServer};
+    let (a, b, c, mother) = (bsn(100), bsn(101), bsn(102), bsn(103));
+    let (_, brp) = BrpServer::new()
+        .api_key("X-API-KEY", "family-test-key")
+        .person(&a, &[&mother])
+        .person(&b, &[&mother])
+        .start()
+        .await
+        .unwrap();
+    brp.set_fault(BrpFault::Unavailable);
+    let dir = tempfile::tempdir().unwrap();
+    let r = RunningRegion::start_with(brp_region(dir.path(), &brp.url()), Arc::new(SystemClock)).await.unwrap();
+    add_orgs(&r).await;
+    let mut school = Watcher::open(&r, "school").await;
+    let mut ggd = Watcher::open(&r, "ggd").await;
+    // The BRP is down: registrations answer at once, the child match works, the family
+    // lookups wait.
+    let resp = register(&r, "school", req(&a, &[], "Sanne School")).await;
+    assert_eq!(resp.family_lookup, "pending");
+    register(&r, "jeugdzorg", req(&b, &[], "Joris Jeugd")).await;
+    register(&r, "ggd", req(&a, &[], "Gert Ggd")).await;
+    assert_child(&school.one().await, &["-/ggd/Gert Ggd"]);
+    assert_child(&ggd.one().await, &["-/school/Sanne School"]);
+    let refused = r.org_client("school").await.unwrap().register_signal(req(&c, &[&mother], "X")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("looks a child's parents up in the BRP"), "{}", refused.message());
+    let started = std::time::Instant::now();
+    while brp.lookups() < 3 {
+        assert!(started.elapsed() < STEP, "the queue never asked the BRP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    school.quiet().await;
+    assert_eq!(r.handle.store().lookups().unwrap().len(), 2, "one lookup per child new here");
+    // While they wait, the sealed BSNs are in the store, never in plain form.
+    let files = r.files.config.data_dir.clone();
+    for canary in [&a, &b, &mother] {
+        let mut all = Vec::new();
+        files_under(&files, &mut all);
+        for f in all {
+            assert!(!contains(&std::fs::read(&f).unwrap(), canary.as_bytes()), "{} holds a BSN", f.display());
+        }
+    }
+    // A restart keeps the queue; the BRP comes back; the family match forms.
+    let files = r.stop().await.unwrap();
+    brp.set_fault(BrpFault::None);
+    let r = RunningRegion::start_with(files, Arc::new(SystemClock)).await.unwrap();
+    let mut school = Watcher::open(&r, "school").await;
+    let mut jeugdzorg = Watcher::open(&r, "jeugdzorg").await;
+    // (The child match notice from before the restart comes first on a fresh stream.)
+    assert_child(&school.one().await, &["-/ggd/Gert Ggd"]);
+    assert_family(&school.one().await, false, &["-/jeugdzorg/Joris Jeugd"]);
+    assert_family(&jeugdzorg.one().await, false, &["-/school/Sanne School", "-/ggd/Gert Ggd"]);
+    let started = std::time::Instant::now();
+    while !r.handle.store().lookups().unwrap().is_empty() {
+        assert!(started.elapsed() < STEP, "lookups left in the queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = r.handle.store().audit_entries().unwrap();
+    assert_eq!(done.iter().filter(|e| e.action == "family.lookup-done").count(), 2);
+    // A repeat registration on a known child says the lookup is done.
+    let again = r.org_client("school").await.unwrap().register_signal(req(&a, &[], "Sanne School")).await.unwrap();
+    assert_eq!(again.into_inner().family_lookup, "known");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_brp_not_found_completes_the_lookup_without_parents_and_erasure_drops_a_waiting_one() {
+    use virfed::kit::brp::{BrpFault, BrpServer};
+    let (a, b) = (bsn(110), bsn(111));
+    let (_, brp) = BrpServer::new().api_key("X-API-KEY", "family-test-key").start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = RunningRegion::start_with(brp_region(dir.path(), &brp.url()), Arc::new(SystemClock)).await.unwrap();
+    add_orgs(&r).await;
+    register(&r, "school", req(&a, &[], "Sanne School")).await;
+    let started = std::time::Instant::now();
+    while !r.handle.store().lookups().unwrap().is_empty() {
+        assert!(started.elapsed() < STEP, "the not-found lookup stayed queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let entries = r.handle.store().audit_entries().unwrap();
+    assert!(entries.iter().any(|e| e.action == "family.lookup-done" && e.detail == "not found in the BRP"));
+    assert!(r.handle.store().parents().next().is_none());
+    // A slow BRP: the lookup waits; erasing the child takes its sealed BSN with it.
+    brp.set_fault(BrpFault::Delay(Duration::from_secs(30)));
+    register(&r, "school", req(&b, &[], "Sanne School")).await;
+    assert_eq!(r.handle.store().lookups().unwrap().len(), 1);
+    erase(&r, &b).await;
+    assert!(r.handle.store().lookups().unwrap().is_empty(), "the erased child's lookup is gone");
+}

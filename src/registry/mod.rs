@@ -219,6 +219,39 @@ impl Registry {
         .await
     }
 
+    /// A BRP lookup is done: the child's parents are recorded and its family matches form
+    /// (none when the BRP listed none, or the child has no signal left here). Returns the
+    /// parents newly linked.
+    pub async fn complete_lookup(
+        &self,
+        seq: u64,
+        parents: Vec<family::NewParent>,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RegistryError> {
+        let detail = detail.to_owned();
+        self.write(move |tx, fed| {
+            let Some(lookup) = tx.lookup(seq)? else { return Ok(Ok(0)) };
+            tx.remove_lookup(seq)?;
+            tx.log(now, "system:family", AuditAction::FamilyLookupDone, &format!("lookup {seq}"), &detail)?;
+            Ok(Ok(family::add_parents(tx, fed, &lookup.child, &parents, now, &format!("lookup {seq}"))?))
+        })
+        .await
+    }
+
+    /// A BRP lookup failed: it waits until `next_at_ms` for its next attempt.
+    pub async fn reschedule_lookup(&self, seq: u64, attempts: u32, next_at_ms: i64) -> Result<(), RegistryError> {
+        self.write(move |tx, _| {
+            if let Some(mut lookup) = tx.lookup(seq)? {
+                lookup.attempts = attempts;
+                lookup.next_at_ms = next_at_ms;
+                tx.put_lookup(seq, &lookup)?;
+            }
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     /// Deletes every signal and archive entry on the child (erasure decision, D4).
     pub async fn erase_child(&self, child: &ChildKey, actor: &str, now: DateTime<Utc>) -> Result<u32, RegistryError> {
         let (child, actor) = (*child, actor.to_owned());

@@ -281,6 +281,18 @@ impl Store {
         Ok(self.get(Table::Family, &keys::Family::children_of(parent), "parent's children")?.unwrap_or_default())
     }
 
+    /// The queued BRP lookups, in queue order.
+    pub fn lookups(&self) -> Result<Vec<(u64, crate::store::Lookup)>, StoreError> {
+        self.t(Table::Family)
+            .scan_prefix(keys::Family::all_lookups())
+            .map(|item| {
+                let (k, v) = item?;
+                let seq = keys::trailing_seq(&k).ok_or(StoreError::Corrupt { what: "queued lookup key" })?;
+                Ok((seq, decode(&v, "queued lookup")?))
+            })
+            .collect()
+    }
+
     /// Every parent known here, with its children.
     pub fn parents(&self) -> impl Iterator<Item = Result<(ParentKey, Vec<ChildKey>), StoreError>> + '_ {
         self.t(Table::Family).scan_prefix(keys::Family::all_parents()).map(|item| {
