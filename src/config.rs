@@ -182,7 +182,6 @@ fn default_api_key_header() -> String {
     crate::brp::DEFAULT_API_KEY_HEADER.to_owned()
 }
 
-
 /// The node-to-node side: its own port, the federation CA, and the peers.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -502,11 +501,15 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         match (self.family.source, &self.brp) {
             (FamilySource::Brp, None) => {
-                return Err("family.source = \"brp\" needs a [brp] table (url, ca, auth): where to ask for parents".into())
+                return Err(
+                    "family.source = \"brp\" needs a [brp] table (url, ca, auth): where to ask for parents".into()
+                )
             }
             (FamilySource::Brp, Some(brp)) => brp.validate().map_err(|e| e.to_string())?,
             (_, Some(_)) => {
-                return Err("[brp] is set but family.source is not \"brp\"; set family.source = \"brp\" or remove [brp]".into())
+                return Err(
+                    "[brp] is set but family.source is not \"brp\"; set family.source = \"brp\" or remove [brp]".into(),
+                )
             }
             _ => {}
         }

@@ -70,7 +70,9 @@ impl LookupWorker {
             }
             let Some(bsn) = self.local_key.open_bsn(&lookup.sealed, &lookup.child) else {
                 warn!(seq, "BRP lookup queue: an entry does not open under this node's local key; dropped");
-                self.registry.complete_lookup(seq, Vec::new(), "dropped: not sealed under this local key", self.clock.now()).await?;
+                self.registry
+                    .complete_lookup(seq, Vec::new(), "dropped: not sealed under this local key", self.clock.now())
+                    .await?;
                 continue;
             };
             match self.brp.parents(&bsn).await {

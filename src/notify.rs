@@ -237,7 +237,8 @@ async fn deliver(
             continue;
         }
         for (seq, notice) in batch {
-            let body = serde_json::to_vec(&Delivery { cursor: seq, notice: WebhookNotice::of(&notice) }).unwrap_or_default();
+            let body =
+                serde_json::to_vec(&Delivery { cursor: seq, notice: WebhookNotice::of(&notice) }).unwrap_or_default();
             let request = http::Request::post(uri.clone())
                 .header("content-type", "application/json")
                 .header(SIGNATURE_HEADER, signature(&secret, clock.now().timestamp(), &body))

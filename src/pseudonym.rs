@@ -320,12 +320,13 @@ impl LocalKey {
     /// (which lives in `keys_dir`, never in a backup) the queue is unreadable.
     pub fn seal_bsn(&self, bsn: &Bsn, child: &ChildKey) -> Vec<u8> {
         use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, self.queue_key().as_slice()).expect("32-byte key"));
+        let key =
+            LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, self.queue_key().as_slice()).expect("32-byte key"));
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let mut data = zeroize::Zeroizing::new(bsn.normalised_digits().to_vec());
         let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(child.0), &mut *data)
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(child.0), &mut data)
             .expect("ChaCha20-Poly1305 seals 9 bytes");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&data);

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 pub use error::ApiError;
 
+use crate::config::FamilySource;
 use crate::config::RegistrationLimits;
 use crate::domain::bucket::{Bucket, Limit};
 use crate::domain::retention::removal_date_for_registration;
@@ -42,7 +43,6 @@ use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
 use crate::pki::{peer_of, Identity};
 use crate::pseudonym::LocalKey;
-use crate::config::FamilySource;
 use crate::registry::family::NewParent;
 use crate::registry::{NewSignal, Registry, Withdrawn};
 use crate::shutdown::Shutdown;

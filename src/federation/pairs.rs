@@ -279,7 +279,8 @@ impl Pairs {
         if !gone.is_empty() {
             if record.active.is_empty() {
                 // My side ended it: no local reporter is left to tell, the officer still is.
-                let kind = if family::is_parent(tx, child)? { NoticeKind::FamilyMatchEnded } else { NoticeKind::MatchEnded };
+                let kind =
+                    if family::is_parent(tx, child)? { NoticeKind::FamilyMatchEnded } else { NoticeKind::MatchEnded };
                 notify.officer_only(kind, &gone)?;
             } else {
                 tell(tx, at, child, peer, NoticeKind::MatchEnded, record, &gone)?;

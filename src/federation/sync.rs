@@ -152,7 +152,15 @@ impl Federation {
                             if !answer.contacts.is_empty() {
                                 if let Some(entry) = tx.remote(&peer, &d)? {
                                     let (contacts, archived) = (&answer.contacts, answer.contacts_archived);
-                                    pairs.receive_contacts(tx, &peer, &entry.handle, &p.handle, archived, contacts, now)?;
+                                    pairs.receive_contacts(
+                                        tx,
+                                        &peer,
+                                        &entry.handle,
+                                        &p.handle,
+                                        archived,
+                                        contacts,
+                                        now,
+                                    )?;
                                 }
                             }
                             // With the child's own match settled, family parties cross.

@@ -118,7 +118,8 @@ pub fn register(
     // same write, so it survives a crash and never delays the answer.
     if let (Some(sealed), ChildState::None) = (&new.lookup, before) {
         let at_ms = new.now.timestamp_millis();
-        let lookup = Lookup { child: new.child, sealed: sealed.clone(), attempts: 0, next_at_ms: at_ms, queued_at_ms: at_ms };
+        let lookup =
+            Lookup { child: new.child, sealed: sealed.clone(), attempts: 0, next_at_ms: at_ms, queued_at_ms: at_ms };
         tx.push_lookup(&lookup)?;
         tx.log(new.now, "system:family", AuditAction::FamilyLookupQueued, &signal.id.to_string(), "")?;
     }

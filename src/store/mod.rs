@@ -297,7 +297,8 @@ impl Store {
     pub fn parents(&self) -> impl Iterator<Item = Result<(ParentKey, Vec<ChildKey>), StoreError>> + '_ {
         self.t(Table::Family).scan_prefix(keys::Family::all_parents()).map(|item| {
             let (k, v) = item?;
-            let key: [u8; 32] = k.get(1..).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt { what: "parent key" })?;
+            let key: [u8; 32] =
+                k.get(1..).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt { what: "parent key" })?;
             Ok((ParentKey(key), decode(&v, "parent's children")?))
         })
     }
