@@ -702,6 +702,96 @@ async fn invariant3_contacts_without_a_pair_the_victim_detected_are_refused_and_
     rdam.stop().await.unwrap();
 }
 
+/// Family matches (D11) under the v2 rules: a rogue peer with a valid certificate cannot
+/// turn a child into a parent (the domains differ), cannot send contacts to a parent without
+/// a family pair the victim detected, and cannot send history contacts for a family pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_a_rogue_peer_cannot_force_a_family_match() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    let parent = "123456782";
+    let mut registration = req_by(CHILD, "jeugdzorg pro");
+    registration.parent_bsns = vec![parent.into()];
+    rdam.org_client("jeugdzorg").await.unwrap().register_signal(registration).await.unwrap();
+    eventually(20, "rotterdam's two publishes delivered", || fake.items_from("rotterdam").len() == 2).await;
+    let handles: Vec<Vec<u8>> = fake
+        .items_from("rotterdam")
+        .iter()
+        .map(|i| match &i.body {
+            Some(Body::Publish(p)) => p.handle.clone(),
+            other => panic!("expected publishes, got {other:?}"),
+        })
+        .collect();
+    let (child_handle, parent_handle) = (&handles[0], &handles[1]);
+    let refused = || audit_count(&rdam, "federation.contacts-refused");
+    let family_notices = || {
+        notices(&rdam, "jeugdzorg", NoticeKind::FamilyMatchCreated, Addressee::Professional)
+            + notices(&rdam, "gemeente", NoticeKind::FamilyMatchCreated, Addressee::MatchOfficer)
+    };
+    let archived = |mut item: fpb::Item| {
+        if let Some(Body::Contacts(c)) = &mut item.body {
+            c.archived = true;
+        }
+        item
+    };
+    let epoch = 0xfa;
+    let bsn = |b: &str| Bsn::parse(b).unwrap();
+
+    // 1. The parent's BSN published as a child: another domain, another D, no pair.
+    let h_as_child = [1u8; 16];
+    let items = vec![
+        publish_item(1, &h_as_child, &fake.key.blind_bsn(&bsn(parent)), true),
+        contacts_item(2, &h_as_child, parent_handle, "school"),
+    ];
+    let answer = rogue.exchange(request("utrecht", epoch, false, items)).await.unwrap().into_inner();
+    assert!(answer.results[0].contacts.is_empty(), "no family contacts for a child-domain point");
+    assert!(answer.results[1].gone);
+    assert_eq!(refused(), 1);
+
+    // 2. The matched child's handle aimed at the parent's handle: not a pair.
+    let h_child = [2u8; 16];
+    let items = vec![
+        publish_item(3, &h_child, &fake.key.blind_bsn(&bsn(CHILD)), true),
+        contacts_item(4, &h_child, parent_handle, "school"),
+    ];
+    let answer = rogue.exchange(request("utrecht", epoch, false, items)).await.unwrap().into_inner();
+    assert!(answer.results[1].gone);
+    assert_eq!(refused(), 2);
+
+    // 3. The parent in its own domain, archived at the rogue: no pair, and history contacts
+    //    for a parent are refused (history notices are child-only).
+    let h_parent = [3u8; 16];
+    let items = vec![
+        publish_item(5, &h_parent, &fake.key.blind_parent(&bsn(parent)), false),
+        archived(contacts_item(6, &h_parent, parent_handle, "school")),
+        contacts_item(7, &h_parent, parent_handle, "school"),
+    ];
+    let answer = rogue.exchange(request("utrecht", epoch, false, items)).await.unwrap().into_inner();
+    assert!(answer.results[0].contacts.is_empty(), "an inactive parent makes no family pair");
+    assert!(answer.results[1].gone && answer.results[2].gone);
+    assert_eq!(refused(), 4);
+    assert_eq!(family_notices(), 0, "no family notice from a peer's say-so");
+
+    // Control: the parent active at the peer is a family pair the victim detects itself; its
+    // contacts are applied and notified with the family flag, once.
+    let items = vec![publish_item(8, &h_parent, &fake.key.blind_parent(&bsn(parent)), true)];
+    let answer = rogue.exchange(request("utrecht", epoch, false, items)).await.unwrap().into_inner();
+    assert_eq!(answer.results[0].contacts.len(), 1, "the victim's one reporter for the family pair");
+    let answer = rogue
+        .exchange(request("utrecht", epoch, false, vec![contacts_item(9, &h_parent, parent_handle, "school")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.results[0].gone);
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::FamilyMatchCreated, Addressee::Professional), 1);
+    assert_eq!(refused(), 4);
+    let _ = child_handle;
+    rdam.stop().await.unwrap();
+}
+
 /// A replayed sequence number is no way round the applied path: a replay with another
 /// point under the same handle gets no blinded answer, and replays are audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1117,12 +1207,24 @@ async fn invariant1_no_bsn_in_peer_messages_logs_or_peer_data() {
     let canaries = canaries();
     assert!(canaries.len() >= 40 && canaries.iter().any(|c| c.len() == 8));
     let both: Vec<&String> = canaries.iter().step_by(3).collect();
-    for (i, bsn) in canaries.iter().enumerate() {
-        if i % 3 != 2 {
-            register(&rdam, "jeugdzorg", bsn).await;
+    // Every child also names a parent (another canary) or two: parent BSNs are covered as
+    // child BSNs are (family matches, D11).
+    let parents_of = |i: usize| -> Vec<String> {
+        let n = canaries.len();
+        let mut p = vec![canaries[(i + 7) % n].clone()];
+        if i % 2 == 0 {
+            p.push(canaries[(i + 11) % n].clone());
         }
-        if i % 3 != 1 {
-            register(&utr, "school", bsn).await;
+        p.retain(|b| Bsn::parse(b).unwrap() != Bsn::parse(&canaries[i]).unwrap());
+        p
+    };
+    for (i, bsn) in canaries.iter().enumerate() {
+        for (region, org, skip) in [(&rdam, "jeugdzorg", 2), (&utr, "school", 1)] {
+            if i % 3 != skip {
+                let mut registration = req_by(bsn, &format!("{org} pro"));
+                registration.parent_bsns = parents_of(i);
+                region.org_client(org).await.unwrap().register_signal(registration).await.unwrap();
+            }
         }
     }
     let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
@@ -1167,7 +1269,10 @@ async fn invariant1_no_bsn_in_peer_messages_logs_or_peer_data() {
     })
     .await;
     let in_utrecht = (0..canaries.len()).filter(|i| i % 3 != 1).count();
-    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), in_utrecht);
+    // Utrecht's children and, once each, their parents (a parent is its own entry).
+    let parents_in_utrecht: BTreeSet<String> =
+        (0..canaries.len()).filter(|i| i % 3 != 1).flat_map(parents_of).map(|b| format!("{b:0>9}")).collect();
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), in_utrecht + parents_in_utrecht.len());
 
     for (i, req) in zwolle.received().iter().enumerate() {
         seen.push((format!("wire message {i} from {} (protobuf)", req.from_region), req.encode_to_vec()));
