@@ -1493,10 +1493,23 @@ async fn invariant1_bsn_never_appears_in_logs_errors_or_files() {
     let mut school = region.org_client("school").await.unwrap();
     let mut officer = region.org_client(MATCH_OFFICER_ORG).await.unwrap();
     let mut ids = Vec::new();
+    // Every child also has a canary parent (family matches form among them), and refused
+    // parent lists carry valid ones: parent BSNs are covered as child BSNs are.
+    let parent_of = |i: usize| {
+        let p = &valid[(i + 5) % valid.len()].0;
+        let same = virfed::domain::Bsn::parse(p).unwrap() == virfed::domain::Bsn::parse(&valid[i].0).unwrap();
+        if same { valid[(i + 6) % valid.len()].0.clone() } else { p.clone() }
+    };
     for (i, (input, _)) in valid.iter().enumerate() {
-        let a = register(&mut jz, req(input, "jeugdzorg")).await.signal.unwrap().signal_id;
+        let with_parent = |org: &str| pb::RegisterSignalRequest { parent_bsns: vec![parent_of(i)], ..req(input, org) };
+        let a = register(&mut jz, with_parent("jeugdzorg")).await.signal.unwrap().signal_id;
         if i % 2 == 0 {
-            register(&mut school, req(input, "school")).await;
+            register(&mut school, with_parent("school")).await;
+        }
+        let parent = parent_of(i);
+        for parents in [vec![parent.clone(), parent.clone()], vec![parent.clone(), input.clone(), valid[0].0.clone()]] {
+            let bad = pb::RegisterSignalRequest { parent_bsns: parents, ..req(input, "school") };
+            errors.push(school.register_signal(bad).await.unwrap_err().message().to_string());
         }
         // A repeat, and refused requests that carry the valid BSN.
         register(&mut jz, req(input, "jeugdzorg")).await;
@@ -1529,6 +1542,8 @@ async fn invariant1_bsn_never_appears_in_logs_errors_or_files() {
     }
     for input in &invalid {
         errors.push(school.register_signal(req(input, "school")).await.unwrap_err().message().to_string());
+        let bad_parent = pb::RegisterSignalRequest { parent_bsns: vec![input.clone()], ..req(&valid[1].0, "school") };
+        errors.push(school.register_signal(bad_parent).await.unwrap_err().message().to_string());
         errors.push(
             officer.erase_child(pb::EraseChildRequest { bsn: input.clone() }).await.unwrap_err().message().to_string(),
         );
