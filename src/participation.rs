@@ -80,6 +80,8 @@ pub struct OrgParticipation {
     pub last_signal: Option<NaiveDate>,
     /// Match notices to this organisation's reporting professionals, ever.
     pub matches: u64,
+    /// Family match notices (D11) to this organisation's reporting professionals, ever.
+    pub family_matches: u64,
     /// Inactive while another organisation of its domain is active (see the module docs).
     pub quiet: bool,
 }
@@ -110,6 +112,7 @@ struct Tally {
     signal_dates: Vec<NaiveDate>,
     registered: Option<NaiveDate>,
     matches: u64,
+    family_matches: u64,
 }
 
 fn dutch_date(entry: &AuditEntry) -> NaiveDate {
@@ -154,7 +157,9 @@ pub fn report(
         let org = match action {
             Some(AuditAction::SignalRegister) => entry.actor.strip_prefix("org:"),
             Some(AuditAction::OrgAdd) => Some(entry.subject.as_str()),
-            Some(AuditAction::NoticeMatchCreated) => professional_recipient(&entry.detail),
+            Some(AuditAction::NoticeMatchCreated | AuditAction::NoticeFamilyMatchCreated) => {
+                professional_recipient(&entry.detail)
+            }
             _ => None,
         };
         let Some(tally) = org.and_then(|id| index.get(id)).map(|&i| &mut tallies[i]) else {
@@ -163,6 +168,7 @@ pub fn report(
         match action {
             Some(AuditAction::SignalRegister) => tally.signal_dates.push(date),
             Some(AuditAction::OrgAdd) => tally.registered = Some(tally.registered.map_or(date, |r| r.min(date))),
+            Some(AuditAction::NoticeFamilyMatchCreated) => tally.family_matches += 1,
             _ => tally.matches += 1,
         }
     }
@@ -194,6 +200,7 @@ pub fn report(
                 signals_365d: within(dates, 365),
                 last_signal: last_signals[i],
                 matches: tallies[i].matches,
+                family_matches: tallies[i].family_matches,
                 quiet: inactive[i] && peer_active,
             }
         })
@@ -267,14 +274,16 @@ impl ParticipationReport {
     /// CSV export: a header, then one row per organisation, CRLF line ends (RFC 4180).
     ///
     /// Columns: `organisation,name,domain,signals_30d,signals_90d,signals_365d,last_signal,
-    /// matches,quiet`; `last_signal` is `YYYY-MM-DD` or empty, `quiet` is `true`/`false`.
+    /// matches,quiet,family_matches`; `last_signal` is `YYYY-MM-DD` or empty, `quiet` is
+    /// `true`/`false` (`family_matches` was appended last, so earlier readers keep working).
     pub fn to_csv(&self) -> String {
-        let mut out =
-            String::from("organisation,name,domain,signals_30d,signals_90d,signals_365d,last_signal,matches,quiet\r\n");
+        let mut out = String::from(
+            "organisation,name,domain,signals_30d,signals_90d,signals_365d,last_signal,matches,quiet,family_matches\r\n",
+        );
         for o in &self.orgs {
             let _ = write!(
                 out,
-                "{},{},{},{},{},{},{},{},{}\r\n",
+                "{},{},{},{},{},{},{},{},{},{}\r\n",
                 csv_field(o.org.as_str()),
                 csv_field(&o.name),
                 o.domain,
@@ -283,7 +292,8 @@ impl ParticipationReport {
                 o.signals_365d,
                 o.last_signal.map(|d| d.to_string()).unwrap_or_default(),
                 o.matches,
-                o.quiet
+                o.quiet,
+                o.family_matches
             );
         }
         out
@@ -296,8 +306,9 @@ impl ParticipationReport {
             "Participation report, {} (quiet: no signal for more than {} days while others of the same domain signal)\n\n",
             self.generated_on, self.quiet_after_days
         );
-        let header = ["organisation", "name", "domain", "30d", "90d", "365d", "last signal", "matches", "quiet"];
-        let rows: Vec<[String; 9]> = self
+        let header =
+            ["organisation", "name", "domain", "30d", "90d", "365d", "last signal", "matches", "family", "quiet"];
+        let rows: Vec<[String; 10]> = self
             .orgs
             .iter()
             .map(|o| {
@@ -310,6 +321,7 @@ impl ParticipationReport {
                     o.signals_365d.to_string(),
                     date_or_never(o.last_signal),
                     o.matches.to_string(),
+                    o.family_matches.to_string(),
                     if o.quiet { "QUIET".into() } else { String::new() },
                 ]
             })
@@ -320,7 +332,7 @@ impl ParticipationReport {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let numeric = [false, false, false, true, true, true, false, true, false];
+        let numeric = [false, false, false, true, true, true, false, true, true, false];
         let mut line = |cells: &[String]| {
             let mut text = String::new();
             for (i, cell) in cells.iter().enumerate() {
@@ -410,14 +422,14 @@ impl ParticipationReport {
         let _ = writeln!(out, "<h2>Organisations</h2>\n<p>{} organisation(s), {quiet} quiet.</p>", self.orgs.len());
         out.push_str(
             "<table>\n<thead><tr><th>Organisation</th><th>Name</th><th>Domain</th><th>Signals 30 days</th>\
-             <th>Signals 90 days</th><th>Signals 365 days</th><th>Last signal</th><th>Matches</th><th>Quiet</th>\
+             <th>Signals 90 days</th><th>Signals 365 days</th><th>Last signal</th><th>Matches</th><th>Family matches</th><th>Quiet</th>\
              </tr></thead>\n<tbody>\n",
         );
         for o in &self.orgs {
             let _ = writeln!(
                 out,
                 "<tr{}><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-                 <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+                 <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
                 if o.quiet { " class=\"quiet\"" } else { "" },
                 html_escape(o.org.as_str()),
                 html_escape(&o.name),
@@ -427,6 +439,7 @@ impl ParticipationReport {
                 o.signals_365d,
                 date_or_never(o.last_signal),
                 o.matches,
+                o.family_matches,
                 if o.quiet { "quiet" } else { "" }
             );
         }

@@ -1498,7 +1498,11 @@ async fn invariant1_bsn_never_appears_in_logs_errors_or_files() {
     let parent_of = |i: usize| {
         let p = &valid[(i + 5) % valid.len()].0;
         let same = virfed::domain::Bsn::parse(p).unwrap() == virfed::domain::Bsn::parse(&valid[i].0).unwrap();
-        if same { valid[(i + 6) % valid.len()].0.clone() } else { p.clone() }
+        if same {
+            valid[(i + 6) % valid.len()].0.clone()
+        } else {
+            p.clone()
+        }
     };
     for (i, (input, _)) in valid.iter().enumerate() {
         let with_parent = |org: &str| pb::RegisterSignalRequest { parent_bsns: vec![parent_of(i)], ..req(input, org) };

@@ -562,3 +562,32 @@ async fn family_brp_not_found_completes_the_lookup_without_parents_and_erasure_d
     erase(&r, &b).await;
     assert!(r.handle.store().lookups().unwrap().is_empty(), "the erased child's lookup is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_match_counts_are_suppressed_below_five_in_the_metrics() {
+    let (_dir, r) = one_region().await;
+    let metric = |text: &str| {
+        text.lines().find(|l| l.starts_with("virfed_matches{scope=\"family_local\"}")).map(|l| l.to_owned())
+    };
+    for family in 0..5u32 {
+        let parent = bsn(200 + family * 3);
+        register(&r, "school", req(&bsn(201 + family * 3), &[&parent], "Sanne School")).await;
+        register(&r, "jeugdzorg", req(&bsn(202 + family * 3), &[&parent], "Joris Jeugd")).await;
+        let want = if family < 4 { "0" } else { "5" };
+        let started = std::time::Instant::now();
+        loop {
+            let (_, text) = virfed::health::http::get_text(r.handle.http_addr(), "/metrics").await.unwrap();
+            let line = metric(&text).expect("virfed_matches{scope=\"family_local\"} exported");
+            if line.ends_with(&format!(" {want}")) {
+                break;
+            }
+            assert!(family < 4 || started.elapsed() < STEP, "5 family matches never reported: {line}");
+            if family < 4 {
+                panic!("{} family matches are not suppressed: {line}", family + 1);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let counts = r.handle.store().all_match_counts().unwrap();
+    assert_eq!((counts.local, counts.family_local, counts.family_cross), (0, 5, 0));
+}

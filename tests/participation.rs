@@ -172,6 +172,27 @@ fn matches_count_notices_to_the_organisations_professionals_only() {
     assert_eq!(row(&r, "ab").matches, 1);
 }
 
+#[test]
+fn family_matches_are_counted_per_organisation_apart_from_child_matches() {
+    let orgs = vec![org("a", "A", OrgDomain::YouthCare), org("b", "B", OrgDomain::Education)];
+    let mut log = Log::default();
+    log.notice("professional", "a", days_ago(3));
+    for (who, org) in [("professional", "a"), ("professional", "a"), ("coordinator", "a"), ("professional", "b")] {
+        log.push(
+            at(days_ago(1)),
+            "system:matcher",
+            "notice.family-match-created",
+            "",
+            &format!("to {who} of org:{org} (cursor 1)"),
+        );
+    }
+    log.push(at(days_ago(1)), "system:matcher", "notice.family-match-ended", "", "to professional of org:b (cursor 2)");
+    let r = build(&orgs, &log);
+    assert_eq!((row(&r, "a").matches, row(&r, "a").family_matches), (1, 2));
+    assert_eq!((row(&r, "b").matches, row(&r, "b").family_matches), (0, 1));
+    assert!(r.to_csv().contains("\r\na,A,youth-care,0,0,0,,1,false,2\r\n"), "{}", r.to_csv());
+}
+
 // ---- the quiet flag -------------------------------------------------------------------------
 
 #[test]
@@ -284,10 +305,13 @@ fn csv_has_a_header_and_one_row_per_org_with_commas_and_quotes_escaped() {
     let csv = build(&orgs, &log).to_csv();
     let lines: Vec<&str> = csv.split_terminator("\r\n").collect();
     assert_eq!(lines.len(), 4, "{csv}");
-    assert_eq!(lines[0], "organisation,name,domain,signals_30d,signals_90d,signals_365d,last_signal,matches,quiet");
-    assert!(lines.contains(&"brug,\"Zorg, \"\"De Brug\"\"\",youth-care,0,0,1,2025-11-19,0,true"), "{csv}");
-    assert!(lines.contains(&"plain,Plain,youth-care,1,1,1,2026-09-12,0,false"), "{csv}");
-    assert!(lines.contains(&"formula,\"'=HYPERLINK(\"\"x\"\")\",health,0,0,0,,0,false"), "{csv}");
+    assert_eq!(
+        lines[0],
+        "organisation,name,domain,signals_30d,signals_90d,signals_365d,last_signal,matches,quiet,family_matches"
+    );
+    assert!(lines.contains(&"brug,\"Zorg, \"\"De Brug\"\"\",youth-care,0,0,1,2025-11-19,0,true,0"), "{csv}");
+    assert!(lines.contains(&"plain,Plain,youth-care,1,1,1,2026-09-12,0,false,0"), "{csv}");
+    assert!(lines.contains(&"formula,\"'=HYPERLINK(\"\"x\"\")\",health,0,0,0,,0,false,0"), "{csv}");
 }
 
 #[test]

@@ -570,6 +570,7 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
                     signals_365d: o.signals_365d,
                     last_signal: o.last_signal.map(|d| d.to_string()).unwrap_or_default(),
                     matches: o.matches,
+                    family_matches: o.family_matches,
                     quiet: o.quiet,
                 })
                 .collect(),

@@ -273,6 +273,12 @@ pub fn render(health: &NodeHealth, status: &pb::NodeStatus) -> String {
     matches
         .get_or_create(&vec![("scope", "cross_region".into())])
         .set(suppressed_value(&status.cross_region_matches) as i64);
+    matches
+        .get_or_create(&vec![("scope", "family_local".into())])
+        .set(suppressed_value(&status.family_local_matches) as i64);
+    matches
+        .get_or_create(&vec![("scope", "family_cross_region".into())])
+        .set(suppressed_value(&status.family_cross_region_matches) as i64);
     r.register("matches", help("matches"), matches);
 
     let up: Family<Labels, Gauge> = Family::default();

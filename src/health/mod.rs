@@ -77,6 +77,8 @@ struct Figures {
     archived: u64,
     local_matches: u64,
     cross_matches: u64,
+    family_local: u64,
+    family_cross: u64,
     /// Per peer: depth and age of the oldest item in seconds.
     outbox: Vec<(usize, Option<u64>)>,
 }
@@ -265,13 +267,15 @@ impl NodeHealth {
             local_matches: suppress(f.local_matches),
             cross_region_matches: suppress(f.cross_matches),
             peers,
+            family_local_matches: suppress(f.family_local),
+            family_cross_region_matches: suppress(f.family_cross),
         }
     }
 }
 
 fn compute_figures(store: &Store, peers: &[String]) -> Result<Figures, crate::store::StoreError> {
     let counts = store.counts()?;
-    let (local_matches, cross_matches) = store.match_counts()?;
+    let m = store.all_match_counts()?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut outbox = Vec::with_capacity(peers.len());
     for peer in peers {
@@ -282,8 +286,10 @@ fn compute_figures(store: &Store, peers: &[String]) -> Result<Figures, crate::st
         store_bytes: store.size_on_disk()?,
         active: counts.active,
         archived: counts.archived,
-        local_matches,
-        cross_matches,
+        local_matches: m.local,
+        cross_matches: m.cross,
+        family_local: m.family_local,
+        family_cross: m.family_cross,
         outbox,
     })
 }

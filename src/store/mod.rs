@@ -112,6 +112,19 @@ pub struct Outgoing<T> {
     pub item: T,
 }
 
+/// Match counts for status and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatchCounts {
+    /// Children with two or more active signals here.
+    pub local: u64,
+    /// Matched child pairs with other regions.
+    pub cross: u64,
+    /// Parents with active signals on two or more of their children here.
+    pub family_local: u64,
+    /// Matched family pairs (per parent and peer) with other regions.
+    pub family_cross: u64,
+}
+
 /// Counts for status and metrics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
@@ -331,19 +344,48 @@ impl Store {
     /// Children with two or more active signals here, and matched pairs with other regions
     /// (a child matched in two other regions counts twice).
     pub fn match_counts(&self) -> Result<(u64, u64), StoreError> {
-        let mut local = 0;
+        let m = self.all_match_counts()?;
+        Ok((m.local, m.cross))
+    }
+
+    /// Child and family match counts (see [`MatchCounts`]).
+    pub fn all_match_counts(&self) -> Result<MatchCounts, StoreError> {
+        let mut m = MatchCounts::default();
         for record in self.children() {
             if record?.active.len() >= 2 {
-                local += 1;
+                m.local += 1;
             }
         }
-        let mut cross = 0;
-        for pair in self.values::<CrossPair>(Table::Fed, &Fed::all_pairs(), "cross pair") {
-            if pair?.is_matched() {
-                cross += 1;
+        for parent in self.parents() {
+            let (_, children) = parent?;
+            let mut active = 0;
+            for child in &children {
+                if !self.child(child)?.active.is_empty() {
+                    active += 1;
+                }
+            }
+            if active >= 2 {
+                m.family_local += 1;
             }
         }
-        Ok((local, cross))
+        for item in self.t(Table::Fed).scan_prefix(Fed::all_pairs()) {
+            let (k, v) = item?;
+            let pair: CrossPair = decode(&v, "cross pair")?;
+            if !pair.is_matched() {
+                continue;
+            }
+            let subject: Option<[u8; 32]> = k.get(1..33).and_then(|b| b.try_into().ok());
+            let family = match subject {
+                Some(s) => !self.children_of(&ParentKey(s))?.is_empty(),
+                None => false,
+            };
+            if family {
+                m.family_cross += 1;
+            } else {
+                m.cross += 1;
+            }
+        }
+        Ok(m)
     }
 
     // ---- meta ---------------------------------------------------------------------------
