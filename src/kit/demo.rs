@@ -3,8 +3,8 @@
 //! The demo starts a federation of three regions in a temp dir (a federation CA and node
 //! certificates minted on the fly, mTLS on loopback, sled on disk), registers
 //! organisations through the admin API, and walks through a cross-border match, a child in
-//! all three regions, a withdrawal that ends a match on both sides, and a region that goes
-//! down and catches up when it returns. Every step reads the notices from the watch
+//! all three regions, a withdrawal that ends a match on both sides, a region that goes
+//! down and catches up when it returns, and a cross-border family match (siblings). Every step reads the notices from the watch
 //! streams, as a regional application would.
 
 use std::sync::Arc;
@@ -42,6 +42,26 @@ async fn register(region: &RunningRegion, org: &str, bsn: &str, who: &str) -> Ki
     let email = format!("{}@{org}.example", who.to_lowercase().replace([' ', '.'], ""));
     let resp = region.org_client(org).await?.register_signal(register_request(bsn, who, &email)).await?.into_inner();
     Ok(resp.signal.map(|s| s.signal_id).unwrap_or_default())
+}
+
+/// A registration with the child's parents (family matches).
+async fn register_family(region: &RunningRegion, org: &str, bsn: &str, parents: &[&str], who: &str) -> KitResult<()> {
+    let email = format!("{}@{org}.example", who.to_lowercase().replace([' ', '.'], ""));
+    let request = super::fixture::register_with_parents(bsn, parents, who, &email);
+    region.org_client(org).await?.register_signal(request).await?;
+    Ok(())
+}
+
+/// Notices after `after` until a family match notice.
+async fn collect_until_family(region: &RunningRegion, org: &str, after: u64) -> KitResult<Vec<pb::Notice>> {
+    let mut cursor = after;
+    loop {
+        let next = next_notices(region, org, cursor, 1).await?;
+        cursor = next[0].cursor;
+        if next[0].family {
+            return Ok(next);
+        }
+    }
 }
 
 /// The walkthrough behind `cargo run --release -- demo`: three regions on loopback.
@@ -127,6 +147,17 @@ pub async fn run(keep_running: bool) -> KitResult<()> {
     );
     regions.push(zwolle);
 
+    println!(
+        "\n5. A family match across the border: a school in Rotterdam signals a girl, jeugdzorg in Zwolle her\n   brother. They share their mother in the population register; the nodes compare the parents as\n   blinded pseudonyms, so both professionals learn of each other and nothing about which child,\n   which parent, or how they are related."
+    );
+    let (sister, brother, mother, father) = ("065444942", "095607481", "132650460", "146563256");
+    let rs_before = next_notices_after_all(&regions[0], "school-rotterdam").await?;
+    let zj_before = next_notices_after_all(&regions[2], "jeugdzorg-zwolle").await?;
+    register_family(&regions[0], "school-rotterdam", sister, &[mother, father], "S. Jacobs").await?;
+    register_family(&regions[2], "jeugdzorg-zwolle", brother, &[mother], "R. Peters").await?;
+    show(&regions[0], "school-rotterdam", &collect_until_family(&regions[0], "school-rotterdam", rs_before).await?);
+    show(&regions[2], "jeugdzorg-zwolle", &collect_until_family(&regions[2], "jeugdzorg-zwolle", zj_before).await?);
+
     let mut notices = 0usize;
     for r in &regions {
         for o in r.handle.store().orgs()? {
@@ -134,7 +165,7 @@ pub async fn run(keep_running: bool) -> KitResult<()> {
         }
     }
     println!(
-        "\n== demo done: {} regions, cross-border matches formed, ended and caught up after an outage; {notices} notices stored, no BSN ever left its region.",
+        "\n== demo done: {} regions, cross-border child and family matches formed, ended and caught up after an outage; {notices} notices stored, no BSN ever left its region.",
         regions.len()
     );
     if keep_running {
