@@ -21,8 +21,10 @@
 //!   CLI's mTLS client of a node), [`brp`] (the BRP Personen client: a child's parents
 //!   for family matches, D11) and [`lookups`] (the durable BRP lookup queue's worker).
 //! - the application core: [`registry`] — when a match is made (D5), who is told what
-//!   (D5–D7), withdrawal, retention and erasure (D3, D4) — and [`federation::pairs`] —
-//!   when a cross-border pair is made or ended — as functions over a store transaction.
+//!   (D5–D7), withdrawal, retention and erasure (D3, D4), family matches (D11,
+//!   [`registry::family`]: siblings by a shared parent) — and [`federation::pairs`] —
+//!   when a cross-border pair is made or ended, for a child or a parent — as functions over
+//!   a store transaction.
 //! - [`store`]: tables, key codecs, schema and migrations, the single writer (group
 //!   commit), backup, the audit chain (D8); `store/engine.rs` is the only file that names
 //!   sled. No table holds a BSN.
