@@ -143,11 +143,17 @@ pub enum BenchCommand {
         regions: usize,
         #[arg(long, default_value_t = 2_000)]
         signals: usize,
+        /// Every child with 0-2 parents (a realistic mix of sibling families).
+        #[arg(long)]
+        parents: bool,
     },
     /// Cross-region match latency p50/p99 vs one flush + one mTLS round trip.
     Latency {
         #[arg(long, default_value_t = 200)]
         samples: usize,
+        /// Every registration names 0-2 parents (a realistic mix of sibling families).
+        #[arg(long)]
+        parents: bool,
     },
     /// A status sweep over N nodes vs N parallel health round trips; /metrics scrape cost.
     Status {

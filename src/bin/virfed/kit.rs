@@ -15,8 +15,8 @@ pub async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Register { registrations } => bench::register(registrations).await?,
         BenchCommand::Crypto { operations } => bench::crypto(operations),
-        BenchCommand::Join { regions, signals } => bench::join(regions, signals).await?,
-        BenchCommand::Latency { samples } => bench::latency(samples).await?,
+        BenchCommand::Join { regions, signals, parents } => bench::join(regions, signals, parents).await?,
+        BenchCommand::Latency { samples, parents } => bench::latency(samples, parents).await?,
         BenchCommand::Status { nodes, scrapes } => bench::status(nodes, scrapes).await?,
     }
     Ok(())

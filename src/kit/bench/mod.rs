@@ -276,8 +276,22 @@ pub fn proof_rates(n: usize) -> ProofRates {
     ProofRates { blind, blind_and_prove: proved, verify: verified }
 }
 
-/// `virfed bench join`: a new region joins `regions` regions of `signals` children each.
-pub async fn join(regions: usize, signals: usize) -> KitResult<()> {
+/// The parents of the `i`-th child of a bench run (`--parents`): children come in sibling
+/// pairs; of every 10 families 1 lists no parent, 3 one and 6 two (a realistic mix), drawn
+/// from a pool of parent BSNs apart from the children's.
+fn bench_parents(pool: &[String], i: usize) -> Vec<String> {
+    let family = i / 2;
+    let n = match family % 10 {
+        0 => 0,
+        1..=3 => 1,
+        _ => 2,
+    };
+    (0..n).map(|k| pool[(2 * family + k) % pool.len()].clone()).collect()
+}
+
+/// `virfed bench join`: a new region joins `regions` regions of `signals` children each
+/// (with `parents`, every child has 0-2 parents, see [`bench_parents`]).
+pub async fn join(regions: usize, signals: usize, parents: bool) -> KitResult<()> {
     let dir = tempfile::Builder::new().prefix("virfed-bench-join-").tempdir()?;
     let mut names: Vec<String> = (0..regions).map(|i| format!("region-{i:02}")).collect();
     names.push("newcomer".into());
@@ -287,14 +301,18 @@ pub async fn join(regions: usize, signals: usize) -> KitResult<()> {
     let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
     // Fill each store before the nodes start (children published when the node first runs).
     let bsns = valid_bsns(300_000_000, signals * 2);
+    let pool = if parents { valid_bsns(700_000_000, signals * 2) } else { Vec::new() };
     let started = Instant::now();
+    // What each region's index of the other side must hold at the end: its children and
+    // each of their parents once.
+    let mut subjects = Vec::new();
     for (i, region) in files.regions.iter().enumerate() {
         // Half of each region's children are shared with the newcomer, so pairs form.
-        let mine: Vec<&String> = if i == regions {
-            bsns[..signals].iter().collect()
-        } else {
-            bsns[signals / 2..signals / 2 + signals].iter().collect()
-        };
+        let range = if i == regions { 0..signals } else { signals / 2..signals / 2 + signals };
+        let mine: Vec<(&String, Vec<String>)> =
+            range.map(|k| (&bsns[k], if parents { bench_parents(&pool, k) } else { Vec::new() })).collect();
+        let distinct: std::collections::BTreeSet<&String> = mine.iter().flat_map(|(_, p)| p.iter()).collect();
+        subjects.push(signals + distinct.len());
         prefill(region, &mine).await?;
     }
     eprintln!("prefilled {} regions x {signals} children in {:.1} s", regions + 1, started.elapsed().as_secs_f64());
@@ -305,9 +323,9 @@ pub async fn join(regions: usize, signals: usize) -> KitResult<()> {
     // every region's, and no outbox holds anything more.
     loop {
         let mut done = true;
-        for (r, name) in running[..regions].iter().zip(&names[..regions]) {
-            done &= r.handle.store().peer_index_len("newcomer") == signals;
-            done &= newcomer.handle.store().peer_index_len(name) == signals;
+        for (i, (r, name)) in running[..regions].iter().zip(&names[..regions]).enumerate() {
+            done &= r.handle.store().peer_index_len("newcomer") == subjects[regions];
+            done &= newcomer.handle.store().peer_index_len(name) == subjects[i];
             done &= r.handle.store().outbox_depth("newcomer") == 0 && newcomer.handle.store().outbox_depth(name) == 0;
         }
         if done {
@@ -325,23 +343,26 @@ pub async fn join(regions: usize, signals: usize) -> KitResult<()> {
             flush_us as f64 / 1000.0
         );
     }
-    // Every region blinds the newcomer's children (regions × signals) and the newcomer
-    // blinds every region's (regions × signals).
-    let mults = 2.0 * regions as f64 * signals as f64;
+    // Every region blinds the newcomer's subjects (children and parents) and the newcomer
+    // blinds every region's.
+    let items: usize = subjects[..regions].iter().sum::<usize>() + regions * subjects[regions];
+    let mults = items as f64;
     let (raw, _) = crypto_rates(20_000);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let floor = mults / raw / cores;
-    println!("join of a new region: {regions} regions x {signals} children, {mults:.0} scalar multiplications");
-    println!("{:>12} {:>12} {:>8}", "wall s", "floor s", "ratio");
-    println!("{wall:>12.2} {floor:>12.2} {:>8.2}", wall / floor);
+    let with = if parents { " with 0-2 parents each" } else { "" };
+    println!("join of a new region: {regions} regions x {signals} children{with}, {items} join items (publishes), {mults:.0} scalar multiplications");
+    println!("{:>12} {:>12} {:>8} {:>14}", "wall s", "floor s", "ratio", "ms per item");
+    println!("{wall:>12.2} {floor:>12.2} {:>8.2} {:>14.3}", wall / floor, wall * 1000.0 / items as f64);
     for r in running {
         r.stop().await?;
     }
     Ok(())
 }
 
-/// Registers `bsns` in the region's store directly (the node is not running yet).
-async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
+/// Registers `bsns` (each with its parents) in the region's store directly (the node is not
+/// running yet).
+async fn prefill(region: &RegionFiles, bsns: &[(&String, Vec<String>)]) -> KitResult<()> {
     use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
     let config = &region.config;
     std::fs::create_dir_all(&config.data_dir)?;
@@ -362,11 +383,20 @@ async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
         coordinator: None,
     };
     registry.put_org(&org, "bench", SystemClock.now()).await?;
-    let jobs = bsns.iter().map(|b| {
+    let jobs = bsns.iter().map(|(b, parents)| {
         let bsn = crate::domain::Bsn::parse(b);
+        let parents: Result<Vec<crate::domain::Bsn>, _> =
+            parents.iter().map(|p| crate::domain::Bsn::parse(p)).collect();
         let (registry, local, blind, org) = (registry.clone(), local.clone(), blind.clone(), org.id.clone());
         async move {
             let bsn = bsn?;
+            let parents = parents?
+                .iter()
+                .map(|p| crate::registry::family::NewParent {
+                    key: local.parent_key(p),
+                    point: Some(blind.blind_parent(p)),
+                })
+                .collect();
             let new = crate::registry::NewSignal {
                 child: local.child_key(&bsn),
                 org,
@@ -375,7 +405,7 @@ async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
                 removal_date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
                 now: SystemClock.now(),
                 point: Some(blind.blind_bsn(&bsn)),
-                parents: vec![],
+                parents,
                 lookup: None,
             };
             registry.register(&new, "bench").await?;
@@ -389,8 +419,9 @@ async fn prefill(region: &RegionFiles, bsns: &[&String]) -> KitResult<()> {
 }
 
 /// `virfed bench latency`: register in one region a child the other already holds, and
-/// time until the registering professional's watch stream shows the cross-region match.
-pub async fn latency(samples: usize) -> KitResult<()> {
+/// time until the registering professional's watch stream shows the cross-region match
+/// (with `parents`, every registration names the child's 0-2 parents, [`bench_parents`]).
+pub async fn latency(samples: usize, parents: bool) -> KitResult<()> {
     use tokio_stream::StreamExt;
     let dir = tempfile::Builder::new().prefix("virfed-bench-latency-").tempdir()?;
     let files = FederationFiles::create(dir.path(), &["alpha", "beta"])?;
@@ -403,22 +434,31 @@ pub async fn latency(samples: usize) -> KitResult<()> {
     let mut b_client = b.org_client("org-a").await?;
     let mut watch = a_client.clone().watch(pb::WatchRequest { after_cursor: 0 }).await?.into_inner();
     let bsns = valid_bsns(400_000_000, samples);
-    for bsn in &bsns {
-        b_client.register_signal(register_request(bsn, "B. Eta", "b@example.nl")).await?;
+    let pool = if parents { valid_bsns(700_000_000, samples * 2) } else { Vec::new() };
+    let request = |i: usize, who: &str, email: &str| {
+        let mut r = register_request(&bsns[i], who, email);
+        if parents {
+            r.parent_bsns = bench_parents(&pool, i);
+        }
+        r
+    };
+    for i in 0..bsns.len() {
+        b_client.register_signal(request(i, "B. Eta", "b@example.nl")).await?;
     }
     while b.handle.store().outbox_depth("alpha") > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut times = Vec::with_capacity(samples);
-    for bsn in &bsns {
+    for i in 0..bsns.len() {
         let started = Instant::now();
-        a_client.register_signal(register_request(bsn, "A. Lpha", "a@example.nl")).await?;
+        a_client.register_signal(request(i, "A. Lpha", "a@example.nl")).await?;
         loop {
             let notice = tokio::time::timeout(Duration::from_secs(10), watch.next())
                 .await
                 .map_err(|_| KitError::Failed("no match notice within 10 s".into()))?
                 .ok_or_else(|| KitError::Failed("watch ended".into()))??;
-            if notice.kind == pb::NoticeKind::MatchCreated as i32 {
+            // The child match (a sibling's family match may come as well, before or after).
+            if notice.kind == pb::NoticeKind::MatchCreated as i32 && !notice.family {
                 break;
             }
         }
@@ -444,7 +484,8 @@ pub async fn latency(samples: usize) -> KitResult<()> {
     times.sort();
     floor_times.sort();
     let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0;
-    println!("cross-region match latency on loopback vs one flush + one mTLS round trip ({samples} samples)");
+    let with = if parents { ", registrations with 0-2 parents" } else { "" };
+    println!("cross-region match latency on loopback vs one flush + one mTLS round trip ({samples} samples{with})");
     println!("{:>10} {:>12} {:>12} {:>8}", "", "match ms", "floor ms", "ratio");
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (m, f) = (pct(&times, p), pct(&floor_times, p));
