@@ -591,3 +591,48 @@ async fn family_match_counts_are_suppressed_below_five_in_the_metrics() {
     let counts = r.handle.store().all_match_counts().unwrap();
     assert_eq!((counts.local, counts.family_local, counts.family_cross), (0, 5, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_erasing_one_sibling_keeps_the_parent_link_for_the_others_on_both_sides() {
+    let (_dir, regions) = federation(&["rotterdam", "utrecht"], Arc::new(SystemClock)).await;
+    let (rdam, utr) = (&regions[0], &regions[1]);
+    let mother = bsn(120);
+    let mut rj = Watcher::open(rdam, "jeugdzorg").await;
+    let mut ug = Watcher::open(utr, "ggd").await;
+    let mut us = Watcher::open(utr, "school").await;
+    register(rdam, "school", req(&bsn(121), &[&mother], "Rs X")).await;
+    register(rdam, "jeugdzorg", req(&bsn(122), &[&mother], "Rj Y")).await;
+    assert_family(&rj.one().await, false, &["-/school/Rs X"]);
+    register(utr, "ggd", req(&bsn(123), &[&mother], "Ug Z")).await;
+    let mut told = BTreeSet::new();
+    while told.len() < 2 {
+        let n = ug.one().await;
+        assert!(n.family, "{}", describe(&n));
+        told.extend(keys(&n.counterparts));
+    }
+    assert_eq!(told, set(&["rotterdam/school/Rs X", "rotterdam/jeugdzorg/Rj Y"]));
+    assert_family(&rj.one().await, false, &["utrecht/ggd/Ug Z"]);
+    // Erasing X in Rotterdam ends its family matches, not the mother's link: Y keeps it.
+    erase(rdam, &bsn(121)).await;
+    assert_family(&rj.one().await, true, &["-/school/Rs X"]);
+    assert_family(&ug.one().await, true, &["rotterdam/school/Rs X"]);
+    register(utr, "school", req(&bsn(124), &[&mother], "Us W")).await;
+    let mut told = BTreeSet::new();
+    while told.len() < 2 {
+        let n = us.one().await;
+        assert!(n.family, "{}", describe(&n));
+        told.extend(keys(&n.counterparts));
+    }
+    assert_eq!(told, set(&["-/ggd/Ug Z", "rotterdam/jeugdzorg/Rj Y"]));
+    assert_family(&rj.one().await, false, &["utrecht/school/Us W"]);
+    assert_family(&ug.one().await, false, &["-/school/Us W"]);
+    for w in [&mut rj, &mut ug, &mut us] {
+        w.quiet().await;
+    }
+    // Every notice the officer got here is about the mother's family: all carry the flag
+    // (also the one for X's family pair, ended while X was unlinked).
+    let officer = virfed::domain::OrgId::parse(MATCH_OFFICER_ORG).unwrap();
+    for (_, n) in rdam.handle.store().notices_after(&officer, 0, 1000).unwrap() {
+        assert!(n.kind.is_family(), "{n:?}");
+    }
+}

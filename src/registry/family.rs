@@ -225,9 +225,6 @@ pub fn settle(
     at: DateTime<Utc>,
 ) -> TxResult<()> {
     let child = before.child;
-    if tx.child(&child)?.is_empty() {
-        unlink(tx, &child)?;
-    }
     let mut after = Picture::of(tx, fed, &child)?;
     let notify = Notify::new(tx, at);
     // Made: pairs new in `after`, and remote parties new to each active signal of the child
@@ -254,13 +251,34 @@ pub fn settle(
         signals.entry(*id).or_insert_with(|| s.clone());
     }
     notify_pairs(&notify, NoticeKind::FamilyMatchEnded, &ended, &signals, &active_after, &BTreeMap::new())?;
-    // The federation: each parent's change, as the child's own.
-    let Some(fed) = fed else { return Ok(()) };
+    // The federation: each parent's change, as the child's own. A child with no signal left
+    // adds nothing to its parents' state, so they are computed before it is unlinked (and a
+    // parent whose last child it was still reads as a parent while its pairs end).
+    if let Some(fed) = fed {
+        tell_parents(tx, fed, &before, &after, &signals, points, at)?;
+    }
+    if tx.child(&child)?.is_empty() {
+        unlink(tx, &child)?;
+    }
+    Ok(())
+}
+
+/// Tells the federation how each parent of the child changed between two pictures.
+fn tell_parents(
+    tx: &Tx<'_>,
+    fed: &dyn FederationHook,
+    before: &Picture,
+    after: &Picture,
+    signals: &HashMap<SignalId, Signal>,
+    points: &[NewParent],
+    at: DateTime<Utc>,
+) -> TxResult<()> {
+    let notify = Notify::new(tx, at);
     let keys: BTreeSet<ParentKey> = before.parents.keys().chain(after.parents.keys()).copied().collect();
     let empty = ChildRecord::default();
     for parent in keys {
         let was = before.parents.get(&parent).unwrap_or(&empty);
-        let now = after.parents.get(&parent).unwrap_or(&empty);
+        let now = &subject_record(tx, &parent.subject())?.0;
         let (was_orgs, now_orgs) = (active_orgs(was), active_orgs(now));
         let (b, a) = (ChildState::of(was), ChildState::of(now));
         if b == a && was_orgs == now_orgs {
