@@ -317,6 +317,7 @@ pub fn render(sweep: &Sweep) -> String {
         "archived",
         "local m.",
         "cross m.",
+        "family m. local/cross",
     ]
     .map(String::from)
     .to_vec()];
@@ -336,6 +337,7 @@ pub fn render(sweep: &Sweep) -> String {
                 s.archived_signals.clone(),
                 s.local_matches.clone(),
                 s.cross_region_matches.clone(),
+                format!("{}/{}", s.family_local_matches, s.family_cross_region_matches),
             ],
             Err(_) => vec![region, n.address.clone(), "UNREACHABLE".into()],
         });
