@@ -289,6 +289,34 @@ mod tests {
     const T: i64 = 1_700_000_000;
 
     #[test]
+    fn family_a_webhook_body_shows_the_kind_and_the_family_flag_beside_it() {
+        use crate::domain::{Addressee, NoticeKind, SignalId};
+        let notice = |kind| Notice {
+            kind,
+            addressee: Addressee::Professional,
+            recipient: OrgId::parse("school").unwrap(),
+            own_signal: Some(SignalId([1; 16])),
+            signals: vec![],
+            counterparts: vec![],
+        };
+        let body = |kind| {
+            let n = notice(kind);
+            serde_json::to_value(Delivery { cursor: 3, notice: WebhookNotice::of(&n) }).unwrap()
+        };
+        let family = body(NoticeKind::FamilyMatchCreated);
+        assert_eq!(family["notice"]["kind"], "MatchCreated");
+        assert_eq!(family["notice"]["family"], true);
+        assert_eq!(body(NoticeKind::FamilyMatchEnded)["notice"]["kind"], "MatchEnded");
+        let child = body(NoticeKind::MatchCreated);
+        assert_eq!((&child["notice"]["kind"], &child["notice"]["family"]), (&"MatchCreated".into(), &false.into()));
+        // The body keeps the fields receivers already read.
+        let fields: Vec<&str> = child["notice"].as_object().unwrap().keys().map(String::as_str).collect();
+        for f in ["kind", "addressee", "recipient", "own_signal", "signals", "counterparts"] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
     fn signature_is_hmac_over_timestamp_dot_body() {
         let header = signature(SECRET, T, BODY);
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET).unwrap();

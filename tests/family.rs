@@ -561,6 +561,20 @@ async fn family_brp_not_found_completes_the_lookup_without_parents_and_erasure_d
     assert_eq!(r.handle.store().lookups().unwrap().len(), 1);
     erase(&r, &b).await;
     assert!(r.handle.store().lookups().unwrap().is_empty(), "the erased child's lookup is gone");
+    // A signal made in error on a new child: deleting it takes the lookup along too.
+    let c = register(&r, "school", req(&bsn(112), &[], "Sanne School")).await;
+    assert_eq!(r.handle.store().lookups().unwrap().len(), 1);
+    r.org_client("school")
+        .await
+        .unwrap()
+        .withdraw_signal(pb::WithdrawSignalRequest {
+            signal_id: id(&c),
+            reason: pb::WithdrawReason::MadeInError as i32,
+            withdrawn_by: pb::Withdrawer::Professional as i32,
+        })
+        .await
+        .unwrap();
+    assert!(r.handle.store().lookups().unwrap().is_empty(), "the deleted child's lookup is gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -635,4 +649,56 @@ async fn family_erasing_one_sibling_keeps_the_parent_link_for_the_others_on_both
     for (_, n) in rdam.handle.store().notices_after(&officer, 0, 1000).unwrap() {
         assert!(n.kind.is_family(), "{n:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_the_same_child_in_two_regions_with_a_shared_parent_is_one_child_match_begun_and_ended() {
+    let (_dir, regions) = federation(&["rotterdam", "utrecht"], Arc::new(SystemClock)).await;
+    let (rdam, utr) = (&regions[0], &regions[1]);
+    let (child, mother) = (bsn(130), bsn(131));
+    let mut rs = Watcher::open(rdam, "school").await;
+    let mut uj = Watcher::open(utr, "jeugdzorg").await;
+    register(rdam, "school", req(&child, &[&mother], "Rs C")).await;
+    let u = register(utr, "jeugdzorg", req(&child, &[&mother], "Uj C")).await;
+    assert_child(&rs.one().await, &["utrecht/jeugdzorg/Uj C"]);
+    assert_child(&uj.one().await, &["rotterdam/school/Rs C"]);
+    rs.quiet().await;
+    uj.quiet().await;
+    // Utrecht withdraws: a child match ended, and no family match ended that never began.
+    withdraw(utr, "jeugdzorg", &id(&u)).await;
+    let n = rs.one().await;
+    assert!(!n.family && kind(&n) == pb::NoticeKind::MatchEnded, "{}", describe(&n));
+    rs.quiet().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_parents_added_by_a_repeat_registration_reach_the_peer_for_a_known_parent() {
+    let (_dir, regions) = federation(&["rotterdam", "utrecht"], Arc::new(SystemClock)).await;
+    let (rdam, utr) = (&regions[0], &regions[1]);
+    let mother = bsn(140);
+    let mut ug = Watcher::open(utr, "ggd").await;
+    let mut rj = Watcher::open(rdam, "jeugdzorg").await;
+    register(rdam, "school", req(&bsn(141), &[&mother], "Rs S")).await;
+    register(utr, "ggd", req(&bsn(142), &[&mother], "Ug U")).await;
+    assert_family(&ug.one().await, false, &["rotterdam/school/Rs S"]);
+    // A child known here without parents, published to Utrecht, then a repeat names the
+    // mother, already known here through its sibling.
+    register(rdam, "jeugdzorg", req(&bsn(143), &[], "Rj C")).await;
+    let started = std::time::Instant::now();
+    while rdam.handle.store().outbox_depth("utrecht") > 0 || utr.handle.store().outbox_depth("rotterdam") > 0 {
+        assert!(started.elapsed() < STEP, "outboxes never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = rdam.org_client("jeugdzorg").await.unwrap().register_signal(req(&bsn(143), &[&mother], "Rj C")).await;
+    assert!(!again.unwrap().into_inner().created);
+    assert_family(&ug.one().await, false, &["rotterdam/jeugdzorg/Rj C"]);
+    let mut told = BTreeSet::new();
+    while told.len() < 2 {
+        let n = rj.one().await;
+        assert!(n.family, "{}", describe(&n));
+        told.extend(keys(&n.counterparts));
+    }
+    assert_eq!(told, set(&["-/school/Rs S", "utrecht/ggd/Ug U"]));
+    ug.quiet().await;
+    rj.quiet().await;
 }

@@ -283,10 +283,10 @@ impl pb::signals_server::Signals for SignalsService {
         let now = self.state.clock.now();
         let today = self.state.clock.today();
         let removal_date = removal_date_for_registration(dob, removal, today).map_err(ApiError::from)?;
+        let parents = self.parents(&r.parent_bsns, &bsn)?;
         if let Err(refused) = self.state.registration_limits.take(&org.id, now.timestamp_millis()) {
             return Err(self.rate_limited(&org.id, refused).await.into());
         }
-        let parents = self.parents(&r.parent_bsns, &bsn)?;
         let child = self.state.local_key.child_key(&bsn);
         let blind = self.state.blind_key.as_ref();
         let new = NewSignal {

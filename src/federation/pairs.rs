@@ -389,7 +389,9 @@ impl Pairs {
                 };
                 match verdict {
                     Ok(()) => {
-                        self.apply_publish_answer(tx, peer, &child, blinded, at)?;
+                        if self.apply_publish_answer(tx, peer, &child, blinded, at)? {
+                            self.child_linked(tx, peer, &child, at)?;
+                        }
                     }
                     Err(e) => {
                         let why = format!("re-key item refused: {e}");

@@ -56,6 +56,20 @@ pub fn is_parent(tx: &Tx<'_>, subject: &ChildKey) -> TxResult<bool> {
     Ok(!tx.children_of(&ParentKey(subject.0))?.is_empty())
 }
 
+/// A parent's record from its children other than `child`.
+fn record_without(tx: &Tx<'_>, parent: &ParentKey, child: &ChildKey) -> TxResult<ChildRecord> {
+    let mut record = ChildRecord::default();
+    for c in tx.children_of(parent)?.into_iter().filter(|c| c != child) {
+        let r = tx.child(&c)?;
+        record.active.extend(r.active);
+        record.archived.extend(r.archived);
+    }
+    Ok(record)
+}
+
+/// The most parents a child has here: the BRP lists at most two.
+pub const MAX_PARENTS: usize = 2;
+
 /// The child's siblings here: the other children of each of its parents.
 pub fn siblings(tx: &Tx<'_>, child: &ChildKey) -> TxResult<Vec<ChildKey>> {
     let mut out = BTreeSet::new();
@@ -65,13 +79,18 @@ pub fn siblings(tx: &Tx<'_>, child: &ChildKey) -> TxResult<Vec<ChildKey>> {
     Ok(out.into_iter().collect())
 }
 
-/// Records the child's parents that are new here; returns them.
+/// Records the child's parents that are new here, up to [`MAX_PARENTS`] in all (later
+/// ones are ignored: a child's parents are not replaced by a repeat); returns them.
 pub fn link(tx: &Tx<'_>, child: &ChildKey, parents: &[NewParent]) -> TxResult<Vec<NewParent>> {
     let mut known = tx.parents_of(child)?;
     let mut added = Vec::new();
     for p in parents {
         if known.contains(&p.key) || added.iter().any(|a: &NewParent| a.key == p.key) {
             continue;
+        }
+        if known.len() >= MAX_PARENTS {
+            tracing::debug!("a child already has two parents here; a further one is ignored");
+            break;
         }
         known.push(p.key);
         let mut children = tx.children_of(&p.key)?;
@@ -275,9 +294,17 @@ fn tell_parents(
 ) -> TxResult<()> {
     let notify = Notify::new(tx, at);
     let keys: BTreeSet<ParentKey> = before.parents.keys().chain(after.parents.keys()).copied().collect();
-    let empty = ChildRecord::default();
     for parent in keys {
-        let was = before.parents.get(&parent).unwrap_or(&empty);
+        // A parent new to this child had the state of its other children before (they did
+        // not change in this write): a parent known here already is not published again.
+        let other_children;
+        let was = match before.parents.get(&parent) {
+            Some(record) => record,
+            None => {
+                other_children = record_without(tx, &parent, &before.child)?;
+                &other_children
+            }
+        };
         let now = &subject_record(tx, &parent.subject())?.0;
         let (was_orgs, now_orgs) = (active_orgs(was), active_orgs(now));
         let (b, a) = (ChildState::of(was), ChildState::of(now));

@@ -178,8 +178,16 @@ pub fn retire(
         added: vec![],
         removed_orgs: (was_active && !org_still_active).then(|| signal.org.clone()).into_iter().collect(),
     };
-    changed(tx, fed, change, at)?;
-    family::settle(tx, fed, picture, &[], at)
+    // A child with nothing left here takes its waiting BRP lookup (its sealed BSN) along.
+    if child.is_empty() {
+        if let Some(seq) = tx.waiting_lookup(&signal.child)? {
+            tx.remove_lookup(seq)?;
+        }
+    }
+    // Ending: the family side first, so a peer ends a family pair while it still knows the
+    // child match's parties (and tells nobody a family match ended that it never told).
+    family::settle(tx, fed, picture, &[], at)?;
+    changed(tx, fed, change, at)
 }
 
 /// Deletes every signal and archive entry of a child (D3 age limit, D4 erasure).
@@ -213,8 +221,8 @@ pub fn delete_child(
         added: vec![],
         removed_orgs: vec![],
     };
-    changed(tx, fed, change, at)?;
     family::settle(tx, fed, picture, &[], at)?;
+    changed(tx, fed, change, at)?;
     Ok(count)
 }
 

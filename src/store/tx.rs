@@ -186,7 +186,10 @@ impl<'a> Tx<'a> {
     /// Removes a queued lookup (done, or its child erased) with its child's marker.
     pub fn remove_lookup(&self, seq: u64) -> TxResult<()> {
         if let Some(lookup) = self.lookup(seq)? {
-            self.remove(Table::Family, &Family::waiting(&lookup.child))?;
+            // The marker may name a newer lookup of the same child: leave that one's.
+            if self.waiting_lookup(&lookup.child)? == Some(seq) {
+                self.remove(Table::Family, &Family::waiting(&lookup.child))?;
+            }
         }
         self.remove(Table::Family, &Family::lookup(seq))
     }
