@@ -507,6 +507,15 @@ async fn family_brp_lookups_wait_in_a_durable_queue_and_complete_after_the_brp_r
     }
     school.quiet().await;
     assert_eq!(r.handle.store().lookups().unwrap().len(), 2, "one lookup per child new here");
+    let started = std::time::Instant::now();
+    loop {
+        let (_, text) = virfed::health::http::get_text(r.handle.http_addr(), "/metrics").await.unwrap();
+        if text.lines().any(|l| l == "virfed_family_lookups_pending 2") {
+            break;
+        }
+        assert!(started.elapsed() < STEP, "the waiting lookups never showed in /metrics");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // While they wait, the sealed BSNs are in the store, never in plain form.
     let files = r.files.config.data_dir.clone();
     for canary in [&a, &b, &mother] {

@@ -38,7 +38,9 @@ pub const METRICS: &[(&str, &str)] = &[
     ("virfed_store_writes_total", "writes (jobs) committed by the store writer"),
     ("virfed_cert_expiry_days", "days until this node's certificate expires, label cert=api|federation"),
     ("virfed_signals", "signals by state=active|archived (below 5 exported as 0)"),
-    ("virfed_matches", "matches by scope=local|cross_region (below 5 exported as 0)"),
+    ("virfed_matches", "matches by scope=local|cross_region|family_local|family_cross_region (below 5 exported as 0)"),
+    ("virfed_family_lookups_pending", "BRP parent lookups waiting in the durable queue (family.source = brp)"),
+    ("virfed_family_lookup_oldest_age_seconds", "age of the oldest waiting BRP lookup; 0 when none waits"),
     ("virfed_peer_up", "1 when the last attempt to reach the peer succeeded, label peer"),
     ("virfed_peer_last_success_timestamp_seconds", "Unix time of the last successful exchange or ping; 0 never"),
     ("virfed_peer_rtt_seconds", "round trip of the last ping to the peer"),
@@ -280,6 +282,13 @@ pub fn render(health: &NodeHealth, status: &pb::NodeStatus) -> String {
         .get_or_create(&vec![("scope", "family_cross_region".into())])
         .set(suppressed_value(&status.family_cross_region_matches) as i64);
     r.register("matches", help("matches"), matches);
+    gauge(&mut r, "family_lookups_pending", help("family_lookups_pending"), status.family_lookups_pending as i64);
+    gauge(
+        &mut r,
+        "family_lookup_oldest_age_seconds",
+        help("family_lookup_oldest_age_seconds"),
+        status.family_lookup_oldest_age_seconds as i64,
+    );
 
     let up: Family<Labels, Gauge> = Family::default();
     let last_ok: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();

@@ -81,6 +81,8 @@ struct Figures {
     family_cross: u64,
     /// Per peer: depth and age of the oldest item in seconds.
     outbox: Vec<(usize, Option<u64>)>,
+    /// Queued BRP lookups and the age of the oldest in seconds.
+    lookups: (u64, u64),
 }
 
 /// Organisation ids and whether each is flagged quiet.
@@ -269,6 +271,8 @@ impl NodeHealth {
             peers,
             family_local_matches: suppress(f.family_local),
             family_cross_region_matches: suppress(f.family_cross),
+            family_lookups_pending: f.lookups.0,
+            family_lookup_oldest_age_seconds: f.lookups.1,
         }
     }
 }
@@ -277,6 +281,9 @@ fn compute_figures(store: &Store, peers: &[String]) -> Result<Figures, crate::st
     let counts = store.counts()?;
     let m = store.all_match_counts()?;
     let now_ms = chrono::Utc::now().timestamp_millis();
+    let queued = store.lookups()?;
+    let oldest_lookup = queued.iter().map(|(_, l)| l.queued_at_ms).min().map(|t| ((now_ms - t).max(0) / 1000) as u64);
+    let lookups = (queued.len() as u64, oldest_lookup.unwrap_or(0));
     let mut outbox = Vec::with_capacity(peers.len());
     for peer in peers {
         let oldest = store.outbox_oldest(peer)?.map(|t| ((now_ms - t.timestamp_millis()).max(0) / 1000) as u64);
@@ -291,6 +298,7 @@ fn compute_figures(store: &Store, peers: &[String]) -> Result<Figures, crate::st
         family_local: m.family_local,
         family_cross: m.family_cross,
         outbox,
+        lookups,
     })
 }
 
