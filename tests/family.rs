@@ -16,7 +16,7 @@ use virfed::domain::{Clock, ManualClock, SystemClock};
 use virfed::kit::fixture::{register_with_parents, FederationFiles, RunningRegion, MATCH_OFFICER_ORG};
 use virfed::pb::client as pb;
 
-use common::{email_of, files_under};
+use common::{email_of, files_under, keys, party_key, set};
 
 const STEP: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(700);
@@ -66,6 +66,15 @@ impl Watcher {
     }
 }
 
+/// Polls `cond` every 50 ms until it holds, failing with `what` after [`STEP`].
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < STEP, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn kind(n: &pb::Notice) -> pb::NoticeKind {
     pb::NoticeKind::try_from(n.kind).unwrap()
 }
@@ -73,20 +82,6 @@ fn kind(n: &pb::Notice) -> pb::NoticeKind {
 fn describe(n: &pb::Notice) -> String {
     let family = if n.family { "family " } else { "" };
     format!("#{} {family}{:?} parties {:?}", n.cursor, kind(n), keys(&n.counterparts))
-}
-
-/// `region/org/professional` of a party ("-" for this region).
-fn party_key(p: &pb::Party) -> String {
-    let region = if p.region_id.is_empty() { "-" } else { &p.region_id };
-    format!("{region}/{}/{}", p.organisation_id, p.professional.as_ref().map(|c| c.name.as_str()).unwrap_or(""))
-}
-
-fn keys(parties: &[pb::Party]) -> BTreeSet<String> {
-    parties.iter().map(party_key).collect()
-}
-
-fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
 }
 
 async fn add_orgs(r: &RunningRegion) {
@@ -500,11 +495,7 @@ async fn family_brp_lookups_wait_in_a_durable_queue_and_complete_after_the_brp_r
     let refused = r.org_client("school").await.unwrap().register_signal(req(&c, &[&mother], "X")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("looks a child's parents up in the BRP"), "{}", refused.message());
-    let started = std::time::Instant::now();
-    while brp.lookups() < 3 {
-        assert!(started.elapsed() < STEP, "the queue never asked the BRP");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the queue to ask the BRP", || brp.lookups() >= 3).await;
     school.quiet().await;
     assert_eq!(r.handle.store().lookups().unwrap().len(), 2, "one lookup per child new here");
     let started = std::time::Instant::now();
@@ -535,11 +526,7 @@ async fn family_brp_lookups_wait_in_a_durable_queue_and_complete_after_the_brp_r
     assert_child(&school.one().await, &["-/ggd/Gert Ggd"]);
     assert_family(&school.one().await, false, &["-/jeugdzorg/Joris Jeugd"]);
     assert_family(&jeugdzorg.one().await, false, &["-/school/Sanne School", "-/ggd/Gert Ggd"]);
-    let started = std::time::Instant::now();
-    while !r.handle.store().lookups().unwrap().is_empty() {
-        assert!(started.elapsed() < STEP, "lookups left in the queue");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the queue to empty", || r.handle.store().lookups().unwrap().is_empty()).await;
     let done = r.handle.store().audit_entries().unwrap();
     assert_eq!(done.iter().filter(|e| e.action == "family.lookup-done").count(), 2);
     // A repeat registration on a known child says the lookup is done.
@@ -556,11 +543,7 @@ async fn family_brp_not_found_completes_the_lookup_without_parents_and_erasure_d
     let r = RunningRegion::start_with(brp_region(dir.path(), &brp.url()), Arc::new(SystemClock)).await.unwrap();
     add_orgs(&r).await;
     register(&r, "school", req(&a, &[], "Sanne School")).await;
-    let started = std::time::Instant::now();
-    while !r.handle.store().lookups().unwrap().is_empty() {
-        assert!(started.elapsed() < STEP, "the not-found lookup stayed queued");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the not-found lookup to complete", || r.handle.store().lookups().unwrap().is_empty()).await;
     let entries = r.handle.store().audit_entries().unwrap();
     assert!(entries.iter().any(|e| e.action == "family.lookup-done" && e.detail == "not found in the BRP"));
     assert!(r.handle.store().parents().next().is_none());
@@ -693,11 +676,10 @@ async fn family_parents_added_by_a_repeat_registration_reach_the_peer_for_a_know
     // A child known here without parents, published to Utrecht, then a repeat names the
     // mother, already known here through its sibling.
     register(rdam, "jeugdzorg", req(&bsn(143), &[], "Rj C")).await;
-    let started = std::time::Instant::now();
-    while rdam.handle.store().outbox_depth("utrecht") > 0 || utr.handle.store().outbox_depth("rotterdam") > 0 {
-        assert!(started.elapsed() < STEP, "outboxes never drained");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("both outboxes to drain", || {
+        rdam.handle.store().outbox_depth("utrecht") == 0 && utr.handle.store().outbox_depth("rotterdam") == 0
+    })
+    .await;
     let again = rdam.org_client("jeugdzorg").await.unwrap().register_signal(req(&bsn(143), &[&mother], "Rj C")).await;
     assert!(!again.unwrap().into_inner().created);
     assert_family(&ug.one().await, false, &["rotterdam/jeugdzorg/Rj C"]);

@@ -26,7 +26,7 @@ use virfed::pb::client as pb;
 use virfed::pb::client::signals_client::SignalsClient;
 use virfed::pki::{client_config, connect, Identity};
 
-use common::{email_of, req_by, VIRFED_ENV};
+use common::{email_of, keys, party_key, req_by, set, VIRFED_ENV};
 
 /// How long one expected notice (or one polled condition) may take on a loaded machine.
 const STEP: Duration = Duration::from_secs(20);
@@ -133,20 +133,6 @@ fn kind(n: &pb::Notice) -> pb::NoticeKind {
 fn describe(n: &pb::Notice) -> String {
     let parties: Vec<String> = n.counterparts.iter().map(party_key).collect();
     format!("#{} {:?} to {:?} parties {parties:?}", n.cursor, kind(n), pb::Addressee::try_from(n.addressee).unwrap())
-}
-
-/// `region/org/professional` of a party ("-" for this region).
-fn party_key(p: &pb::Party) -> String {
-    let region = if p.region_id.is_empty() { "-" } else { &p.region_id };
-    format!("{region}/{}/{}", p.organisation_id, p.professional.as_ref().map(|c| c.name.as_str()).unwrap_or(""))
-}
-
-fn keys(parties: &[pb::Party]) -> BTreeSet<String> {
-    parties.iter().map(party_key).collect()
-}
-
-fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
 }
 
 async fn add_orgs(r: &RunningRegion) {

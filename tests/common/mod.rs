@@ -28,6 +28,22 @@ pub fn req_by(bsn: &str, who: &str) -> pb::RegisterSignalRequest {
     register_request(bsn, who, &email_of(who))
 }
 
+/// `region/org/professional` of a party ("-" for this region): how tests name who a
+/// notice tells about.
+pub fn party_key(p: &pb::Party) -> String {
+    let region = if p.region_id.is_empty() { "-" } else { &p.region_id };
+    format!("{region}/{}/{}", p.organisation_id, p.professional.as_ref().map(|c| c.name.as_str()).unwrap_or(""))
+}
+
+/// The [`party_key`]s of `parties`.
+pub fn keys(parties: &[pb::Party]) -> std::collections::BTreeSet<String> {
+    parties.iter().map(party_key).collect()
+}
+
+pub fn set(items: &[&str]) -> std::collections::BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
 /// Every file below `dir`, recursively, appended to `out`.
 pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
