@@ -254,6 +254,61 @@ pub fn prove_blinded<R: RngCore + CryptoRng>(
     st.prove(&k, context, &random_nonzero_scalar(rng))
 }
 
+/// [`prove_blinded`] for the peer API, which has just decoded every input (validating
+/// it) and blinded it: `inputs[i]` is `inputs_enc[i]` decoded, and `answers[i]` is its own
+/// `inputs[i]·key`, encoded. Nothing is decoded again; the prover never needs the
+/// answers as points (`ComputeCompositesFast` takes `Z = k·M`).
+pub fn prove_decoded<R: RngCore + CryptoRng>(
+    key: &BlindKey,
+    inputs: &[RistrettoPoint],
+    inputs_enc: &[Blinded],
+    answers: &[Blinded],
+    context: &[u8],
+    rng: &mut R,
+) -> Result<Proof, ProofError> {
+    check_shape(context, inputs.len(), answers.len())?;
+    check_shape(context, inputs_enc.len(), answers.len())?;
+    let k = key_scalar(key);
+    let b = RistrettoPoint::mul_base(&k);
+    let st = Statement {
+        a: RISTRETTO_BASEPOINT_POINT,
+        b,
+        b_enc: b.compress().to_bytes(),
+        c: Cow::Borrowed(inputs),
+        c_enc: Cow::Borrowed(inputs_enc),
+        d: Cow::Borrowed(&[]),
+        d_enc: Cow::Borrowed(answers),
+    };
+    st.prove(&k, context, &random_nonzero_scalar(rng))
+}
+
+/// [`verify_blinded`] for the asker, which computed the inputs itself: `inputs[i]` is
+/// `inputs_enc[i]` decoded. Only the peer's answers (and key) are decoded, and refused
+/// if invalid.
+pub fn verify_decoded(
+    public_key: &Blinded,
+    inputs: &[RistrettoPoint],
+    inputs_enc: &[Blinded],
+    answers: &[Blinded],
+    proof: &[u8],
+    context: &[u8],
+) -> Result<(), ProofError> {
+    let proof = Proof::from_bytes(proof)?;
+    check_shape(context, inputs.len(), answers.len())?;
+    check_shape(context, inputs_enc.len(), answers.len())?;
+    let b = decode(public_key, Part::PublicKey)?;
+    let st = Statement {
+        a: RISTRETTO_BASEPOINT_POINT,
+        b,
+        b_enc: *public_key,
+        c: Cow::Borrowed(inputs),
+        c_enc: Cow::Borrowed(inputs_enc),
+        d: Cow::Owned(decode_all(answers, Part::Answer)?),
+        d_enc: Cow::Borrowed(answers),
+    };
+    st.verify(&proof, context)
+}
+
 /// The asking side of an exchange: `Ok(())` only if `proof` (64 bytes as received) shows
 /// that every `answers[i]` is `inputs[i]` multiplied by the key behind `public_key`
 /// (the peer's published `Y = G·b`), under `context` (see [`virfed_context`]). Apply the
@@ -718,6 +773,42 @@ mod tests {
             verify_blinded(&bytes32(PK_SM), &c_rev, &d_rev, &proof_bytes, RFC9497_VOPRF_CONTEXT),
             Err(ProofError::Invalid)
         );
+    }
+
+    #[test]
+    fn the_decoded_paths_prove_and_verify_exactly_what_the_byte_paths_do() {
+        let key = BlindKey::random();
+        let public = public_key(&key);
+        let inputs: Vec<Blinded> = random_points(6).iter().map(|p| p.compress().to_bytes()).collect();
+        let decoded = crate::pseudonym::decode_points(&inputs).unwrap();
+        let answers = key.blind_decoded(&decoded);
+        assert_eq!(answers, key.blind_points(&inputs).unwrap());
+        let context = virfed_context("utrecht", "zwolle", 3).unwrap();
+        let proof = prove_decoded(&key, &decoded, &inputs, &answers, &context, &mut OsRng).unwrap().to_bytes();
+        // Either verifier accepts the fast prover's proof, and the fast verifier the byte prover's.
+        assert_eq!(verify_blinded(&public, &inputs, &answers, &proof, &context), Ok(()));
+        assert_eq!(verify_decoded(&public, &decoded, &inputs, &answers, &proof, &context), Ok(()));
+        let slow = prove_blinded(&key, &inputs, &answers, &context, &mut OsRng).unwrap().to_bytes();
+        assert_eq!(verify_decoded(&public, &decoded, &inputs, &answers, &slow, &context), Ok(()));
+        // One answer not made with the key: refused by the fast verifier, as by the other.
+        let mut wrong = answers.clone();
+        wrong[4] = BlindKey::random().blind_points(&inputs[4..5]).unwrap()[0];
+        let forged = prove_decoded(&key, &decoded, &inputs, &wrong, &context, &mut OsRng).unwrap().to_bytes();
+        assert_eq!(verify_decoded(&public, &decoded, &inputs, &wrong, &forged, &context), Err(ProofError::Invalid));
+        // A garbage answer encoding is refused as such; mismatched lengths before any work.
+        wrong[1] = [0xff; 32];
+        assert_eq!(
+            verify_decoded(&public, &decoded, &inputs, &wrong, &proof, &context),
+            Err(ProofError::BadEncoding(Part::Answer(1)))
+        );
+        assert!(matches!(
+            verify_decoded(&public, &decoded[..5], &inputs, &answers, &proof, &context),
+            Err(ProofError::LengthMismatch { .. })
+        ));
+        // The asker's published points, decoded from its own encodings by publish_points.
+        let towards = key.towards("zwolle");
+        let (encoded, points) = towards.publish_points(&inputs).unwrap();
+        assert_eq!(points.iter().map(|p| p.compress().to_bytes()).collect::<Vec<_>>(), encoded);
     }
 
     #[test]

@@ -133,16 +133,15 @@ impl BlindKey {
     /// as [`BlindKey::blind_point`] on each, but the encodings share one field inversion:
     /// each point is multiplied by `k/2` and the batch is doubled and compressed together.
     pub fn blind_points(&self, points: &[Blinded]) -> Result<Vec<Blinded>, BadPoint> {
+        Ok(self.blind_decoded(&decode_points(points)?))
+    }
+
+    /// [`BlindKey::blind_points`] for points already decoded by [`decode_points`] (the
+    /// peer API decodes each received point once: to validate it, blind it and prove it).
+    pub fn blind_decoded(&self, points: &[RistrettoPoint]) -> Vec<Blinded> {
         let half = self.0 * Scalar::from(2u8).invert();
-        let mut products = Vec::with_capacity(points.len());
-        for point in points {
-            let q = CompressedRistretto(*point).decompress().ok_or(BadPoint)?;
-            if q == RistrettoPoint::default() {
-                return Err(BadPoint);
-            }
-            products.push(q * half);
-        }
-        Ok(RistrettoPoint::double_and_compress_batch(&products).into_iter().map(|c| c.to_bytes()).collect())
+        let products: Vec<RistrettoPoint> = points.iter().map(|q| q * half).collect();
+        RistrettoPoint::double_and_compress_batch(&products).into_iter().map(|c| c.to_bytes()).collect()
     }
 
     /// Re-keying: turns `P·self` into `P·new` without knowing `P`.
@@ -152,6 +151,15 @@ impl BlindKey {
         let q = CompressedRistretto(bytes).decompress().ok_or(BadPoint)?;
         Ok((q * factor).compress().to_bytes())
     }
+}
+
+/// Decodes received points, refusing invalid encodings and the identity (which would
+/// blind every child to the same value).
+pub fn decode_points(points: &[Blinded]) -> Result<Vec<RistrettoPoint>, BadPoint> {
+    points
+        .iter()
+        .map(|p| CompressedRistretto(*p).decompress().filter(|q| *q != RistrettoPoint::default()).ok_or(BadPoint))
+        .collect()
 }
 
 /// Domain separation for deriving a per-peer blinding key from the node's one secret.
@@ -207,13 +215,20 @@ impl PeerBlind {
     /// `P·k → P·k_B` for base points as the store keeps them, in one batch (what is
     /// published to this peer).
     pub fn publish(&self, base: &[Blinded]) -> Result<Vec<Blinded>, BadPoint> {
+        Ok(self.publish_points(base)?.0)
+    }
+
+    /// [`PeerBlind::publish`], with the published points themselves: the asker checks the
+    /// peer's proof over them without decoding its own encodings again.
+    pub fn publish_points(&self, base: &[Blinded]) -> Result<(Vec<Blinded>, Vec<RistrettoPoint>), BadPoint> {
         let half = self.tweak * Scalar::from(2u8).invert();
         let mut products = Vec::with_capacity(base.len());
         for point in base {
             let q = CompressedRistretto(*point).decompress().ok_or(BadPoint)?;
             products.push(q * half);
         }
-        Ok(RistrettoPoint::double_and_compress_batch(&products).into_iter().map(|c| c.to_bytes()).collect())
+        let encoded = RistrettoPoint::double_and_compress_batch(&products).into_iter().map(|c| c.to_bytes()).collect();
+        Ok((encoded, products.iter().map(|p| p + p).collect()))
     }
 
     /// [`PeerBlind::publish`] for one point.

@@ -202,6 +202,40 @@ async fn invariant_2_the_budget_is_checked_before_blinding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant_2_concurrent_exchanges_never_spend_a_token_twice() {
+    // Each exchange fits the bucket alone, not both together. Sent at once on two
+    // connections, both may pass the read-only check before blinding; the charge taken in
+    // the transaction that applies the exchange still lets only one through.
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 5, 60);
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock())).await.unwrap();
+    let addr = peer_listen(&rdam.files);
+    for round in 0..3u64 {
+        let mut a = Rogue::connect(addr, &files.ca_dir).await;
+        let mut b = Rogue::connect(addr, &files.ca_dir).await;
+        // Distinct sequence numbers and guesses, so neither is a replay of the other.
+        a.seq = 20 * round;
+        b.seq = 20 * round + 10;
+        let (ra, rb) = tokio::join!(a.guess(3), b.guess(3));
+        let answered: Vec<usize> = [&ra, &rb].iter().filter_map(|r| r.as_ref().ok().map(Vec::len)).collect();
+        if round == 0 {
+            assert_eq!(answered, vec![3], "exactly one exchange is blinded: {ra:?} {rb:?}");
+            assert_over_budget(if ra.is_ok() { rb } else { ra });
+            assert_eq!(tokens(&rdam), 2.0);
+            assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 3);
+        } else {
+            // Two tokens left: neither fits any more.
+            assert!(answered.is_empty(), "{answered:?}");
+        }
+    }
+    assert_eq!(counter(&rdam, |c| c.oracle_blinds.load(Ordering::Relaxed)), 3);
+    assert_eq!(counter(&rdam, |c| c.budget_rejections.load(Ordering::Relaxed)), 5);
+    assert_eq!(exceeded(&rdam).len(), 5);
+    assert!(rdam.handle.store().verify_audit().unwrap().is_ok());
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bucket_refills_at_the_configured_rate() {
     let dir = tempfile::tempdir().unwrap();
     let (files, rdam_files) = victim_files(dir.path(), 3, 60);

@@ -18,6 +18,8 @@ use super::{item_out, Federation, PeerCounters, MAX_ITEMS, PROTOCOL_MINOR, PROTO
 use crate::backoff::Backoff;
 use crate::pb::federation as pb;
 use crate::pb::federation::peer_client::PeerClient;
+use curve25519_dalek::ristretto::RistrettoPoint;
+
 use crate::pseudonym::{Blinded, PeerBlind};
 use crate::shutdown::Shutdown;
 use crate::store::Outgoing;
@@ -78,14 +80,17 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
         let resync = is_resync(&batch[0].item);
         let mut batch: Vec<Outgoing<OutItem>> =
             batch.into_iter().take_while(|o| is_resync(&o.item) == resync).take(batch_limit).collect();
-        if let Err(e) = towards_peer(&link.blind, &mut batch) {
-            link.counters.failed(format!("cannot blind the outbox for the peer: {e}"));
-            warn!(peer = %link.region, "a stored child point does not decode; delivery paused");
-            tokio::select! {
-                _ = tokio::time::sleep(MAX_BACKOFF) => continue,
-                _ = shutdown.recv() => return,
+        let published = match towards_peer(&link.blind, &mut batch) {
+            Ok(points) => points,
+            Err(e) => {
+                link.counters.failed(format!("cannot blind the outbox for the peer: {e}"));
+                warn!(peer = %link.region, "a stored child point does not decode; delivery paused");
+                tokio::select! {
+                    _ = tokio::time::sleep(MAX_BACKOFF) => continue,
+                    _ = shutdown.recv() => return,
+                }
             }
-        }
+        };
         let resync_ticket = match (&link.resync_ticket, resync) {
             (Some(path), true) => crate::pki::ticket::read_ticket_file(path).unwrap_or_else(|e| {
                 warn!(peer = %link.region, error = %e, "cannot read this node's resync ticket; sending the resync without one");
@@ -115,7 +120,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
                     .map_err(|e| e.to_string())
                     .and_then(|region| pair_answers(batch, resp.results, &region))
                     .and_then(|delivered| {
-                        verify_answers(&delivered, &resp.public_key, &resp.proof, pinned, &link, epoch)
+                        verify_answers(&delivered, &published, &resp.public_key, &resp.proof, pinned, &link, epoch)
                             .map(|key| (delivered, key))
                     });
                 if let Err(why) = &paired {
@@ -179,16 +184,21 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Turns the batch's publishes from base points `P·k` into what the peer gets, `P·k_B`
-/// (one batch of multiplications, outside the store's writer).
-fn towards_peer(blind: &PeerBlind, batch: &mut [Outgoing<OutItem>]) -> Result<(), crate::pseudonym::BadPoint> {
+/// (one batch of multiplications, outside the store's writer). Returns those points, in
+/// the batch's order, for checking the peer's proof.
+fn towards_peer(
+    blind: &PeerBlind,
+    batch: &mut [Outgoing<OutItem>],
+) -> Result<Vec<RistrettoPoint>, crate::pseudonym::BadPoint> {
     let base: Vec<Blinded> = batch.iter().filter_map(|o| o.item.publish().map(|p| p.point)).collect();
-    let mut sent = blind.publish(&base)?.into_iter();
+    let (encoded, points) = blind.publish_points(&base)?;
+    let mut sent = encoded.into_iter();
     for out in batch.iter_mut() {
         if let Item::Publish(p) = &mut out.item {
             p.point = sent.next().ok_or(crate::pseudonym::BadPoint)?;
         }
     }
-    Ok(())
+    Ok(points)
 }
 
 /// Pings the peer and records what it said, or why it did not answer. The public key the
@@ -244,19 +254,27 @@ const KEY_UNANNOUNCED: &str = "the peer answered under a blinding key it has not
 /// of it is applied. Returns the key to pin when none is pinned yet.
 fn verify_answers(
     delivered: &[(Outgoing<OutItem>, ItemAnswer)],
+    published: &[RistrettoPoint],
     public_key: &[u8],
     proof: &[u8],
     pinned: Option<Blinded>,
     link: &PeerLink,
     epoch: u64,
 ) -> Result<Option<Blinded>, String> {
-    let (inputs, outputs): (Vec<[u8; 32]>, Vec<[u8; 32]>) = delivered
-        .iter()
-        .filter_map(|(out, answer)| match (&out.item, answer.blinded) {
-            (Item::Publish(p), Some(d)) => Some((p.point, d)),
-            _ => None,
-        })
-        .unzip();
+    // Every publish of the batch has an answer (`pair_answers`), so the publishes and the
+    // points they were made from line up one to one.
+    let publishes = delivered.iter().filter_map(|(out, answer)| match &out.item {
+        Item::Publish(p) => Some((p.point, answer.blinded)),
+        _ => None,
+    });
+    let (mut inputs, mut decoded, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
+    for ((point, answer), q) in publishes.zip(published) {
+        if let Some(d) = answer {
+            inputs.push(point);
+            decoded.push(*q);
+            outputs.push(d);
+        }
+    }
     if inputs.is_empty() {
         return Ok(None);
     }
@@ -273,7 +291,8 @@ fn verify_answers(
     }
     let context =
         crate::dleq::virfed_context(&link.region, &link.own_region, epoch).map_err(|e| refused(e.to_string()))?;
-    crate::dleq::verify_blinded(&public_key, &inputs, &outputs, proof, &context).map_err(|e| refused(e.to_string()))?;
+    crate::dleq::verify_decoded(&public_key, &decoded, &inputs, &outputs, proof, &context)
+        .map_err(|e| refused(e.to_string()))?;
     Ok(pinned.is_none().then_some(public_key))
 }
 

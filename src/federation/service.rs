@@ -1,9 +1,10 @@
 //! [`PeerService`]: the peer API (`virfed.federation.v1.Peer`) other regions call.
 //!
 //! The caller's region comes from its node certificate, never from the message; only
-//! configured peers are served; an exchange is validated whole, counted against the
+//! configured peers are served; an exchange is validated whole, checked against the
 //! peer's budget (a token bucket in the store, [`super::budget`]) *before* anything is
-//! blinded, then blinded as one batch and applied in one transaction. Refusals are
+//! blinded, then blinded as one batch and applied in one transaction, which takes the
+//! tokens (and refuses the exchange whole if a concurrent one took them first). Refusals are
 //! [`FederationError`]s, audited where they concern the peer's conduct.
 
 use std::collections::{HashMap, HashSet};
@@ -16,7 +17,7 @@ use tracing::warn;
 use super::budget::{Bucket, Limit};
 use super::convert::{item_in, party_out};
 use super::item::{Item, MAX_ITEMS, PROTOCOL_MINOR, PROTOCOL_VERSION};
-use super::{cert_not_after, Counters, Federation, FederationError};
+use super::{cert_not_after, Counters, Federation, FederationError, PeerCounters};
 use crate::domain::{AuditAction, Clock, RegionId};
 use crate::pb::federation as pb;
 use crate::pki::require_region;
@@ -88,72 +89,34 @@ impl PeerService {
         )
     }
 
-    /// Takes `n` tokens from the peer's `kind` bucket, in one store write: the bucket is
-    /// stored when granted (with the `federation.resync` audit entry for a resync, naming
-    /// its ticket, whose use count grows by `n` in the same write); when refused nothing
-    /// is taken and the `federation.budget-exceeded` (or `federation.ticket-refused`, for a
-    /// used-up ticket) entry is written instead. The writer runs one job at a time and each
-    /// reads what the one before wrote, so concurrent exchanges of one peer never spend
-    /// the same token twice.
-    async fn take_budget(
-        &self,
-        region: &str,
-        kind: &'static str,
-        n: u64,
-        ticket: Option<Ticket>,
-    ) -> Result<(), FederationError> {
+    /// What an exchange of `n` publishes costs the peer: `n` tokens of its `kind` bucket
+    /// and, for a bulk publish, `n` uses of its ticket.
+    fn charge(&self, region: &str, kind: &'static str, n: u64, ticket: Option<Ticket>) -> Charge {
         let limit = if kind == "resync" { self.inner.resync } else { self.inner.oracle };
-        let per = if kind == "resync" { "daily" } else { "hourly" };
-        let now = self.inner.clock.now();
-        let now_ms = now.timestamp_millis();
-        let (peer, actor, subject) = (region.to_owned(), format!("region:{region}"), format!("region {region}"));
-        let outcome = self
-            .inner
-            .federation
-            .store()
-            .write(move |tx| {
-                if let Some(t) = &ticket {
-                    let used = tx.ticket_used(&peer, &t.serial)?;
-                    if used.saturating_add(n) > t.children {
-                        let error =
-                            TicketError::UsedUp { serial: t.serial.clone(), children: t.children, used, asked: n };
-                        tx.log(now, &actor, AuditAction::FederationTicketRefused, &subject, &error.to_string())?;
-                        return Ok(Err(error));
-                    }
-                }
-                let stored = tx.budget(&peer, kind)?.map(|(tokens, at_ms)| Bucket { tokens, at_ms });
-                match limit.take(stored, now_ms, n) {
-                    Ok(b) => {
-                        tx.put_budget(&peer, kind, b.tokens, b.at_ms)?;
-                        if let Some(t) = &ticket {
-                            let used = tx.ticket_used(&peer, &t.serial)? + n;
-                            tx.set_ticket_used(&peer, &t.serial, used)?;
-                            let detail = format!(
-                                "{n} children blinded for a join, re-key or restore under ticket {} ({used} of {} used)",
-                                t.serial, t.children
-                            );
-                            tx.log(now, &actor, AuditAction::FederationResync, &subject, &detail)?;
-                        }
-                        Ok(Ok(true))
-                    }
-                    Err(left) => {
-                        let detail = format!(
-                            "{kind} budget: {n} blind requests refused, {} tokens left (capacity {}, {} per {})",
-                            left.floor(),
-                            limit.capacity,
-                            limit.refill,
-                            if kind == "resync" { "day" } else { "hour" },
-                        );
-                        tx.log(now, &actor, AuditAction::FederationBudgetExceeded, &subject, &detail)?;
-                        Ok(Ok(false))
-                    }
-                }
-            })
-            .await?;
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(FederationError::OverBudget { region: region.to_owned(), kind, per }),
-            Err(error) => Err(FederationError::Ticket { region: region.to_owned(), error }),
+        Charge { peer: region.to_owned(), kind, n, ticket, limit, now: self.inner.clock.now() }
+    }
+
+    /// Whether the charge fits what the store holds now, read without writing: an
+    /// exchange that does not fit is refused before anything is blinded for it. The
+    /// charge is taken for real in the transaction that applies the exchange
+    /// ([`Charge::take`]), so two concurrent exchanges of one peer never spend the same
+    /// token twice.
+    fn fits(&self, charge: &Charge) -> Result<bool, FederationError> {
+        let store = self.inner.federation.store();
+        if let Some(t) = &charge.ticket {
+            if store.ticket_used(&charge.peer, &t.serial)?.saturating_add(charge.n) > t.children {
+                return Ok(false);
+            }
+        }
+        let stored = store.budget(&charge.peer, charge.kind)?.map(|(tokens, at_ms)| Bucket { tokens, at_ms });
+        Ok(charge.limit.take(stored, charge.now.timestamp_millis(), charge.n).is_ok())
+    }
+
+    /// Counts and logs a refusal for the budget or the ticket.
+    fn over_budget(&self, region: &RegionId, kind: &str, publishes: u64, e: &FederationError, counters: &PeerCounters) {
+        if matches!(e, FederationError::OverBudget { .. } | FederationError::Ticket { .. }) {
+            counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %region, publishes, kind, "peer over its blind budget; refused and audited");
         }
     }
 
@@ -238,14 +201,14 @@ impl PeerService {
         }
         let points: Vec<Blinded> = items.iter().filter_map(|(_, i)| i.publish().map(|p| p.point)).collect();
         let publishes = points.len() as u64;
-        // A bad point is bad input: refused before it costs the peer a token.
-        if !points.iter().all(valid_point) {
-            return Err(FederationError::bad("publish.point is not a valid ristretto255 point"));
-        }
+        // A bad point is bad input: refused before it costs the peer a token. Each point
+        // is decoded once, here, for blinding and proving alike.
+        let decoded = crate::pseudonym::decode_points(&points)
+            .map_err(|_| FederationError::bad("publish.point is not a valid ristretto255 point"))?;
         // The budget before any blinding: a refused request gets no blinded value back,
         // and no scalar multiplication is spent on it.
         let kind = if r.resync { "resync" } else { "oracle" };
-        if publishes > 0 {
+        let charge = if publishes > 0 {
             // A bulk publish needs the CA's ticket for the caller; it is checked before any
             // token is taken, and counted against its N in the same write as the tokens.
             let ticket = match r.resync {
@@ -255,35 +218,47 @@ impl PeerService {
                 })?),
                 false => None,
             };
-            self.take_budget(region.as_str(), kind, publishes, ticket).await.inspect_err(|e| {
-                if !matches!(e, FederationError::Store(_)) {
-                    counters.budget_rejections.fetch_add(1, Ordering::Relaxed);
-                    warn!(peer = %region, publishes, kind, "peer over its blind budget; refused and audited");
-                }
-            })?;
-        }
-        let granted = if r.resync { &counters.resync_blinds } else { &counters.oracle_blinds };
-        granted.fetch_add(publishes, Ordering::Relaxed);
+            let charge = self.charge(region.as_str(), kind, publishes, ticket);
+            if self.fits(&charge)? {
+                Some(charge)
+            } else {
+                // Refused, and audited, in a write of its own (should the bucket have
+                // refilled meanwhile, that write takes the charge and the exchange goes on).
+                self.inner
+                    .federation
+                    .store()
+                    .write(move |tx| charge.take(tx))
+                    .await?
+                    .inspect_err(|e| self.over_budget(&region, kind, publishes, e, &counters))?;
+                None
+            }
+        } else {
+            None
+        };
         let blind = self.blind_for(&region)?;
-        let mut blinded = blind
-            .key()
-            .blind_points(&points)
-            .map_err(|_| FederationError::bad("publish.point is not a valid ristretto255 point"))?
-            .into_iter();
+        let mut blinded = blind.key().blind_decoded(&decoded).into_iter();
         for (_, item) in items.iter_mut() {
             if let Item::Publish(p) = item {
                 p.blinded = blinded.next().ok_or_else(|| FederationError::bad("blinding lost an item"))?;
             }
         }
         counters.items_received.fetch_add(items.len() as u64, Ordering::Relaxed);
-        let points: std::collections::HashMap<u64, Blinded> =
-            items.iter().filter_map(|(seq, i)| i.publish().map(|p| (*seq, p.point))).collect();
+        let points: HashMap<u64, (Blinded, curve25519_dalek::ristretto::RistrettoPoint)> = items
+            .iter()
+            .filter_map(|(seq, i)| i.publish().map(|p| (*seq, p.point)))
+            .zip(decoded)
+            .map(|((seq, point), q)| (seq, (point, q)))
+            .collect();
         let own = self.inner.region.as_str();
-        let answers = self.inner.federation.apply_exchange(&region, own, r.epoch, items).await.inspect_err(|e| {
-            if let FederationError::Store(e) = e {
-                warn!(peer = %region, error = %e, "applying a peer exchange failed");
-            }
-        })?;
+        let answers =
+            self.inner.federation.apply_exchange(&region, own, r.epoch, items, charge).await.inspect_err(|e| {
+                if let FederationError::Store(e) = e {
+                    warn!(peer = %region, error = %e, "applying a peer exchange failed");
+                }
+                self.over_budget(&region, kind, publishes, e, &counters);
+            })?;
+        let granted = if r.resync { &counters.resync_blinds } else { &counters.oracle_blinds };
+        granted.fetch_add(publishes, Ordering::Relaxed);
         if answers.iter().any(|a| a.resync_requested) {
             let (federation, peer) = (self.inner.federation.clone(), region.to_string());
             tokio::spawn(async move {
@@ -297,14 +272,21 @@ impl PeerService {
         }
         // One proof for every blinded answer, in order: that each is its publish's point
         // times this node's key (invariant 9: the asker applies nothing it cannot verify).
-        let (inputs, outputs): (Vec<Blinded>, Vec<Blinded>) =
-            answers.iter().filter_map(|a| Some((*points.get(&a.seq)?, a.blinded?))).unzip();
+        let (mut inputs, mut decoded, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
+        for a in &answers {
+            if let (Some((point, q)), Some(d)) = (points.get(&a.seq), a.blinded) {
+                inputs.push(*point);
+                decoded.push(*q);
+                outputs.push(d);
+            }
+        }
         let proof = if inputs.is_empty() {
             Vec::new()
         } else {
             let context = crate::dleq::virfed_context(own, region.as_str(), r.epoch)
                 .map_err(|e| FederationError::bad(format!("proof context: {e}")))?;
-            crate::dleq::prove_blinded(blind.key(), &inputs, &outputs, &context, &mut rand::thread_rng())
+            let rng = &mut rand::thread_rng();
+            crate::dleq::prove_decoded(blind.key(), &decoded, &inputs, &outputs, &context, rng)
                 .map_err(|e| FederationError::Store(crate::store::StoreError::Failed(format!("proving answers: {e}"))))?
                 .to_bytes()
                 .to_vec()
@@ -326,11 +308,64 @@ impl PeerService {
     }
 }
 
-/// Whether `point` decodes to a ristretto255 point other than the identity (what
-/// [`BlindKey::blind_points`] accepts), checked without blinding it.
-fn valid_point(point: &Blinded) -> bool {
-    use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
-    CompressedRistretto(*point).decompress().is_some_and(|q| q != RistrettoPoint::default())
+/// The cost of one exchange to the peer (see [`PeerService::fits`]).
+pub struct Charge {
+    peer: String,
+    kind: &'static str,
+    n: u64,
+    ticket: Option<Ticket>,
+    limit: Limit,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl Charge {
+    /// Takes the charge inside a store write: the bucket is stored when granted (with the
+    /// `federation.resync` audit entry for a resync, naming its ticket, whose use count
+    /// grows by `n` in the same write); when refused nothing is taken and the
+    /// `federation.budget-exceeded` (or `federation.ticket-refused`, for a used-up ticket)
+    /// entry is written instead, and the refusal is the value. The writer runs one job at a
+    /// time and each reads what the one before wrote, so a token is never spent twice.
+    pub fn take(&self, tx: &crate::store::Tx<'_>) -> crate::store::TxResult<Result<(), FederationError>> {
+        let Charge { peer, kind, n, ticket, limit, now } = self;
+        let (n, now_ms) = (*n, now.timestamp_millis());
+        let (actor, subject) = (format!("region:{peer}"), format!("region {peer}"));
+        let per = if *kind == "resync" { "daily" } else { "hourly" };
+        if let Some(t) = ticket {
+            let used = tx.ticket_used(peer, &t.serial)?;
+            if used.saturating_add(n) > t.children {
+                let error = TicketError::UsedUp { serial: t.serial.clone(), children: t.children, used, asked: n };
+                tx.log(*now, &actor, AuditAction::FederationTicketRefused, &subject, &error.to_string())?;
+                return Ok(Err(FederationError::Ticket { region: peer.clone(), error }));
+            }
+        }
+        let stored = tx.budget(peer, kind)?.map(|(tokens, at_ms)| Bucket { tokens, at_ms });
+        match limit.take(stored, now_ms, n) {
+            Ok(b) => {
+                tx.put_budget(peer, kind, b.tokens, b.at_ms)?;
+                if let Some(t) = ticket {
+                    let used = tx.ticket_used(peer, &t.serial)? + n;
+                    tx.set_ticket_used(peer, &t.serial, used)?;
+                    let detail = format!(
+                        "{n} children blinded for a join, re-key or restore under ticket {} ({used} of {} used)",
+                        t.serial, t.children
+                    );
+                    tx.log(*now, &actor, AuditAction::FederationResync, &subject, &detail)?;
+                }
+                Ok(Ok(()))
+            }
+            Err(left) => {
+                let detail = format!(
+                    "{kind} budget: {n} blind requests refused, {} tokens left (capacity {}, {} per {})",
+                    left.floor(),
+                    limit.capacity,
+                    limit.refill,
+                    if *kind == "resync" { "day" } else { "hour" },
+                );
+                tx.log(*now, &actor, AuditAction::FederationBudgetExceeded, &subject, &detail)?;
+                Ok(Err(FederationError::OverBudget { region: peer.clone(), kind, per }))
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]

@@ -34,14 +34,17 @@ impl Federation {
     }
 
     /// Applies items received from `peer`, skipping those already applied (same epoch,
-    /// sequence number not above the last applied), all in one transaction.
-    /// `own_region` names this node in the context of the peer's proofs.
+    /// sequence number not above the last applied), all in one transaction, which first
+    /// takes the exchange's `charge` (its blind budget): when that is refused, only the
+    /// refusal's audit entry is written. `own_region` names this node in the context of
+    /// the peer's proofs.
     pub async fn apply_exchange(
         &self,
         peer: &RegionId,
         own_region: &str,
         epoch: u64,
         items: Vec<(u64, InItem)>,
+        charge: Option<super::service::Charge>,
     ) -> Result<Vec<ItemAnswer>, FederationError> {
         let context = crate::dleq::virfed_context(peer.as_str(), own_region, epoch)
             .map_err(|e| FederationError::bad(format!("proof context: {e}")))?;
@@ -60,6 +63,11 @@ impl Federation {
                         retired.push(seen.epoch);
                     }
                     seen = PeerSeen { epoch, last_seq: 0, retired };
+                }
+                if let Some(charge) = &charge {
+                    if let Err(refused) = charge.take(tx)? {
+                        return Ok(Err(refused));
+                    }
                 }
                 let mut answers = Vec::with_capacity(items.len());
                 let mut applied = 0u64;

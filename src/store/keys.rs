@@ -184,6 +184,11 @@ impl Fed {
     pub fn all_pairs() -> Vec<u8> {
         vec![Self::X]
     }
+    /// Whether `key` is a (child, peer) entry: a peer's child indexed here (`I`) or my
+    /// child blinded for a peer (`B`).
+    pub fn is_entry(key: &[u8]) -> bool {
+        matches!(key.first(), Some(&Self::I) | Some(&Self::B))
+    }
     pub fn seen(peer: &str) -> Vec<u8> {
         Self::key(Self::S, &[peer.as_bytes()])
     }

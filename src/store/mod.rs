@@ -125,6 +125,30 @@ pub struct MatchCounts {
     pub family_cross: u64,
 }
 
+/// [`Store::footprint`] of one table.
+#[derive(Clone, Debug)]
+pub struct TableFootprint {
+    pub name: &'static str,
+    pub keys: u64,
+    /// Key and value bytes.
+    pub bytes: u64,
+}
+
+/// [`Store::footprint`].
+#[derive(Clone, Debug)]
+pub struct Footprint {
+    pub tables: Vec<TableFootprint>,
+    /// (child, peer) entries: peer children indexed here plus own children blinded per peer.
+    pub entries: u64,
+}
+
+impl Footprint {
+    /// Keys and key-plus-value bytes over every table.
+    pub fn total(&self) -> (u64, u64) {
+        self.tables.iter().fold((0, 0), |(k, b), t| (k + t.keys, b + t.bytes))
+    }
+}
+
 /// Counts for status and metrics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
@@ -232,6 +256,28 @@ impl Store {
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk()
+    }
+
+    /// What the store holds, logically: per table, the number of keys and the bytes of
+    /// their keys and values (the engine's own overhead is `size_on_disk` minus this), and
+    /// the number of (child, peer) entries: the peers' children indexed here (`I`) and this
+    /// node's children blinded for each peer (`B`). A full scan: for benchmarks and tools.
+    pub fn footprint(&self) -> Result<Footprint, StoreError> {
+        let mut tables = Vec::with_capacity(TABLES.len());
+        let mut entries = 0u64;
+        for (i, name) in TABLES.iter().enumerate() {
+            let (mut keys, mut bytes) = (0u64, 0u64);
+            for item in self.tables[i].iter() {
+                let (k, v) = item?;
+                keys += 1;
+                bytes += (k.len() + v.len()) as u64;
+                if i == Table::Fed as usize && Fed::is_entry(&k) {
+                    entries += 1;
+                }
+            }
+            tables.push(TableFootprint { name, keys, bytes });
+        }
+        Ok(Footprint { tables, entries })
     }
 
     /// Runs `f` as one job of the writer's next batch transaction and returns its value

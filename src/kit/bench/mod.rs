@@ -235,6 +235,16 @@ pub struct ProofRates {
     pub blind: f64,
     pub blind_and_prove: f64,
     pub verify: f64,
+    /// The sender's side: a stored base point times the per-peer tweak.
+    pub publish: f64,
+}
+
+impl ProofRates {
+    /// CPU seconds of crypto one join item needs at least: the sender's per-peer
+    /// multiplication, the answerer's blind and proof, the asker's verification.
+    pub fn join_item_seconds(&self) -> f64 {
+        1.0 / self.publish + 1.0 / self.blind_and_prove + 1.0 / self.verify
+    }
 }
 
 /// Measures [`ProofRates`] over about `n` items, best of alternating rounds.
@@ -250,8 +260,14 @@ pub fn proof_rates(n: usize) -> ProofRates {
     let context = crate::dleq::virfed_context("utrecht", "rotterdam", 7).unwrap_or_default();
     let mut rng = rand::thread_rng();
     let rounds = (n / PROOF_BATCH / 4).clamp(1, 64);
-    let (mut blind, mut proved, mut verified) = (0f64, 0f64, 0f64);
+    let towards = key.towards("rotterdam");
+    let (mut blind, mut proved, mut verified, mut published) = (0f64, 0f64, 0f64, 0f64);
     for _ in 0..4 {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(towards.publish_points(&inputs).ok());
+        }
+        published = published.max((rounds * inputs.len()) as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
         for _ in 0..rounds {
             std::hint::black_box(key.blind_points(&inputs).ok());
@@ -259,21 +275,25 @@ pub fn proof_rates(n: usize) -> ProofRates {
         blind = blind.max((rounds * inputs.len()) as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
         let mut last = None;
+        // As the peer API does it: each received point decoded once, blinded, proven.
         for _ in 0..rounds {
-            let answers = key.blind_points(&inputs).unwrap_or_default();
-            let proof = crate::dleq::prove_blinded(&key, &inputs, &answers, &context, &mut rng).ok();
+            let decoded = crate::pseudonym::decode_points(&inputs).unwrap_or_default();
+            let answers = key.blind_decoded(&decoded);
+            let proof = crate::dleq::prove_decoded(&key, &decoded, &inputs, &answers, &context, &mut rng).ok();
             last = proof.map(|p| (answers, p.to_bytes()));
         }
         proved = proved.max((rounds * inputs.len()) as f64 / started.elapsed().as_secs_f64());
         let Some((answers, proof)) = last else { continue };
+        // The asker holds its published points decoded (it computed them).
+        let decoded = crate::pseudonym::decode_points(&inputs).unwrap_or_default();
         let started = Instant::now();
         for _ in 0..rounds {
-            let ok = crate::dleq::verify_blinded(&public, &inputs, &answers, &proof, &context).is_ok();
+            let ok = crate::dleq::verify_decoded(&public, &decoded, &inputs, &answers, &proof, &context).is_ok();
             std::hint::black_box(ok);
         }
         verified = verified.max((rounds * inputs.len()) as f64 / started.elapsed().as_secs_f64());
     }
-    ProofRates { blind, blind_and_prove: proved, verify: verified }
+    ProofRates { blind, blind_and_prove: proved, verify: verified, publish: published }
 }
 
 /// The parents of the `i`-th child of a bench run (`--parents`): children come in sibling
@@ -316,12 +336,15 @@ pub async fn join(regions: usize, signals: usize, parents: bool) -> KitResult<()
         prefill(region, &mine).await?;
     }
     eprintln!("prefilled {} regions x {signals} children in {:.1} s", regions + 1, started.elapsed().as_secs_f64());
+    let newcomer_path = files.regions[regions].config.store_path();
     let started = Instant::now();
     let running = RunningRegion::start_federation(files, clock).await?;
     let newcomer = &running[regions];
+    let mut peak_disk = 0u64;
     // Done when every region indexes all the newcomer's children and the newcomer all of
     // every region's, and no outbox holds anything more.
     loop {
+        peak_disk = peak_disk.max(newcomer.handle.store().size_on_disk().unwrap_or(0));
         let mut done = true;
         for (i, (r, name)) in running[..regions].iter().zip(&names[..regions]).enumerate() {
             done &= r.handle.store().peer_index_len("newcomer") == subjects[regions];
@@ -343,21 +366,75 @@ pub async fn join(regions: usize, signals: usize, parents: bool) -> KitResult<()
             flush_us as f64 / 1000.0
         );
     }
+    let quiet_disk = newcomer.handle.store().size_on_disk()?;
+    let footprint = newcomer.handle.store().footprint()?;
+    let peak_rss = peak_rss_bytes();
     // Every region blinds the newcomer's subjects (children and parents) and the newcomer
     // blinds every region's.
     let items: usize = subjects[..regions].iter().sum::<usize>() + regions * subjects[regions];
-    let mults = items as f64;
-    let (raw, _) = crypto_rates(20_000);
+    let per_item = proof_rates(20_000).join_item_seconds();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let floor = mults / raw / cores;
+    let floor = items as f64 * per_item / cores;
     let with = if parents { " with 0-2 parents each" } else { "" };
-    println!("join of a new region: {regions} regions x {signals} children{with}, {items} join items (publishes), {mults:.0} scalar multiplications");
+    println!("join of a new region: {regions} regions x {signals} children{with}, {items} join items (publishes)");
+    println!(
+        "floor: per item one per-peer multiplication, one blind + proof, one verification = {:.1} µs of crypto, over {cores} cores",
+        per_item * 1e6
+    );
     println!("{:>12} {:>12} {:>8} {:>14}", "wall s", "floor s", "ratio", "ms per item");
     println!("{wall:>12.2} {floor:>12.2} {:>8.2} {:>14.3}", wall / floor, wall * 1000.0 / items as f64);
     for r in running {
         r.stop().await?;
     }
+    // At rest: the newcomer's store reopened after a clean stop.
+    let rest_disk = crate::store::Store::open(&newcomer_path, &Default::default())?.size_on_disk()?;
+    print_footprint(&footprint, peak_disk, quiet_disk, rest_disk, peak_rss);
     Ok(())
+}
+
+/// The newcomer's store after a join: disk per (child, peer) entry against the logical
+/// bytes (keys and values) the store holds per entry.
+fn print_footprint(f: &crate::store::Footprint, peak: u64, quiet: u64, rest: u64, rss: Option<u64>) {
+    let (keys, logical) = f.total();
+    let entries = f.entries.max(1) as f64;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "newcomer store: {} (child, peer) entries, {keys} keys, {:.1} MiB logical ({:.0} bytes and {:.1} keys per entry)",
+        f.entries,
+        mib(logical),
+        logical as f64 / entries,
+        keys as f64 / entries
+    );
+    println!("{:>18} {:>12} {:>16} {:>22}", "disk", "MiB", "bytes per entry", "ratio to logical");
+    for (name, bytes) in [("peak (join)", peak), ("quiet (joined)", quiet), ("at rest (reopened)", rest)] {
+        println!(
+            "{name:>18} {:>12.1} {:>16.0} {:>22.2}",
+            mib(bytes),
+            bytes as f64 / entries,
+            bytes as f64 / logical.max(1) as f64
+        );
+    }
+    let by_table: Vec<String> = f
+        .tables
+        .iter()
+        .filter(|t| t.keys > 0)
+        .map(|t| format!("{} {} keys {:.1} MiB", t.name, t.keys, mib(t.bytes)))
+        .collect();
+    println!("  by table: {}", by_table.join(", "));
+    match rss {
+        Some(rss) => {
+            println!("peak RSS of this process (every node of the run and their clients): {:.0} MiB", mib(rss))
+        }
+        None => println!("peak RSS: not available on this system"),
+    }
+}
+
+/// The process's peak resident set (`VmHWM`), where the system reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Registers `bsns` (each with its parents) in the region's store directly (the node is not
