@@ -380,11 +380,16 @@ pub struct StoreConfig {
     /// sled page cache in MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// Compress the store's pages (zstd): about 35% less disk for about twice the write
+    /// cost (BENCHMARKS.md, issue 12). Chosen when the store is created; an existing
+    /// store keeps what it was created with.
+    #[serde(default)]
+    pub compression: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mb: default_cache_mb() }
+        StoreConfig { cache_mb: default_cache_mb(), compression: false }
     }
 }
 

@@ -153,8 +153,7 @@ impl Node {
         }
         let local_key = LocalKey::load_or_create(&config.local_key_path())?;
         info!(path = %config.local_key_path().display(), "local pseudonym key loaded");
-        let store =
-            Store::open(&config.store_path(), &StoreOptions { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
+        let store = Store::open(&config.store_path(), &StoreOptions::of(&config.store))?;
         info!(path = %config.store_path().display(), "store opened");
         match store.local_fingerprint()? {
             None => store.set_local_fingerprint(local_key.fingerprint()).await?,

@@ -71,16 +71,31 @@ impl Db {
     /// moment while a previous holder of the file lock (this process's last node, a
     /// backup) is still letting go.
     pub fn open(path: &Path, cache_bytes: Option<u64>, wait_for_lock: bool) -> Result<Db, StoreError> {
-        let deadline = Instant::now() + Duration::from_secs(if wait_for_lock { 2 } else { 0 });
-        let mut config = sled::Config::new().path(path);
-        if let Some(bytes) = cache_bytes {
-            config = config.cache_capacity(bytes);
-        }
+        Db::open_with(path, cache_bytes, false, wait_for_lock)
+    }
+
+    /// [`Db::open`], creating a new database with zstd-compressed pages when `compress`.
+    /// Compression is fixed when a database is created: an existing one is opened as it
+    /// was made, whatever `compress` says.
+    pub fn open_with(path: &Path, cache_bytes: Option<u64>, compress: bool, wait: bool) -> Result<Db, StoreError> {
+        let deadline = Instant::now() + Duration::from_secs(if wait { 2 } else { 0 });
+        let mut compress = compress;
+        let mut switched = false;
         loop {
+            // Level 1: the fastest; the pages are mostly small records and random points.
+            let mut config = sled::Config::new().path(path).use_compression(compress).compression_factor(1);
+            if let Some(bytes) = cache_bytes {
+                config = config.cache_capacity(bytes);
+            }
             match config.open() {
                 Ok(db) => return Ok(Db(db)),
                 Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
+                }
+                // Made with the other setting: open it as it is.
+                Err(sled::Error::Unsupported(why)) if why.contains("compression") && !switched => {
+                    compress = !compress;
+                    switched = true;
                 }
                 Err(e) => return Err(StoreError::Open { path: path.to_owned(), reason: e.to_string() }),
             }
@@ -256,6 +271,23 @@ mod tests {
         .unwrap();
         assert_eq!(&*a.get(b"k").unwrap().unwrap(), b"1");
         assert_eq!(&*b.get(b"k").unwrap().unwrap(), b"2");
+    }
+
+    #[test]
+    fn compression_is_chosen_at_creation_and_kept_whatever_a_later_open_asks() {
+        for made_compressed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open_with(dir.path(), None, made_compressed, false).unwrap();
+            db.tree("t").unwrap().insert(b"k", vec![7u8; 4096]).unwrap();
+            db.flush().unwrap();
+            drop(db);
+            // Asked for the other setting: opened as it was made, with its data.
+            let db = Db::open_with(dir.path(), None, !made_compressed, false).unwrap();
+            assert_eq!(db.tree("t").unwrap().get(b"k").unwrap().unwrap().len(), 4096);
+            drop(db);
+            let db = Db::open(dir.path(), None, false).unwrap();
+            assert!(db.tree("t").unwrap().get(b"k").unwrap().is_some());
+        }
     }
 
     #[test]

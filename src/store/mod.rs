@@ -164,11 +164,20 @@ pub type RawEntry = (Vec<u8>, Vec<u8>);
 pub struct StoreOptions {
     /// sled page cache in bytes.
     pub cache_bytes: u64,
+    /// A new store compresses its pages (zstd); an existing one keeps what it was made with.
+    pub compression: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 128 * 1024 * 1024 }
+        StoreOptions { cache_bytes: 128 * 1024 * 1024, compression: false }
+    }
+}
+
+impl StoreOptions {
+    /// The options of a node's `[store]` config.
+    pub fn of(config: &crate::config::StoreConfig) -> StoreOptions {
+        StoreOptions { cache_bytes: config.cache_mb * 1024 * 1024, compression: config.compression }
     }
 }
 
@@ -188,7 +197,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store; checks the schema version and migrates older stores.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let db = Db::open(path, Some(options.cache_bytes), true)?;
+        let db = Db::open_with(path, Some(options.cache_bytes), options.compression, true)?;
         let meta_tree = db.tree(TABLES[Table::Meta as usize])?;
         match meta_tree.get(meta::SCHEMA)? {
             None => {

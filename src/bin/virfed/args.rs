@@ -146,6 +146,26 @@ pub enum BenchCommand {
         /// Every child with 0-2 parents (a realistic mix of sibling families).
         #[arg(long)]
         parents: bool,
+        /// Create every store with compressed pages (`[store] compression = true`).
+        #[arg(long)]
+        compression: bool,
+        /// Every node's page cache in MiB (`[store] cache_mb`).
+        #[arg(long, default_value_t = 128)]
+        cache_mb: u64,
+    },
+    /// Joins at growing sizes: per-item cost, disk per entry and memory by store size, and
+    /// what they extrapolate to at national scale and ten times (takes several minutes).
+    National {
+        /// Children per region of each run (4 regions and a newcomer); the newcomer holds
+        /// 8 (child, peer) entries per child: 2500,12500,50000 are 20k, 100k and 400k.
+        #[arg(long, value_delimiter = ',', default_value = "2500,12500,50000")]
+        sizes: Vec<usize>,
+        /// Create every store with compressed pages (`[store] compression = true`).
+        #[arg(long)]
+        compression: bool,
+        /// Every node's page cache in MiB (`[store] cache_mb`).
+        #[arg(long, default_value_t = 128)]
+        cache_mb: u64,
     },
     /// Cross-region match latency p50/p99 vs one flush + one mTLS round trip.
     Latency {

@@ -15,7 +15,12 @@ pub async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Register { registrations } => bench::register(registrations).await?,
         BenchCommand::Crypto { operations } => bench::crypto(operations),
-        BenchCommand::Join { regions, signals, parents } => bench::join(regions, signals, parents).await?,
+        BenchCommand::Join { regions, signals, parents, compression, cache_mb } => {
+            bench::join(bench::JoinSetup { regions, signals, parents, compression, cache_mb }).await?
+        }
+        BenchCommand::National { sizes, compression, cache_mb } => {
+            bench::national(&sizes, compression, cache_mb).await?
+        }
         BenchCommand::Latency { samples, parents } => bench::latency(samples, parents).await?,
         BenchCommand::Status { nodes, scrapes } => bench::status(nodes, scrapes).await?,
     }

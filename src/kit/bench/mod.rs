@@ -8,7 +8,10 @@
 //!   published child) per second on one core, beside raw ristretto255 scalar
 //!   multiplications.
 //! - `join`: time for a new region to join N regions of M children each, beside the crypto
-//!   floor (scalar multiplications needed × their cost ÷ cores).
+//!   floor (the multiplications and proof work needed ÷ cores), and the newcomer's store
+//!   footprint (disk per (child, peer) entry against its logical bytes) and peak RSS.
+//! - `national`: joins at growing sizes, the curve of per-item cost, disk per entry and
+//!   memory they draw, and what it says a node needs at national scale and ten times.
 //! - `latency`: cross-region match latency p50/p99 on loopback, beside one flush plus one
 //!   mTLS round trip.
 //! - `status` ([`status`](status())): a status sweep over N nodes beside N health checks,
@@ -309,15 +312,76 @@ fn bench_parents(pool: &[String], i: usize) -> Vec<String> {
     (0..n).map(|k| pool[(2 * family + k) % pool.len()].clone()).collect()
 }
 
+/// What to run in one join benchmark.
+#[derive(Clone, Copy, Debug)]
+pub struct JoinSetup {
+    /// Regions already in the federation.
+    pub regions: usize,
+    /// Children per region.
+    pub signals: usize,
+    /// Every child with 0-2 parents (see [`bench_parents`]).
+    pub parents: bool,
+    /// Every store created with compressed pages (`[store] compression`).
+    pub compression: bool,
+    /// Every node's page cache (`[store] cache_mb`).
+    pub cache_mb: u64,
+}
+
+/// What one join benchmark measured.
+pub struct JoinFigures {
+    pub items: usize,
+    pub wall: f64,
+    pub floor: f64,
+    /// The newcomer's store after the join.
+    pub footprint: crate::store::Footprint,
+    pub peak_disk: u64,
+    pub quiet_disk: u64,
+    pub rest_disk: u64,
+    /// Peak RSS of this process (every node of the run), where the system reports it.
+    pub peak_rss: Option<u64>,
+    /// (child, peer) entries over every node of the run.
+    pub all_entries: u64,
+}
+
 /// `virfed bench join`: a new region joins `regions` regions of `signals` children each
 /// (with `parents`, every child has 0-2 parents, see [`bench_parents`]).
-pub async fn join(regions: usize, signals: usize, parents: bool) -> KitResult<()> {
+pub async fn join(setup: JoinSetup) -> KitResult<()> {
+    let f = join_run(setup).await?;
+    let JoinSetup { regions, signals, parents, compression, .. } = setup;
+    let with = if parents { " with 0-2 parents each" } else { "" };
+    let zstd = if compression { ", compressed stores" } else { "" };
+    println!(
+        "join of a new region: {regions} regions x {signals} children{with}{zstd}, {} join items (publishes)",
+        f.items
+    );
+    println!(
+        "floor: per item one per-peer multiplication, one blind + proof, one verification = {:.1} µs of crypto, over {} cores",
+        f.floor / f.items as f64 * cores() * 1e6,
+        cores()
+    );
+    println!("{:>12} {:>12} {:>8} {:>14}", "wall s", "floor s", "ratio", "ms per item");
+    println!("{:>12.2} {:>12.2} {:>8.2} {:>14.3}", f.wall, f.floor, f.wall / f.floor, f.wall * 1000.0 / f.items as f64);
+    print_footprint(&f);
+    Ok(())
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64
+}
+
+/// Runs one join and measures it.
+pub async fn join_run(setup: JoinSetup) -> KitResult<JoinFigures> {
+    let JoinSetup { regions, signals, parents, compression, cache_mb } = setup;
     let dir = tempfile::Builder::new().prefix("virfed-bench-join-").tempdir()?;
     let mut names: Vec<String> = (0..regions).map(|i| format!("region-{i:02}")).collect();
     names.push("newcomer".into());
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     // A star: every region peers with the newcomer only, so the run measures the join.
-    let files = FederationFiles::create_star(dir.path(), &refs, "newcomer")?;
+    let mut files = FederationFiles::create_star(dir.path(), &refs, "newcomer")?;
+    for region in files.regions.iter_mut() {
+        region.config.store.compression = compression;
+        region.config.store.cache_mb = cache_mb;
+    }
     let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
     // Fill each store before the nodes start (children published when the node first runs).
     let bsns = valid_bsns(300_000_000, signals * 2);
@@ -335,24 +399,48 @@ pub async fn join(regions: usize, signals: usize, parents: bool) -> KitResult<()
         subjects.push(signals + distinct.len());
         prefill(region, &mine).await?;
     }
-    eprintln!("prefilled {} regions x {signals} children in {:.1} s", regions + 1, started.elapsed().as_secs_f64());
+    eprintln!(
+        "prefilled {} regions x {signals} children in {:.1} s (RSS now {:.0} MiB, peak {:.0} MiB)",
+        regions + 1,
+        started.elapsed().as_secs_f64(),
+        mib(rss_bytes("VmRSS:").unwrap_or(0)),
+        mib(rss_bytes("VmHWM:").unwrap_or(0)),
+    );
     let newcomer_path = files.regions[regions].config.store_path();
+    let options = crate::store::StoreOptions::of(&files.regions[regions].config.store);
     let started = Instant::now();
     let running = RunningRegion::start_federation(files, clock).await?;
     let newcomer = &running[regions];
     let mut peak_disk = 0u64;
-    // Done when every region indexes all the newcomer's children and the newcomer all of
-    // every region's, and no outbox holds anything more.
+    let mut progress = Instant::now();
+    // Done when no outbox holds anything, every region indexes all the newcomer's children
+    // and the newcomer all of every region's. Counting an index is a scan, so it waits for
+    // the outboxes, which are checked by their first key: the poll must not cost the nodes
+    // what it measures.
+    let indexed = |names: &[String]| -> (bool, usize) {
+        let mut done = true;
+        let mut n = 0;
+        for (i, (r, name)) in running[..regions].iter().zip(names).enumerate() {
+            let (theirs, mine) =
+                (r.handle.store().peer_index_len("newcomer"), newcomer.handle.store().peer_index_len(name));
+            n += theirs + mine;
+            done &= theirs == subjects[regions] && mine == subjects[i];
+        }
+        (done, n)
+    };
+    let empty = |r: &RunningRegion, peer: &str| r.handle.store().outbox_oldest(peer).is_ok_and(|o| o.is_none());
     loop {
         peak_disk = peak_disk.max(newcomer.handle.store().size_on_disk().unwrap_or(0));
-        let mut done = true;
-        for (i, (r, name)) in running[..regions].iter().zip(&names[..regions]).enumerate() {
-            done &= r.handle.store().peer_index_len("newcomer") == subjects[regions];
-            done &= newcomer.handle.store().peer_index_len(name) == subjects[i];
-            done &= r.handle.store().outbox_depth("newcomer") == 0 && newcomer.handle.store().outbox_depth(name) == 0;
-        }
-        if done {
+        let quiet = running[..regions]
+            .iter()
+            .zip(&names[..regions])
+            .all(|(r, name)| empty(r, "newcomer") && empty(newcomer, name));
+        if quiet && indexed(&names[..regions]).0 {
             break;
+        }
+        if progress.elapsed() > Duration::from_secs(15) {
+            eprintln!("  {:.0} s: {} entries indexed", started.elapsed().as_secs_f64(), indexed(&names[..regions]).1);
+            progress = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -366,38 +454,32 @@ pub async fn join(regions: usize, signals: usize, parents: bool) -> KitResult<()
             flush_us as f64 / 1000.0
         );
     }
+    eprintln!("  joined: RSS now {:.0} MiB", mib(rss_bytes("VmRSS:").unwrap_or(0)));
     let quiet_disk = newcomer.handle.store().size_on_disk()?;
     let footprint = newcomer.handle.store().footprint()?;
     let peak_rss = peak_rss_bytes();
+    let mut all_entries = 0;
+    for r in &running {
+        all_entries += r.handle.store().footprint()?.entries;
+    }
     // Every region blinds the newcomer's subjects (children and parents) and the newcomer
     // blinds every region's.
     let items: usize = subjects[..regions].iter().sum::<usize>() + regions * subjects[regions];
-    let per_item = proof_rates(20_000).join_item_seconds();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let floor = items as f64 * per_item / cores;
-    let with = if parents { " with 0-2 parents each" } else { "" };
-    println!("join of a new region: {regions} regions x {signals} children{with}, {items} join items (publishes)");
-    println!(
-        "floor: per item one per-peer multiplication, one blind + proof, one verification = {:.1} µs of crypto, over {cores} cores",
-        per_item * 1e6
-    );
-    println!("{:>12} {:>12} {:>8} {:>14}", "wall s", "floor s", "ratio", "ms per item");
-    println!("{wall:>12.2} {floor:>12.2} {:>8.2} {:>14.3}", wall / floor, wall * 1000.0 / items as f64);
+    let floor = items as f64 * proof_rates((items * 4).clamp(4096, 20_000)).join_item_seconds() / cores();
     for r in running {
         r.stop().await?;
     }
     // At rest: the newcomer's store reopened after a clean stop.
-    let rest_disk = crate::store::Store::open(&newcomer_path, &Default::default())?.size_on_disk()?;
-    print_footprint(&footprint, peak_disk, quiet_disk, rest_disk, peak_rss);
-    Ok(())
+    let rest_disk = crate::store::Store::open(&newcomer_path, &options)?.size_on_disk()?;
+    Ok(JoinFigures { items, wall, floor, footprint, peak_disk, quiet_disk, rest_disk, peak_rss, all_entries })
 }
 
 /// The newcomer's store after a join: disk per (child, peer) entry against the logical
 /// bytes (keys and values) the store holds per entry.
-fn print_footprint(f: &crate::store::Footprint, peak: u64, quiet: u64, rest: u64, rss: Option<u64>) {
+fn print_footprint(j: &JoinFigures) {
+    let f = &j.footprint;
     let (keys, logical) = f.total();
     let entries = f.entries.max(1) as f64;
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
         "newcomer store: {} (child, peer) entries, {keys} keys, {:.1} MiB logical ({:.0} bytes and {:.1} keys per entry)",
         f.entries,
@@ -406,7 +488,9 @@ fn print_footprint(f: &crate::store::Footprint, peak: u64, quiet: u64, rest: u64
         keys as f64 / entries
     );
     println!("{:>18} {:>12} {:>16} {:>22}", "disk", "MiB", "bytes per entry", "ratio to logical");
-    for (name, bytes) in [("peak (join)", peak), ("quiet (joined)", quiet), ("at rest (reopened)", rest)] {
+    for (name, bytes) in
+        [("peak (join)", j.peak_disk), ("quiet (joined)", j.quiet_disk), ("at rest (reopened)", j.rest_disk)]
+    {
         println!(
             "{name:>18} {:>12.1} {:>16.0} {:>22.2}",
             mib(bytes),
@@ -421,18 +505,117 @@ fn print_footprint(f: &crate::store::Footprint, peak: u64, quiet: u64, rest: u64
         .map(|t| format!("{} {} keys {:.1} MiB", t.name, t.keys, mib(t.bytes)))
         .collect();
     println!("  by table: {}", by_table.join(", "));
-    match rss {
-        Some(rss) => {
-            println!("peak RSS of this process (every node of the run and their clients): {:.0} MiB", mib(rss))
-        }
+    match j.peak_rss {
+        Some(rss) => println!(
+            "peak RSS of this process (every node of the run, {} entries in all, and their clients): {:.0} MiB",
+            j.all_entries,
+            mib(rss)
+        ),
         None => println!("peak RSS: not available on this system"),
     }
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// (child, peer) entries a node holds at today's national scale: ~29 peers × ~57,000
+/// children, each way (issue 12).
+pub const NATIONAL_ENTRIES: f64 = 2.0 * 29.0 * 57_000.0;
+
+/// `virfed bench national`: joins at growing sizes (`signals` children per region, 4
+/// regions), and the curve they draw: per-item join cost, disk per entry and memory, with
+/// what the curve says a node needs at national scale and at ten times (extrapolated).
+pub async fn national(sizes: &[usize], compression: bool, cache_mb: u64) -> KitResult<()> {
+    let mut rows = Vec::new();
+    for &signals in sizes {
+        let setup = JoinSetup { regions: 4, signals, parents: false, compression, cache_mb };
+        eprintln!("national: join of 4 x {signals} children");
+        rows.push((signals, join_run(setup).await?));
+    }
+    let zstd = if compression { " (compressed stores)" } else { "" };
+    println!(
+        "join cost and store footprint by size{zstd}: a newcomer joins 4 regions, {cache_mb} MiB page cache per node"
+    );
+    println!(
+        "{:>10} {:>9} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10}",
+        "entries",
+        "items",
+        "wall s",
+        "floor s",
+        "ratio",
+        "ms/item",
+        "disk MiB",
+        "B/entry",
+        "logical",
+        "ratio",
+        "RSS MiB"
+    );
+    for (_, f) in &rows {
+        let (_, logical) = f.footprint.total();
+        let entries = f.footprint.entries.max(1) as f64;
+        println!(
+            "{:>10} {:>9} {:>8.1} {:>8.2} {:>7.2} {:>9.3} {:>10.1} {:>10.0} {:>9.0} {:>9.2} {:>10}",
+            f.footprint.entries,
+            f.items,
+            f.wall,
+            f.floor,
+            f.wall / f.floor,
+            f.wall * 1000.0 / f.items as f64,
+            mib(f.peak_disk),
+            f.peak_disk as f64 / entries,
+            logical as f64 / entries,
+            f.peak_disk as f64 / logical.max(1) as f64,
+            f.peak_rss.map(|r| format!("{:.0}", mib(r))).unwrap_or_else(|| "-".into()),
+        );
+    }
+    // Extrapolation: disk per entry and per-item cost from the largest run, with their
+    // growth per doubling of the store from the two largest; memory from the slope of RSS
+    // against the entries every node of the run held.
+    if let [.., (_, a), (_, b)] = rows.as_slice() {
+        let per_entry = |f: &JoinFigures| f.peak_disk as f64 / f.footprint.entries.max(1) as f64;
+        let per_item = |f: &JoinFigures| f.wall / f.items as f64;
+        let doublings = (b.footprint.entries as f64 / a.footprint.entries.max(1) as f64).log2().max(1e-9);
+        let disk_growth = (per_entry(b) / per_entry(a)).powf(1.0 / doublings);
+        let cost_growth = (per_item(b) / per_item(a)).powf(1.0 / doublings);
+        println!(
+            "per doubling of the store: disk per entry x{disk_growth:.3}, join cost per item x{cost_growth:.3} (from the two largest runs)"
+        );
+        let rss_slope = match (a.peak_rss, b.peak_rss) {
+            (Some(ra), Some(rb)) if b.all_entries > a.all_entries => {
+                Some((rb as f64 - ra as f64).max(0.0) / (b.all_entries - a.all_entries) as f64)
+            }
+            _ => None,
+        };
+        let cache = cache_mb as f64;
+        for (name, entries) in [("national scale", NATIONAL_ENTRIES), ("ten times national", 10.0 * NATIONAL_ENTRIES)] {
+            let d = (entries / b.footprint.entries.max(1) as f64).log2().max(0.0);
+            let disk = per_entry(b) * disk_growth.powf(d) * entries;
+            let item = per_item(b) * cost_growth.powf(d);
+            let memory = rss_slope.map(|s| format!("{:.0} MiB", cache + s * entries / (1024.0 * 1024.0)));
+            println!(
+                "extrapolated, {name} ({:.1} M entries): disk {:.1} GiB, a full join or resync {:.0} min at {:.2} ms per item, memory {} (the {cache:.0} MiB page cache plus {} bytes per entry)",
+                entries / 1e6,
+                disk / (1024.0 * 1024.0 * 1024.0),
+                entries * item / 60.0,
+                item * 1000.0,
+                memory.unwrap_or_else(|| "not measured".into()),
+                rss_slope.map(|s| format!("{s:.0}")).unwrap_or_else(|| "?".into()),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The process's peak resident set (`VmHWM`), where the system reports it.
 fn peak_rss_bytes() -> Option<u64> {
+    rss_bytes("VmHWM:")
+}
+
+/// A figure of `/proc/self/status` in bytes (`VmRSS:` now, `VmHWM:` the peak).
+fn rss_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -445,7 +628,7 @@ async fn prefill(region: &RegionFiles, bsns: &[(&String, Vec<String>)]) -> KitRe
     std::fs::create_dir_all(&config.data_dir)?;
     // As the node does at start: the key files live in their own directory.
     crate::server::create_private_dir(config.keys_dir())?;
-    let store = crate::store::Store::open(&config.store_path(), &Default::default())?;
+    let store = crate::store::Store::open(&config.store_path(), &crate::store::StoreOptions::of(&config.store))?;
     let local = crate::pseudonym::LocalKey::load_or_create(&config.local_key_path())?;
     let blind =
         crate::federation::rekey::load_blind_key(config, &store).await.map_err(crate::server::NodeError::from)?;
