@@ -65,6 +65,7 @@ struct Rogue {
     key: BlindKey,
     guesses: Vec<String>,
     seq: u64,
+    epoch: u64,
 }
 
 impl Rogue {
@@ -74,6 +75,7 @@ impl Rogue {
             key: BlindKey::random(),
             guesses: valid_bsns(123_000_000, 64),
             seq: 0,
+            epoch: 42,
         }
     }
 
@@ -101,7 +103,7 @@ impl Rogue {
             protocol_version: PROTOCOL_VERSION,
             protocol_minor: PROTOCOL_MINOR,
             from_region: "utrecht".into(),
-            epoch: 42,
+            epoch: self.epoch,
             resync: ticket.is_some(),
             items,
             resync_ticket: ticket.unwrap_or_default(),
@@ -204,8 +206,9 @@ async fn invariant_2_the_budget_is_checked_before_blinding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariant_2_concurrent_exchanges_never_spend_a_token_twice() {
     // Each exchange fits the bucket alone, not both together. Sent at once on two
-    // connections, both may pass the read-only check before blinding; the charge taken in
-    // the transaction that applies the exchange still lets only one through.
+    // connections: a peer's exchanges take turns from the budget check to the answer, and
+    // each one's tokens are taken in the transaction that applies it, so only one gets
+    // through and the other is refused before anything is blinded for it.
     let dir = tempfile::tempdir().unwrap();
     let (files, rdam_files) = victim_files(dir.path(), 5, 60);
     let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock())).await.unwrap();
@@ -232,6 +235,30 @@ async fn invariant_2_concurrent_exchanges_never_spend_a_token_twice() {
     assert_eq!(counter(&rdam, |c| c.budget_rejections.load(Ordering::Relaxed)), 5);
     assert_eq!(exceeded(&rdam).len(), 5);
     assert!(rdam.handle.store().verify_audit().unwrap().is_ok());
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant_2_publishes_under_a_retired_epoch_are_charged_not_free() {
+    // A peer retires an epoch itself (epoch 1, then 2) and keeps sending under the old one:
+    // each such exchange is refused as superseded and still pays its tokens, so the
+    // blinding work it causes stays bounded by the budget.
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 6, 60);
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock())).await.unwrap();
+    let mut rogue = Rogue::connect(peer_listen(&rdam.files), &files.ca_dir).await;
+    rogue.epoch = 1;
+    assert_eq!(rogue.guess(1).await.unwrap().len(), 1);
+    rogue.epoch = 2;
+    assert_eq!(rogue.guess(1).await.unwrap().len(), 1);
+    assert_eq!(tokens(&rdam), 4.0);
+    rogue.epoch = 1;
+    let status = rogue.guess(2).await.expect_err("a retired epoch is refused");
+    assert!(status.message().contains("epoch") || status.message().contains("restore"), "{status:?}");
+    assert_eq!(tokens(&rdam), 2.0, "the superseded exchange paid for what it had blinded");
+    assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 2, "and applied nothing");
+    rogue.guess(2).await.expect_err("refused again");
+    assert_over_budget(rogue.guess(1).await);
     rdam.stop().await.unwrap();
 }
 

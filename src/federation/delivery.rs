@@ -267,8 +267,16 @@ fn verify_answers(
         Item::Publish(p) => Some((p.point, answer.blinded)),
         _ => None,
     });
+    let publishes: Vec<(Blinded, Option<Blinded>)> = publishes.collect();
+    if publishes.len() != published.len() {
+        return Err(format!(
+            "{PROOF_REFUSED}: {} publishes answered for {} sent; nothing applied, the batch is retried",
+            publishes.len(),
+            published.len()
+        ));
+    }
     let (mut inputs, mut decoded, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
-    for ((point, answer), q) in publishes.zip(published) {
+    for ((point, answer), q) in publishes.into_iter().zip(published) {
         if let Some(d) = answer {
             inputs.push(point);
             decoded.push(*q);

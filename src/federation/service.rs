@@ -40,6 +40,10 @@ struct Inner {
     ca_file: std::path::PathBuf,
     /// This node's blinding key towards each configured peer (derived from its one key).
     blinds: HashMap<String, PeerBlind>,
+    /// One exchange at a time per peer, from the budget check to the answer: concurrent
+    /// requests cannot all pass the read-only check and get blinding work the budget then
+    /// pays for only once (an honest sender has one exchange in flight anyway).
+    turns: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     peers: HashSet<String>,
     oracle: Limit,
     resync: Limit,
@@ -63,6 +67,7 @@ impl PeerService {
         clock: Arc<dyn Clock>,
     ) -> PeerService {
         let blinds = peers.iter().map(|p| (p.clone(), blind_key.towards(p))).collect();
+        let turns = peers.iter().map(|p| (p.clone(), Arc::default())).collect();
         PeerService {
             inner: Arc::new(Inner {
                 federation,
@@ -70,6 +75,7 @@ impl PeerService {
                 cert_file,
                 ca_file,
                 blinds,
+                turns,
                 peers,
                 oracle,
                 resync,
@@ -188,6 +194,8 @@ impl PeerService {
         if r.items.len() > MAX_ITEMS {
             return Err(FederationError::bad(format!("at most {MAX_ITEMS} items per exchange")));
         }
+        let turn = self.inner.turns.get(region.as_str()).cloned().unwrap_or_default();
+        let _turn = turn.lock().await;
         let counters = self.inner.counters.get(region.as_str()).cloned().unwrap_or_default();
         // Validate everything first: a bad item refuses the request, unchanged.
         let mut items = Vec::with_capacity(r.items.len());

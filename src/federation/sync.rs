@@ -52,6 +52,14 @@ impl Federation {
         let now = Utc::now();
         self.store
             .write(move |tx| {
+                // The charge first: every blinded request pays, also one that is refused
+                // below as superseded (so a peer cannot get free blinding work by sending
+                // under an epoch it retired itself).
+                if let Some(charge) = &charge {
+                    if let Err(refused) = charge.take(tx)? {
+                        return Ok(Err(refused));
+                    }
+                }
                 let mut seen: PeerSeen = tx.peer_seen(peer.as_str())?;
                 if seen.retired.contains(&epoch) {
                     // A delayed request from a store the peer has since replaced (restore).
@@ -63,11 +71,6 @@ impl Federation {
                         retired.push(seen.epoch);
                     }
                     seen = PeerSeen { epoch, last_seq: 0, retired };
-                }
-                if let Some(charge) = &charge {
-                    if let Err(refused) = charge.take(tx)? {
-                        return Ok(Err(refused));
-                    }
                 }
                 let mut answers = Vec::with_capacity(items.len());
                 let mut applied = 0u64;
