@@ -296,6 +296,7 @@ pub fn verify_decoded(
     let proof = Proof::from_bytes(proof)?;
     check_shape(context, inputs.len(), answers.len())?;
     check_shape(context, inputs_enc.len(), answers.len())?;
+    debug_assert!(inputs.iter().zip(inputs_enc).all(|(p, e)| p.compress().to_bytes() == *e));
     let b = decode(public_key, Part::PublicKey)?;
     let st = Statement {
         a: RISTRETTO_BASEPOINT_POINT,
@@ -320,10 +321,10 @@ pub fn verify_blinded(
     proof: &[u8],
     context: &[u8],
 ) -> Result<(), ProofError> {
-    let proof = Proof::from_bytes(proof)?;
+    Proof::from_bytes(proof)?;
     check_shape(context, inputs.len(), answers.len())?;
-    let b = decode(public_key, Part::PublicKey)?;
-    Statement::from_bytes(b, *public_key, inputs, answers, context)?.verify(&proof, context)
+    decode(public_key, Part::PublicKey)?;
+    verify_decoded(public_key, &decode_all(inputs, Part::Input)?, inputs, answers, proof, context)
 }
 
 /// `BlindKey` keeps its scalar private; its canonical bytes give the same scalar back.
