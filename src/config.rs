@@ -377,7 +377,7 @@ impl Default for Sweeper {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// sled page cache in MiB.
+    /// The engine's page cache in MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
     /// Compress the store's pages (zstd): about 35% less disk for about twice the write
@@ -385,11 +385,15 @@ pub struct StoreConfig {
     /// store keeps what it was created with.
     #[serde(default)]
     pub compression: bool,
+    /// The embedded engine of a new store: "sled" (the default) or "redb" (measured beside
+    /// it, BENCHMARKS.md, issue 12). An existing store keeps the engine it was created with.
+    #[serde(default)]
+    pub engine: crate::store::Engine,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mb: default_cache_mb(), compression: false }
+        StoreConfig { cache_mb: default_cache_mb(), compression: false, engine: crate::store::Engine::Sled }
     }
 }
 
@@ -542,6 +546,12 @@ impl Config {
                 }
             }
         }
+        if self.store.compression && self.store.engine == crate::store::Engine::Redb {
+            return Err(
+                "store.compression is a sled option; redb stores are not compressed: remove compression or use engine = \"sled\""
+                    .into(),
+            );
+        }
         if self.sweeper.interval_secs == 0 {
             return Err("sweeper.interval_secs must be at least 1".into());
         }
@@ -666,6 +676,22 @@ mod tests {
             (default_oracle_budget(), default_oracle_refill(), default_resync_budget()),
             "the sample shows the defaults"
         );
+    }
+
+    #[test]
+    fn the_store_engine_is_sled_by_default_redb_on_request_and_redb_refuses_compression() {
+        let base = include_str!("../deploy/node.example.toml");
+        assert_eq!(Config::parse(base).unwrap().store.engine, crate::store::Engine::Sled);
+        let bare = base.replace("engine = \"sled\"\n", "");
+        assert_ne!(bare, base);
+        assert_eq!(Config::parse(&bare).unwrap().store.engine, crate::store::Engine::Sled);
+        let redb = base.replace("engine = \"sled\"", "engine = \"redb\"");
+        assert_eq!(Config::parse(&redb).unwrap().store.engine, crate::store::Engine::Redb);
+        let both = redb.replace("compression = false", "compression = true");
+        let err = Config::parse(&both).unwrap_err();
+        assert!(err.contains("store.compression is a sled option"), "{err}");
+        let unknown = base.replace("engine = \"sled\"", "engine = \"lmdb\"");
+        assert!(Config::parse(&unknown).unwrap_err().contains("engine"));
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //!   a store transaction.
 //! - [`store`]: tables, key codecs, schema and migrations, the single writer (group
 //!   commit), backup, the audit chain (D8); `store/engine.rs` is the only file that names
-//!   sled. No table holds a BSN.
+//!   an engine: sled (the default) or redb (`[store] engine`, measured beside it). No table
+//!   holds a BSN.
 //! - [`domain`] (the VIR's types and pure rules: [`domain::Bsn`] (D9), signals, notices,
 //!   retention, the audit vocabulary, the injected clock), [`pseudonym`] (keyed
 //!   pseudonyms, blinding), [`pki`] (CA tooling, rustls configs, identities from

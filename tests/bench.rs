@@ -4,12 +4,14 @@
 //! what must hold at any speed: counts, and sizes that cannot be zero.
 
 use virfed::kit::bench::{join_run, JoinSetup};
+use virfed::store::Engine;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_join_counts_every_entry_and_measures_the_newcomers_store() {
-    for compression in [false, true] {
+    for (engine, compression) in [(Engine::Sled, false), (Engine::Sled, true), (Engine::Redb, false)] {
         let (regions, signals) = (2, 24);
-        let f = join_run(JoinSetup { regions, signals, parents: false, compression, cache_mb: 16 }).await.unwrap();
+        let setup = JoinSetup { regions, signals, parents: false, compression, cache_mb: 16, engine };
+        let f = join_run(setup).await.unwrap();
         // Each region publishes its children to the newcomer and the newcomer its own to
         // each region.
         assert_eq!(f.items, 2 * regions * signals);
@@ -29,9 +31,12 @@ async fn bench_join_counts_every_entry_and_measures_the_newcomers_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_join_with_parents_counts_each_parent_once_per_peer() {
-    let (regions, signals) = (1, 40);
-    let f = join_run(JoinSetup { regions, signals, parents: true, compression: false, cache_mb: 16 }).await.unwrap();
-    // More join items than children: parents are published too, once each.
-    assert!(f.items > 2 * regions * signals, "{}", f.items);
-    assert_eq!(f.footprint.entries as usize, f.items);
+    for engine in [Engine::Sled, Engine::Redb] {
+        let (regions, signals) = (1, 40);
+        let setup = JoinSetup { regions, signals, parents: true, compression: false, cache_mb: 16, engine };
+        let f = join_run(setup).await.unwrap();
+        // More join items than children: parents are published too, once each.
+        assert!(f.items > 2 * regions * signals, "{engine:?}: {}", f.items);
+        assert_eq!(f.footprint.entries as usize, f.items, "{engine:?}");
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! ## Files
 //!
-//! - [`engine`]: the one file that names sled (trees, transactions, flush).
+//! - [`engine`]: the one file that names the engines, sled (the default) and redb
+//!   (measured beside it): trees, transactions, flush.
 //! - [`keys`]: every key layout; [`records`]: the store's own record shapes and codec.
 //! - [`tx`]: [`Tx`], one write transaction's typed accessors; `queues` (outbox, notices)
 //!   and `peers` (federation state) hold the reads beside the ones below.
@@ -56,8 +57,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 pub use audit::{AuditBroken, AuditEntry, AuditSummary};
-pub use engine::TxError;
 use engine::{Db, Tree, TreeSet};
+pub use engine::{Engine, TxError};
 use keys::{meta, Fed};
 use records::decode;
 pub use records::{ChildRecord, CrossPair, Lookup, PairState, PeerSeen, Queued, RemoteEntry};
@@ -162,22 +163,28 @@ pub type RawEntry = (Vec<u8>, Vec<u8>);
 /// Opening options.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// sled page cache in bytes.
+    /// The engine's page cache in bytes.
     pub cache_bytes: u64,
-    /// A new store compresses its pages (zstd); an existing one keeps what it was made with.
+    /// A new sled store compresses its pages (zstd); an existing one keeps what it was made with.
     pub compression: bool,
+    /// The engine of a new store; an existing one keeps the engine it was made with.
+    pub engine: Engine,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 128 * 1024 * 1024, compression: false }
+        StoreOptions { cache_bytes: 128 * 1024 * 1024, compression: false, engine: Engine::Sled }
     }
 }
 
 impl StoreOptions {
     /// The options of a node's `[store]` config.
     pub fn of(config: &crate::config::StoreConfig) -> StoreOptions {
-        StoreOptions { cache_bytes: config.cache_mb * 1024 * 1024, compression: config.compression }
+        StoreOptions {
+            cache_bytes: config.cache_mb * 1024 * 1024,
+            compression: config.compression,
+            engine: config.engine,
+        }
     }
 }
 
@@ -197,7 +204,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store; checks the schema version and migrates older stores.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let db = Db::open_with(path, Some(options.cache_bytes), options.compression, true)?;
+        let db = Db::open_with(path, options.engine, Some(options.cache_bytes), options.compression, true)?;
         let meta_tree = db.tree(TABLES[Table::Meta as usize])?;
         match meta_tree.get(meta::SCHEMA)? {
             None => {
@@ -246,7 +253,7 @@ impl Store {
         prefix: &[u8],
         what: &'static str,
     ) -> impl Iterator<Item = Result<T, StoreError>> + '_ {
-        self.t(table).scan_prefix(prefix.to_vec()).map(move |item| decode(&item?.1, what))
+        self.t(table).scan_prefix(prefix).map(move |item| decode(&item?.1, what))
     }
 
     fn meta_u64(&self, key: &[u8]) -> Result<u64, StoreError> {

@@ -126,11 +126,14 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Durable registrations per second with 4, 16 and 64 clients vs sled insert+flush.
+    /// Durable registrations per second with 4, 16 and 64 clients vs the engine's insert+flush.
     Register {
         /// Registrations per concurrency level.
         #[arg(long, default_value_t = 2000)]
         registrations: usize,
+        /// Every store's engine (`[store] engine`): sled or redb; the floors use it too.
+        #[arg(long, default_value = "sled")]
+        engine: virfed::store::Engine,
     },
     /// Peer blind operations per second per core vs raw scalar multiplications.
     Crypto {
@@ -152,6 +155,9 @@ pub enum BenchCommand {
         /// Every node's page cache in MiB (`[store] cache_mb`).
         #[arg(long, default_value_t = 128)]
         cache_mb: u64,
+        /// Every store's engine (`[store] engine`): sled or redb; the floors use it too.
+        #[arg(long, default_value = "sled")]
+        engine: virfed::store::Engine,
     },
     /// Joins at growing sizes: per-item cost, disk per entry and memory by store size, and
     /// what they extrapolate to at national scale and ten times (takes several minutes).
@@ -160,6 +166,10 @@ pub enum BenchCommand {
         /// 8 (child, peer) entries per child: 2500,12500,50000 are 20k, 100k and 400k.
         #[arg(long, value_delimiter = ',', default_value = "2500,12500,50000")]
         sizes: Vec<usize>,
+        /// The engines to run, side by side: sled, redb (with two, each runs in a process of
+        /// its own, so its peak RSS is its own).
+        #[arg(long, value_delimiter = ',', default_value = "sled")]
+        engines: Vec<virfed::store::Engine>,
         /// Create every store with compressed pages (`[store] compression = true`).
         #[arg(long)]
         compression: bool,
@@ -174,6 +184,9 @@ pub enum BenchCommand {
         /// Every registration names 0-2 parents (a realistic mix of sibling families).
         #[arg(long)]
         parents: bool,
+        /// Every store's engine (`[store] engine`): sled or redb; the floors use it too.
+        #[arg(long, default_value = "sled")]
+        engine: virfed::store::Engine,
     },
     /// A status sweep over N nodes vs N parallel health round trips; /metrics scrape cost.
     Status {

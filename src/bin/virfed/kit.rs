@@ -13,15 +13,15 @@ pub async fn demo(keep_running: bool) -> anyhow::Result<()> {
 pub async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     use virfed::kit::bench;
     match cmd {
-        BenchCommand::Register { registrations } => bench::register(registrations).await?,
+        BenchCommand::Register { registrations, engine } => bench::register(registrations, engine).await?,
         BenchCommand::Crypto { operations } => bench::crypto(operations),
-        BenchCommand::Join { regions, signals, parents, compression, cache_mb } => {
-            bench::join(bench::JoinSetup { regions, signals, parents, compression, cache_mb }).await?
+        BenchCommand::Join { regions, signals, parents, compression, cache_mb, engine } => {
+            bench::join(bench::JoinSetup { regions, signals, parents, compression, cache_mb, engine }).await?
         }
-        BenchCommand::National { sizes, compression, cache_mb } => {
-            bench::national(&sizes, compression, cache_mb).await?
+        BenchCommand::National { sizes, engines, compression, cache_mb } => {
+            bench::national(&sizes, &engines, compression, cache_mb).await?
         }
-        BenchCommand::Latency { samples, parents } => bench::latency(samples, parents).await?,
+        BenchCommand::Latency { samples, parents, engine } => bench::latency(samples, parents, engine).await?,
         BenchCommand::Status { nodes, scrapes } => bench::status(nodes, scrapes).await?,
     }
     Ok(())

@@ -18,7 +18,9 @@
 //!   and the cost of a `/metrics` scrape.
 //!
 //! The raw floors measure the storage engine itself, beneath the store, through
-//! `store::engine::Floor` (so sled stays named in one file).
+//! `store::engine::Floor` (so the engines stay named in one file). `register`, `join`,
+//! `national` and `latency` take `--engine sled|redb` (`national`: `--engines`, side by
+//! side in one run): every store of the run, and the raw floors, on that engine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,21 +29,22 @@ use super::fixture::{contact, register_request, valid_bsns, FederationFiles, Reg
 use super::{KitError, KitResult};
 use crate::domain::SystemClock;
 use crate::pb::client as pb;
+use crate::store::Engine;
 
 mod status;
 pub use status::status;
 
 /// Raw floor: `total` inserts of `value_len` bytes into the bare storage engine, flushed
 /// every `batch` inserts.
-fn sled_floor(batch: usize, total: usize, value_len: usize) -> KitResult<f64> {
+fn engine_floor(engine: Engine, batch: usize, total: usize, value_len: usize) -> KitResult<f64> {
     let dir = tempfile::tempdir()?;
-    Ok(crate::store::engine::Floor::open(dir.path())?.insert_flush_rate(batch, total, value_len)?)
+    Ok(crate::store::engine::Floor::open(dir.path(), engine)?.insert_flush_rate(batch, total, value_len)?)
 }
 
 /// Raw floor of one durable write: a bare engine database under `dir`, and a writer that
 /// inserts 400 bytes under key `i` and flushes.
-fn flush_floor_db(dir: &std::path::Path) -> KitResult<impl FnMut(u64) -> KitResult<()>> {
-    let floor = crate::store::engine::Floor::open(dir)?;
+fn flush_floor_db(dir: &std::path::Path, engine: Engine) -> KitResult<impl FnMut(u64) -> KitResult<()>> {
+    let floor = crate::store::engine::Floor::open(dir, engine)?;
     Ok(move |i: u64| {
         floor.insert(i, &[0u8; 400])?;
         floor.flush()?;
@@ -50,10 +53,10 @@ fn flush_floor_db(dir: &std::path::Path) -> KitResult<impl FnMut(u64) -> KitResu
 }
 
 /// Registrations per second through the store alone (no gRPC, no TLS), `clients` tasks.
-async fn store_rate(clients: usize, total: usize) -> KitResult<f64> {
+async fn store_rate(engine: Engine, clients: usize, total: usize) -> KitResult<f64> {
     use crate::domain::{Clock, OrgDomain, OrgId, Organisation};
     let dir = tempfile::tempdir()?;
-    let store = crate::store::Store::open(dir.path(), &Default::default())?;
+    let store = crate::store::Store::open(dir.path(), &crate::store::StoreOptions { engine, ..Default::default() })?;
     let registry = crate::registry::Registry::new(store.clone());
     let clock = SystemClock;
     let org = Organisation {
@@ -104,10 +107,11 @@ async fn store_rate(clients: usize, total: usize) -> KitResult<f64> {
 }
 
 /// `virfed bench register`.
-pub async fn register(per_level: usize) -> KitResult<()> {
+pub async fn register(per_level: usize, engine: Engine) -> KitResult<()> {
     let dir = tempfile::Builder::new().prefix("virfed-bench-").tempdir()?;
     let mut files =
         RegionFiles::create(&dir.path().join("bench"), "bench", std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    files.config.store.engine = engine;
     // The benchmark is one organisation registering as fast as it can: exactly what the
     // registration rate limit is there to stop, so it is lifted for this run.
     let levels = [4usize, 16, 64];
@@ -117,7 +121,10 @@ pub async fn register(per_level: usize) -> KitResult<()> {
     let region = RunningRegion::start_with(files, Arc::new(SystemClock)).await?;
     region.add_org("org-a", "Org A", "youth-care", None).await?;
     let bsns = valid_bsns(100_000_000, per_level * levels.len());
-    println!("durable registrations/s (gRPC + mTLS + transaction + audit + group-commit flush) vs raw sled insert+flush floor");
+    println!(
+        "durable registrations/s (gRPC + mTLS + transaction + audit + group-commit flush) vs raw {} insert+flush floor",
+        engine.name()
+    );
     println!(
         "{:>8} {:>14} {:>14} {:>14} {:>8} {:>12}",
         "clients", "registrations/s", "store-only/s", "floor/s", "ratio", "writers/flush"
@@ -146,8 +153,8 @@ pub async fn register(per_level: usize) -> KitResult<()> {
         let rate = per_level as f64 / started.elapsed().as_secs_f64();
         let (f1, w1, _, _) = region.handle.store().write_stats().snapshot();
         let (flushes, writers) = (f1 - f0, w1 - w0);
-        let floor = tokio::task::spawn_blocking(move || sled_floor(clients, per_level, 400)).await??;
-        let store_only = store_rate(clients, per_level).await?;
+        let floor = tokio::task::spawn_blocking(move || engine_floor(engine, clients, per_level, 400)).await??;
+        let store_only = store_rate(engine, clients, per_level).await?;
         println!(
             "{clients:>8} {rate:>14.0} {store_only:>14.0} {floor:>14.0} {:>8.2} {:>12.1}",
             rate / floor,
@@ -325,6 +332,8 @@ pub struct JoinSetup {
     pub compression: bool,
     /// Every node's page cache (`[store] cache_mb`).
     pub cache_mb: u64,
+    /// Every node's storage engine (`[store] engine`).
+    pub engine: Engine,
 }
 
 /// What one join benchmark measured.
@@ -347,11 +356,12 @@ pub struct JoinFigures {
 /// (with `parents`, every child has 0-2 parents, see [`bench_parents`]).
 pub async fn join(setup: JoinSetup) -> KitResult<()> {
     let f = join_run(setup).await?;
-    let JoinSetup { regions, signals, parents, compression, .. } = setup;
+    let JoinSetup { regions, signals, parents, compression, engine, .. } = setup;
     let with = if parents { " with 0-2 parents each" } else { "" };
     let zstd = if compression { ", compressed stores" } else { "" };
     println!(
-        "join of a new region: {regions} regions x {signals} children{with}{zstd}, {} join items (publishes)",
+        "join of a new region: {regions} regions x {signals} children{with}, {} stores{zstd}, {} join items (publishes)",
+        engine.name(),
         f.items
     );
     println!(
@@ -371,7 +381,7 @@ fn cores() -> f64 {
 
 /// Runs one join and measures it.
 pub async fn join_run(setup: JoinSetup) -> KitResult<JoinFigures> {
-    let JoinSetup { regions, signals, parents, compression, cache_mb } = setup;
+    let JoinSetup { regions, signals, parents, compression, cache_mb, engine } = setup;
     let dir = tempfile::Builder::new().prefix("virfed-bench-join-").tempdir()?;
     let mut names: Vec<String> = (0..regions).map(|i| format!("region-{i:02}")).collect();
     names.push("newcomer".into());
@@ -379,8 +389,10 @@ pub async fn join_run(setup: JoinSetup) -> KitResult<JoinFigures> {
     // A star: every region peers with the newcomer only, so the run measures the join.
     let mut files = FederationFiles::create_star(dir.path(), &refs, "newcomer")?;
     for region in files.regions.iter_mut() {
-        region.config.store.compression = compression;
+        // Compression is a sled option (the config refuses it with redb).
+        region.config.store.compression = compression && engine == Engine::Sled;
         region.config.store.cache_mb = cache_mb;
+        region.config.store.engine = engine;
     }
     let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
     // Fill each store before the nodes start (children published when the node first runs).
@@ -526,16 +538,48 @@ pub const NATIONAL_ENTRIES: f64 = 2.0 * 29.0 * 57_000.0;
 /// `virfed bench national`: joins at growing sizes (`signals` children per region, 4
 /// regions), and the curve they draw: per-item join cost, disk per entry and memory, with
 /// what the curve says a node needs at national scale and at ten times (extrapolated).
-pub async fn national(sizes: &[usize], compression: bool, cache_mb: u64) -> KitResult<()> {
-    let mut rows = Vec::new();
-    for &signals in sizes {
-        let setup = JoinSetup { regions: 4, signals, parents: false, compression, cache_mb };
-        eprintln!("national: join of 4 x {signals} children");
-        rows.push((signals, join_run(setup).await?));
+pub async fn national(sizes: &[usize], engines: &[Engine], compression: bool, cache_mb: u64) -> KitResult<()> {
+    // Peak RSS is the process's: with several engines, each runs in a process of its own
+    // (this binary again), one after the other, so no engine's figure holds another's.
+    if engines.len() > 1 {
+        let exe = std::env::current_exe()?;
+        let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
+        for engine in engines {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["bench", "national", "--sizes", &sizes.join(","), "--engines", engine.name()]);
+            cmd.args(["--cache-mb", &cache_mb.to_string()]);
+            if compression && *engine == Engine::Sled {
+                cmd.arg("--compression");
+            }
+            let status = cmd.status()?;
+            if !status.success() {
+                return Err(KitError::Failed(format!("bench national with {} stores: {status}", engine.name())));
+            }
+        }
+        return Ok(());
     }
+    let mut runs = Vec::new();
+    for &engine in engines {
+        let mut rows = Vec::new();
+        for &signals in sizes {
+            let setup = JoinSetup { regions: 4, signals, parents: false, compression, cache_mb, engine };
+            eprintln!("national: join of 4 x {signals} children, {} stores", engine.name());
+            rows.push((signals, join_run(setup).await?));
+        }
+        runs.push((engine, rows));
+    }
+    for (engine, rows) in runs {
+        print_national(engine, &rows, compression, cache_mb);
+    }
+    Ok(())
+}
+
+/// One engine's table and extrapolation of [`national`].
+fn print_national(engine: Engine, rows: &[(usize, JoinFigures)], compression: bool, cache_mb: u64) {
     let zstd = if compression { " (compressed stores)" } else { "" };
     println!(
-        "join cost and store footprint by size{zstd}: a newcomer joins 4 regions, {cache_mb} MiB page cache per node"
+        "{}: join cost and store footprint by size{zstd}: a newcomer joins 4 regions, {cache_mb} MiB page cache per node",
+        engine.name()
     );
     println!(
         "{:>10} {:>9} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10}",
@@ -551,7 +595,7 @@ pub async fn national(sizes: &[usize], compression: bool, cache_mb: u64) -> KitR
         "ratio",
         "RSS MiB"
     );
-    for (_, f) in &rows {
+    for (_, f) in rows {
         let (_, logical) = f.footprint.total();
         let entries = f.footprint.entries.max(1) as f64;
         println!(
@@ -572,7 +616,7 @@ pub async fn national(sizes: &[usize], compression: bool, cache_mb: u64) -> KitR
     // Extrapolation: disk per entry and per-item cost from the largest run, with their
     // growth per doubling of the store from the two largest; memory from the slope of RSS
     // against the entries every node of the run held.
-    if let [.., (_, a), (_, b)] = rows.as_slice() {
+    if let [.., (_, a), (_, b)] = rows {
         let per_entry = |f: &JoinFigures| f.peak_disk as f64 / f.footprint.entries.max(1) as f64;
         let per_item = |f: &JoinFigures| f.wall / f.items as f64;
         let doublings = (b.footprint.entries as f64 / a.footprint.entries.max(1) as f64).log2().max(1e-9);
@@ -604,7 +648,6 @@ pub async fn national(sizes: &[usize], compression: bool, cache_mb: u64) -> KitR
             );
         }
     }
-    Ok(())
 }
 
 /// The process's peak resident set (`VmHWM`), where the system reports it.
@@ -681,10 +724,13 @@ async fn prefill(region: &RegionFiles, bsns: &[(&String, Vec<String>)]) -> KitRe
 /// `virfed bench latency`: register in one region a child the other already holds, and
 /// time until the registering professional's watch stream shows the cross-region match
 /// (with `parents`, every registration names the child's 0-2 parents, [`bench_parents`]).
-pub async fn latency(samples: usize, parents: bool) -> KitResult<()> {
+pub async fn latency(samples: usize, parents: bool, engine: Engine) -> KitResult<()> {
     use tokio_stream::StreamExt;
     let dir = tempfile::Builder::new().prefix("virfed-bench-latency-").tempdir()?;
-    let files = FederationFiles::create(dir.path(), &["alpha", "beta"])?;
+    let mut files = FederationFiles::create(dir.path(), &["alpha", "beta"])?;
+    for region in files.regions.iter_mut() {
+        region.config.store.engine = engine;
+    }
     let running = RunningRegion::start_federation(files, Arc::new(SystemClock)).await?;
     for r in &running {
         r.add_org("org-a", "Org A", "youth-care", None).await?;
@@ -733,7 +779,7 @@ pub async fn latency(samples: usize, parents: bool) -> KitResult<()> {
     );
     let _ = peer.ping(crate::pb::federation::PingRequest { from_region: "beta".into(), ..Default::default() }).await;
     let floor_dir = tempfile::tempdir()?;
-    let mut durable_write = flush_floor_db(floor_dir.path())?;
+    let mut durable_write = flush_floor_db(floor_dir.path(), engine)?;
     for i in 0..samples {
         let started = Instant::now();
         durable_write(i as u64)?;
@@ -745,7 +791,10 @@ pub async fn latency(samples: usize, parents: bool) -> KitResult<()> {
     floor_times.sort();
     let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0;
     let with = if parents { ", registrations with 0-2 parents" } else { "" };
-    println!("cross-region match latency on loopback vs one flush + one mTLS round trip ({samples} samples{with})");
+    println!(
+        "cross-region match latency on loopback vs one flush + one mTLS round trip ({samples} samples{with}, {} stores)",
+        engine.name()
+    );
     println!("{:>10} {:>12} {:>12} {:>8}", "", "match ms", "floor ms", "ratio");
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (m, f) = (pct(&times, p), pct(&floor_times, p));
