@@ -39,7 +39,8 @@
 //! - `kit` (cargo feature `kit`, on by default, off in production builds): the test and
 //!   demo kit above everything else: `kit::fixture` (a real region on loopback: CA,
 //!   certificates, config, node), `kit::demo` (`virfed demo`), `kit::bench` (`virfed
-//!   bench`, figures printed next to their floors).
+//!   bench`, figures printed next to their floors), `kit::process` (nodes as real child
+//!   processes) and `kit::faults` (proof under faults: crash cycles, `virfed bench crash`).
 //! - leaves every layer may use: [`shutdown`] (the signal every task listens to, so no
 //!   service imports `server` to learn it is stopping), [`backoff`] (jittered exponential
 //!   backoff for the retry loops: outbox, webhooks), [`https`] (the connector of the

@@ -8,6 +8,9 @@
 //!   cross-border matches.
 //! - [`bench`]: `virfed bench`, figures printed next to the floors they are measured
 //!   against.
+//! - [`process`]: nodes as real `virfed node` processes (start, wait serving, SIGKILL,
+//!   SIGTERM, offline audit check).
+//! - [`faults`]: proof under faults: the crash-cycle harness (`virfed bench crash`).
 //! - [`brp`]: a local BRP Personen API (and OAuth token endpoint) in the shapes of the
 //!   public specification, with switches for outages, slowness and malformed answers, for
 //!   the BRP client's tests and the demo.
@@ -20,7 +23,9 @@
 pub mod bench;
 pub mod brp;
 pub mod demo;
+pub mod faults;
 pub mod fixture;
+pub mod process;
 
 use std::error::Error as StdError;
 

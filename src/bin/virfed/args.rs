@@ -188,6 +188,22 @@ pub enum BenchCommand {
         #[arg(long, default_value = "sled")]
         engine: virfed::store::Engine,
     },
+    /// Crash cycles: three node processes under load, one killed with SIGKILL at random
+    /// each cycle and restarted; prints acknowledged writes, cycles survived, anything lost
+    /// or doubled (target: 0 and 0). Exits non-zero on any finding.
+    Crash {
+        #[arg(long, default_value_t = 50)]
+        cycles: u32,
+        /// Seeds the victims, the moments and the load (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Every store's engine (`[store] engine`): sled or redb.
+        #[arg(long, default_value = "sled")]
+        engine: virfed::store::Engine,
+        /// Keep the federation's files (stores, logs) here instead of a temp dir.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// A status sweep over N nodes vs N parallel health round trips; /metrics scrape cost.
     Status {
         #[arg(long, default_value_t = 25)]

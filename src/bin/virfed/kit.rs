@@ -23,6 +23,36 @@ pub async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Latency { samples, parents, engine } => bench::latency(samples, parents, engine).await?,
         BenchCommand::Status { nodes, scrapes } => bench::status(nodes, scrapes).await?,
+        BenchCommand::Crash { cycles, seed, engine, dir } => crash(cycles, seed, engine, dir).await?,
+    }
+    Ok(())
+}
+
+/// `virfed bench crash`: the crash-cycle harness on this very binary.
+#[cfg(feature = "kit")]
+async fn crash(
+    cycles: u32,
+    seed: Option<u64>,
+    engine: virfed::store::Engine,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use virfed::kit::faults::{crash_cycles, CrashOptions, REGIONS};
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
+    });
+    let binary = std::env::current_exe()?;
+    println!(
+        "crash cycles: {} node processes ({}), {} stores, {cycles} cycles, seed {seed} (repeat with --seed {seed})",
+        REGIONS.len(),
+        REGIONS.join(", "),
+        engine.name()
+    );
+    let options = CrashOptions { binary, cycles, seed, engine, dir };
+    let report = crash_cycles(&options, |line| println!("  {line}")).await?;
+    println!("{}", report.summary());
+    println!("target: {cycles} cycles, 0 lost, 0 doubled");
+    if !report.clean() {
+        anyhow::bail!("the federation did not survive the crash cycles unharmed (findings above)");
     }
     Ok(())
 }
