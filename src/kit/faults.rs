@@ -98,6 +98,8 @@ pub struct CrashReport {
     pub doubled: BTreeSet<String>,
     pub wrong: BTreeSet<String>,
     pub elapsed: Duration,
+    /// Where the federation's files were left when something was found.
+    pub kept: Option<PathBuf>,
 }
 
 impl CrashReport {
@@ -122,6 +124,9 @@ impl CrashReport {
             self.wrong.len(),
             self.elapsed.as_secs_f64()
         );
+        if let Some(dir) = &self.kept {
+            s.push_str(&format!("\nthe stores and node logs are kept in {}", dir.display()));
+        }
         for (what, items) in [("LOST", &self.lost), ("DOUBLED", &self.doubled), ("WRONG", &self.wrong)] {
             for item in items {
                 s.push_str(&format!("\n{what}: {item}"));
@@ -518,13 +523,22 @@ async fn load(
 #[derive(Default)]
 struct Seen {
     notices: Vec<pb::Notice>,
+    /// When each notice arrived, seconds into the run (for reading a finding against the
+    /// kills in the progress lines and the nodes' audit logs).
+    received: Vec<f64>,
     /// Notices delivered again after the cursor they were resumed from.
     redelivered: Vec<u64>,
 }
 
 /// Follows one organisation's notices for good, resuming after the last cursor seen
 /// whenever the stream breaks (its node was killed).
-fn watch(cluster: Arc<Cluster>, region: usize, org: &'static str, seen: Arc<Mutex<Seen>>) -> JoinHandle<()> {
+fn watch(
+    cluster: Arc<Cluster>,
+    region: usize,
+    org: &'static str,
+    seen: Arc<Mutex<Seen>>,
+    epoch: Instant,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = 0u64;
         loop {
@@ -546,6 +560,7 @@ fn watch(cluster: Arc<Cluster>, region: usize, org: &'static str, seen: Arc<Mute
                     last = notice.cursor;
                 }
                 s.notices.push(notice);
+                s.received.push(epoch.elapsed().as_secs_f64());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -691,8 +706,9 @@ async fn check(
             f.doubled
                 .insert(format!("{org} in {}: notice {cursor} delivered again after resuming past it", REGIONS[*r]));
         }
-        let mut announced: HashMap<String, Vec<u64>> = HashMap::new();
-        for n in &seen.notices {
+        let mut announced: HashMap<String, Vec<String>> = HashMap::new();
+        for (n, at) in seen.notices.iter().zip(&seen.received) {
+            let cursor = format!("{} at {at:.1} s", n.cursor);
             let mut ids = n.signal_ids.clone();
             ids.sort();
             let about = format!(
@@ -714,11 +730,11 @@ async fn check(
                 // The officer's notice is the whole picture of the child here (every local
                 // party and the remote one that changed): the same picture twice is a double.
                 let picture: BTreeSet<String> = parties.collect();
-                announced.entry(format!("{about} with {picture:?}")).or_default().push(n.cursor);
+                announced.entry(format!("{about} with {picture:?}")).or_default().push(cursor);
             } else {
                 // A reporter hears of each counterpart of its signal once per kind.
                 for party in parties {
-                    announced.entry(format!("{about} with {party}")).or_default().push(n.cursor);
+                    announced.entry(format!("{about} with {party}")).or_default().push(cursor.clone());
                 }
             }
         }
@@ -789,13 +805,10 @@ async fn quiet_and_check(
 /// Runs `options.cycles` crash cycles; `progress` gets a line per cycle.
 pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)) -> KitResult<CrashReport> {
     let started = Instant::now();
-    let temp;
+    let mut temp = None;
     let dir = match &options.dir {
         Some(dir) => dir.clone(),
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_owned()
-        }
+        None => temp.insert(tempfile::tempdir()?).path().to_owned(),
     };
     let mut cluster = Cluster::create(&options.binary, &dir, options.engine)?;
     for r in 0..REGIONS.len() {
@@ -818,7 +831,7 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
     for r in 0..REGIONS.len() {
         for org in ORGS.iter().copied().chain([MATCH_OFFICER_ORG]) {
             let seen = Arc::new(Mutex::new(Seen::default()));
-            watcher_tasks.push(watch(cluster.clone(), r, org, seen.clone()));
+            watcher_tasks.push(watch(cluster.clone(), r, org, seen.clone(), started));
             watchers.insert((r, org), seen);
         }
     }
@@ -838,6 +851,7 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
             let victim = rng.gen_range(0..REGIONS.len());
             tokio::time::sleep(before).await;
             let process = processes[victim].as_mut().ok_or_else(|| KitError::Failed("a node is not running".into()))?;
+            let killed_at = started.elapsed().as_secs_f64();
             process.kill_9().await?;
             let down = Instant::now();
             let region = &cluster.regions[victim];
@@ -867,8 +881,9 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
             report.wrong.extend(f.wrong);
             let m = model.lock().expect("model lock");
             progress(&format!(
-                "cycle {cycle}/{}: killed {} after {} ms, down {} ms; {} writes acknowledged so far ({} retried); lost {lost}, doubled {doubled}, wrong {wrong}",
+                "cycle {cycle}/{} (t={:.1} s): killed {} after {} ms, down {} ms; {} writes acknowledged so far ({} retried); lost {lost}, doubled {doubled}, wrong {wrong}",
                 options.cycles,
+                killed_at,
                 REGIONS[victim],
                 before.as_millis(),
                 down_for.as_millis(),
@@ -903,5 +918,12 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
     report.wrong.extend(m.wrong.iter().cloned());
     report.notices = watchers.values().map(|s| s.lock().expect("seen lock").notices.len() as u64).sum();
     report.elapsed = started.elapsed();
+    if !report.clean() {
+        // The stores, logs and audit chains of a run that found something are evidence.
+        if let Some(temp) = temp {
+            let _ = temp.keep();
+        }
+        report.kept = Some(dir);
+    }
     Ok(report)
 }
