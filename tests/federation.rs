@@ -620,6 +620,56 @@ async fn invariant8_peer_down_signals_queued_then_caught_up() {
     us.quiet().await;
 }
 
+/// The pair flap the crash cycles found (docs/reliability.md): while zwolle is down,
+/// utrecht queues for it, about one child, "archived" (its only signal resolved), "active"
+/// (a new signal) and that signal's contacts. Zwolle comes back and speaks first (utrecht
+/// is still backing off): its new party goes to utrecht, whose reply must not carry the
+/// new signal's contacts ahead of the queued items, or zwolle announces the new signal,
+/// ends it on the stale "archived" and announces it again. In order, zwolle's reporter
+/// hears the old party end and the new one arrive, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant5_an_answer_never_overtakes_queued_items_so_a_pair_is_announced_once() {
+    let (_dir, mut regions) = federation(&["utrecht", "zwolle"]).await;
+    let zwolle = regions.pop().unwrap();
+    let utr = &regions[0];
+    let child = bsn(820);
+    let old_id = register(utr, "jeugdzorg", req_by(&child, "Ivo Oud")).await;
+    let mut zs = Watcher::open(&zwolle, "school").await;
+    register(&zwolle, "school", req_by(&child, "Zita Zwolle")).await;
+    assert_eq!(keys(&zs.one().await.counterparts), set(&["utrecht/jeugdzorg/Ivo Oud"]));
+    settled(&[utr, &zwolle]).await;
+    drop(zs);
+    let z_files = zwolle.stop().await.unwrap();
+
+    withdraw(utr, "jeugdzorg", &old_id, pb::WithdrawReason::ConcernResolved).await;
+    register(utr, "school", req_by(&child, "Jan Nieuw")).await;
+    // Utrecht backs off further with every failed attempt; after five the next is seconds
+    // away, so zwolle's item reaches utrecht before utrecht's backlog reaches zwolle.
+    let counters = utr.handle.peer_counters()["zwolle"].clone();
+    eventually("utrecht failing to reach zwolle five times", || {
+        counters.delivery_failures.load(std::sync::atomic::Ordering::Relaxed) >= 5
+    })
+    .await;
+    let zwolle = RunningRegion::start_with(z_files, Arc::new(SystemClock)).await.unwrap();
+    let mut zs = Watcher::open(&zwolle, "school").await;
+    let replayed = zs.one().await; // the match from before the stop, replayed from cursor 0
+    assert_eq!(kind(&replayed), pb::NoticeKind::MatchCreated, "{}", describe(&replayed));
+    register(&zwolle, "jeugdzorg", req_by(&child, "Kees Zwolle")).await;
+    let local = zs.one().await;
+    assert_eq!(keys(&local.counterparts), set(&["-/jeugdzorg/Kees Zwolle"]), "{}", describe(&local));
+    let (ended, created) = (zs.one().await, zs.one().await);
+    assert_eq!(kind(&ended), pb::NoticeKind::MatchEnded, "{}", describe(&ended));
+    assert_eq!(keys(&ended.counterparts), set(&["utrecht/jeugdzorg/Ivo Oud"]), "only the old party ends");
+    assert_eq!(kind(&created), pb::NoticeKind::MatchCreated, "{}", describe(&created));
+    assert_eq!(keys(&created.counterparts), set(&["utrecht/school/Jan Nieuw"]));
+    settled(&[utr, &zwolle]).await;
+    zs.quiet().await;
+    let listed: Vec<BTreeSet<String>> =
+        list_matches(&zwolle, "school").await.iter().map(|m| keys(&m.counterparts)).collect();
+    let expected = vec![set(&["-/jeugdzorg/Kees Zwolle", "utrecht/school/Jan Nieuw"])];
+    assert_eq!(listed, expected, "one match, with the new party and not the old one");
+}
+
 // ---- invariant 4 ----------------------------------------------------------------------
 
 /// `virfed node --config CONFIG` as a child process; killed if the test panics.

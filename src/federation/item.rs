@@ -105,6 +105,20 @@ impl<P> Item<P> {
     }
 }
 
+impl OutItem {
+    /// The sender's handle of the child this item is about, for the kinds that change
+    /// what the peer knows of one of the sender's children (its entry, its state, its
+    /// parties): the items an answer from the sender's current state must not overtake.
+    pub fn about(&self) -> Option<&Handle> {
+        match self {
+            Item::Publish(p) => Some(&p.handle),
+            Item::State { handle, .. } | Item::Remove { handle } => Some(handle),
+            Item::Contacts { from, .. } | Item::PartyGone { from, .. } => Some(from),
+            _ => None,
+        }
+    }
+}
+
 /// The receiver's answer to one item.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ItemAnswer {

@@ -126,8 +126,7 @@ impl Pairs {
                 archived: false,
                 parties: parties.to_vec(),
             };
-            tx.enqueue(peer, &item)?;
-            Ok(())
+            self.queue(tx, peer, &item, false)
         };
         family::linked_to(tx, child, peer, at, &send)
     }
@@ -157,8 +156,7 @@ impl Pairs {
     ) -> TxResult<()> {
         let handle = self.handle(peer, child);
         tx.put_own_handle(peer, &handle, child)?;
-        tx.enqueue(peer, &OutItem::Publish(OutPublish { child: *child, handle, point, active, resync }))?;
-        Ok(())
+        self.queue(tx, peer, &OutItem::Publish(OutPublish { child: *child, handle, point, active, resync }), false)
     }
 
     fn forget_child_for_peer(
@@ -212,7 +210,7 @@ impl Pairs {
                         archived: false,
                         parties: parties.clone(),
                     };
-                    tx.enqueue(peer, &item)?;
+                    self.queue(tx, peer, &item, true)?;
                     sent = Some(Sent { parties, archived: false });
                     let region = format!("region {peer}");
                     let what = if family::is_parent(tx, child)? { "family pair matched" } else { "pair matched" };
@@ -237,7 +235,7 @@ impl Pairs {
                         archived: true,
                         parties: parties.clone(),
                     };
-                    tx.enqueue(peer, &item)?;
+                    self.queue(tx, peer, &item, false)?;
                     sent = Some(Sent { parties, archived: true });
                 }
                 if let Some(mut p) = pair {
@@ -337,10 +335,18 @@ impl Pairs {
                 tx.put_remote(peer, &p.blinded, &entry)?;
                 tx.put_remote_handle(peer, &p.handle, &p.blinded)?;
                 // When this publish completes a pair, my contacts go back with the answer
-                // (and, for reliability, through the outbox as well; duplicates are no-ops).
+                // (and, for reliability, through the outbox as well; duplicates are no-ops),
+                // unless older items about my child still wait for the peer: then the
+                // queued copy alone goes, after them (see `Pairs::contacts_answer`).
+                let behind = match tx.own_blinded(peer, &p.blinded)? {
+                    Some(child) => self.waiting_about(tx, peer, &self.handle(peer, &child))?.is_some(),
+                    None => false,
+                };
                 if let Some(sent) = self.reconcile_remote(tx, peer, &p.blinded, at)? {
-                    done.contacts = sent.parties;
-                    done.contacts_archived = sent.archived;
+                    if !behind {
+                        done.contacts = sent.parties;
+                        done.contacts_archived = sent.archived;
+                    }
                 }
             }
             Item::State { handle, active } => {
@@ -367,7 +373,7 @@ impl Pairs {
                     // first, my Contacts to it may have been refused as early.
                     if let Some(child) = tx.own_handle(peer, to)? {
                         let record = subject(tx, &child)?;
-                        done.contacts = self.sent_parties(tx, peer, &child, &record, at)?;
+                        done.contacts = self.contacts_answer(tx, peer, &child, &record, at)?;
                     }
                 }
             }
@@ -460,15 +466,68 @@ impl Pairs {
         Ok(done)
     }
 
-    /// My active parties for the pair under `d`, if it is matched (for a replayed publish).
+    /// My active parties for the pair under `d`, if it is matched (for a replayed publish;
+    /// see [`Pairs::contacts_answer`]).
     pub fn matched_contacts(&self, tx: &Tx<'_>, peer: &str, d: &Blinded, at: DateTime<Utc>) -> TxResult<Vec<Party>> {
         let Some(child) = tx.own_blinded(peer, d)? else { return Ok(vec![]) };
         match tx.pair(&child, peer)? {
             Some(pair) if pair.is_matched() => {
                 let record = subject(tx, &child)?;
-                self.sent_parties(tx, peer, &child, &record, at)
+                self.contacts_answer(tx, peer, &child, &record, at)
             }
             _ => Ok(vec![]),
+        }
+    }
+
+    /// Queues `item` for `peer`, remembered as the last item about its child (if it is
+    /// about one) until the peer acknowledges it. `full`: it carries the child's full live
+    /// contacts for the pair.
+    fn queue(&self, tx: &Tx<'_>, peer: &str, item: &OutItem, full: bool) -> TxResult<()> {
+        let seq = tx.enqueue(peer, item)?;
+        if let Some(handle) = item.about() {
+            tx.put_queued_about(peer, handle, seq, full)?;
+        }
+        Ok(())
+    }
+
+    /// Whether an item about my child (my `handle` towards `peer`) still waits for the
+    /// peer; if so, whether the last one carries the child's full live contacts.
+    fn waiting_about(&self, tx: &Tx<'_>, peer: &str, handle: &Handle) -> TxResult<Option<bool>> {
+        match tx.queued_about(peer, handle)? {
+            Some((seq, full)) if tx.outbox_holds(peer, seq)? => Ok(Some(full)),
+            _ => Ok(None),
+        }
+    }
+
+    /// My contacts for a matched pair, to answer the peer with (a replayed publish, a
+    /// contacts item it sent). An answer tells my current state, while my State, Remove,
+    /// Publish and PartyGone items arrive in outbox order: an answer that overtook older
+    /// items still queued about the child would be followed by them, and the peer would
+    /// replay history it had jumped past (end the pair on a stale "archived", then match
+    /// it and announce my parties a second time). So while such items wait, the answer
+    /// carries no contacts; they go through the outbox behind those items instead (unless
+    /// the last one queued already carries them in full).
+    fn contacts_answer(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        child: &ChildKey,
+        record: &ChildRecord,
+        at: DateTime<Utc>,
+    ) -> TxResult<Vec<Party>> {
+        let parties = self.sent_parties(tx, peer, child, record, at)?;
+        let handle = self.handle(peer, child);
+        match self.waiting_about(tx, peer, &handle)? {
+            None => Ok(parties),
+            Some(true) => Ok(vec![]),
+            Some(false) => {
+                let pair = tx.pair(child, peer)?.filter(CrossPair::is_matched);
+                if let (Some(pair), false) = (pair, parties.is_empty()) {
+                    let item = OutItem::Contacts { from: handle, to: pair.peer_handle, archived: false, parties };
+                    self.queue(tx, peer, &item, true)?;
+                }
+                Ok(vec![])
+            }
         }
     }
 
@@ -635,7 +694,7 @@ impl Pairs {
         let towards: HashMap<&str, PeerBlind> = self.peers.iter().map(|p| (p.as_str(), new.towards(p))).collect();
         // First in every peer's outbox: the new key its answers will be proven under.
         for (peer, blind) in &towards {
-            tx.enqueue(peer, &OutItem::KeyAnnounce { public_key: crate::dleq::public_key(blind.key()) })?;
+            self.queue(tx, peer, &OutItem::KeyAnnounce { public_key: crate::dleq::public_key(blind.key()) }, false)?;
         }
         let mut children = 0;
         for (child, point) in points {
@@ -670,7 +729,7 @@ impl Pairs {
                 public_key,
                 proof: proof.to_bytes().to_vec(),
             };
-            tx.enqueue(peer, &item)?;
+            self.queue(tx, peer, &item, false)?;
             remote += 1;
         }
         Ok((children, remote))
@@ -737,12 +796,12 @@ impl FederationHook for Pairs {
                     }
                 }
                 (_, ChildState::None) => {
-                    tx.enqueue(peer, &OutItem::Remove { handle })?;
+                    self.queue(tx, peer, &OutItem::Remove { handle }, false)?;
                     self.forget_child_for_peer(tx, peer, child, &handle, at)?;
                 }
                 (ChildState::Archived, ChildState::Active) | (ChildState::Active, ChildState::Archived) => {
                     let active = change.after == ChildState::Active;
-                    tx.enqueue(peer, &OutItem::State { handle, active })?;
+                    self.queue(tx, peer, &OutItem::State { handle, active }, false)?;
                     if let Some(d) = tx.link(child, peer)? {
                         self.reconcile(tx, peer, child, &d, &record, at)?;
                     }
@@ -763,10 +822,11 @@ impl FederationHook for Pairs {
                     if !added.is_empty() {
                         let item =
                             OutItem::Contacts { from: handle, to: pair.peer_handle, archived: false, parties: added };
-                        tx.enqueue(peer, &item)?;
+                        self.queue(tx, peer, &item, false)?;
                     }
                     for org in &change.removed_orgs {
-                        tx.enqueue(peer, &OutItem::PartyGone { from: handle, to: pair.peer_handle, org: org.clone() })?;
+                        let item = OutItem::PartyGone { from: handle, to: pair.peer_handle, org: org.clone() };
+                        self.queue(tx, peer, &item, false)?;
                     }
                 }
                 _ => {}

@@ -151,6 +151,11 @@ impl Federation {
                 }
                 for (out, answer) in &delivered {
                     tx.remove_outbox(&peer, out.seq)?;
+                    if let Some(handle) = out.item.about() {
+                        if tx.queued_about(&peer, handle)?.is_some_and(|(seq, _)| seq == out.seq) {
+                            tx.remove_queued_about(&peer, handle)?;
+                        }
+                    }
                     // A "gone" answer is not acted on: it may describe an older state than the
                     // pair now has; the peer's in-order State or Remove ends the match.
                     match &out.item {

@@ -114,6 +114,7 @@ pub fn u64_value(bytes: Option<&[u8]>) -> u64 {
 /// | `J` | peer 0 handle      | D     | link from the peer's handle to its `I` entry |
 /// | `X` | child 0 peer       | `CrossPair` | the pair of my child with the peer's child |
 /// | `S` | peer               | `PeerSeen` | highest item applied from the peer (idempotency) |
+/// | `Q` | peer 0 handle      | seq, full | the last outbox item about my child queued for `peer` (until acknowledged) |
 pub struct Fed;
 
 impl Fed {
@@ -125,6 +126,7 @@ impl Fed {
     const J: u8 = b'J';
     const X: u8 = b'X';
     const S: u8 = b'S';
+    const Q: u8 = b'Q';
 
     fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         let mut k = vec![tag];
@@ -191,6 +193,9 @@ impl Fed {
     }
     pub fn seen(peer: &str) -> Vec<u8> {
         Self::key(Self::S, &[peer.as_bytes()])
+    }
+    pub fn queued_about(peer: &str, handle: &Handle) -> Vec<u8> {
+        Self::peer_key(Self::Q, peer, handle)
     }
 }
 

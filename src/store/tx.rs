@@ -336,6 +336,11 @@ impl<'a> Tx<'a> {
         self.remove(Table::Outbox, &keys::outbox(peer, seq))
     }
 
+    /// Whether the item `seq` for `peer` is still queued (not yet acknowledged).
+    pub fn outbox_holds(&self, peer: &str, seq: u64) -> TxResult<bool> {
+        Ok(self.t(Table::Outbox).get(&keys::outbox(peer, seq))?.is_some())
+    }
+
     // ---- federation state (see `keys::Fed`) -------------------------------------------------
 
     /// My child's blinded point `P·a`.
@@ -433,6 +438,27 @@ impl<'a> Tx<'a> {
 
     pub fn remove_pair(&self, child: &ChildKey, peer: &str) -> TxResult<()> {
         self.remove(Table::Fed, &Fed::pair(child, peer))
+    }
+
+    /// The last item about my child (my `handle` towards `peer`) queued for the peer:
+    /// its sequence number and whether it carries the child's full live contacts.
+    pub fn queued_about(&self, peer: &str, handle: &Handle) -> TxResult<Option<(u64, bool)>> {
+        let Some(bytes) = self.t(Table::Fed).get(&Fed::queued_about(peer, handle))? else { return Ok(None) };
+        match bytes.as_ref() {
+            [seq @ .., full] if seq.len() == 8 => Ok(Some((keys::u64_value(Some(seq)), *full == 1))),
+            _ => Err(corrupt("queued-about record")),
+        }
+    }
+
+    pub fn put_queued_about(&self, peer: &str, handle: &Handle, seq: u64, full: bool) -> TxResult<()> {
+        let mut value = seq.to_be_bytes().to_vec();
+        value.push(u8::from(full));
+        self.t(Table::Fed).insert(Fed::queued_about(peer, handle), value)?;
+        Ok(())
+    }
+
+    pub fn remove_queued_about(&self, peer: &str, handle: &Handle) -> TxResult<()> {
+        self.remove(Table::Fed, &Fed::queued_about(peer, handle))
     }
 
     /// What has been applied from `peer` so far.
