@@ -338,7 +338,7 @@ impl<'a> Tx<'a> {
 
     /// Whether the item `seq` for `peer` is still queued (not yet acknowledged).
     pub fn outbox_holds(&self, peer: &str, seq: u64) -> TxResult<bool> {
-        Ok(self.t(Table::Outbox).get(&keys::outbox(peer, seq))?.is_some())
+        Ok(self.t(Table::Outbox).get(keys::outbox(peer, seq))?.is_some())
     }
 
     // ---- federation state (see `keys::Fed`) -------------------------------------------------
@@ -443,7 +443,7 @@ impl<'a> Tx<'a> {
     /// The last item about my child (my `handle` towards `peer`) queued for the peer:
     /// its sequence number and whether it carries the child's full live contacts.
     pub fn queued_about(&self, peer: &str, handle: &Handle) -> TxResult<Option<(u64, bool)>> {
-        let Some(bytes) = self.t(Table::Fed).get(&Fed::queued_about(peer, handle))? else { return Ok(None) };
+        let Some(bytes) = self.t(Table::Fed).get(Fed::queued_about(peer, handle))? else { return Ok(None) };
         match bytes.as_ref() {
             [seq @ .., full] if seq.len() == 8 => Ok(Some((keys::u64_value(Some(seq)), *full == 1))),
             _ => Err(corrupt("queued-about record")),
