@@ -505,8 +505,7 @@ impl Pairs {
     /// items still queued about the child would be followed by them, and the peer would
     /// replay history it had jumped past (end the pair on a stale "archived", then match
     /// it and announce my parties a second time). So while such items wait, the answer
-    /// carries no contacts; they go through the outbox behind those items instead (unless
-    /// the last one queued already carries them in full).
+    /// carries no contacts; they go through the outbox behind those items instead.
     fn contacts_answer(
         &self,
         tx: &Tx<'_>,
@@ -519,8 +518,10 @@ impl Pairs {
         let handle = self.handle(peer, child);
         match self.waiting_about(tx, peer, &handle)? {
             None => Ok(parties),
-            Some(true) => Ok(vec![]),
-            Some(false) => {
+            // Even when the last one queued carries the contacts in full, a fresh copy goes
+            // behind it: that one may reach the peer before it has detected the pair (and
+            // be refused as early), and this answer was the peer's way to hear from me.
+            Some(_) => {
                 let pair = tx.pair(child, peer)?.filter(CrossPair::is_matched);
                 if let (Some(pair), false) = (pair, parties.is_empty()) {
                     let item = OutItem::Contacts { from: handle, to: pair.peer_handle, archived: false, parties };
