@@ -689,7 +689,13 @@ async fn invariant3_contacts_without_a_pair_the_victim_detected_are_refused_and_
     );
 
     // Control: contacts for the pair the victim detected (seq 6 made it) are applied, and the
-    // answer carries the victim's own contacts for that pair only.
+    // answer carries the victim's own contacts for that pair only. An answer never overtakes
+    // the victim's own items about the child still queued for the peer (they would go behind
+    // them as a fresh Contacts item), so first let the victim's outbox to "utrecht" drain.
+    eventually(20, "rotterdam's outbox to utrecht drained", || {
+        store.outbox_batch::<OutItem>("utrecht", 100).unwrap().is_empty()
+    })
+    .await;
     let answer = rogue
         .exchange(request("utrecht", epoch, false, vec![contacts_item(8, &h_child, &victim_handle, "school")]))
         .await

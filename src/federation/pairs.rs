@@ -126,7 +126,7 @@ impl Pairs {
                 archived: false,
                 parties: parties.to_vec(),
             };
-            self.queue(tx, peer, &item, false)
+            self.queue(tx, peer, &item)
         };
         family::linked_to(tx, child, peer, at, &send)
     }
@@ -156,7 +156,7 @@ impl Pairs {
     ) -> TxResult<()> {
         let handle = self.handle(peer, child);
         tx.put_own_handle(peer, &handle, child)?;
-        self.queue(tx, peer, &OutItem::Publish(OutPublish { child: *child, handle, point, active, resync }), false)
+        self.queue(tx, peer, &OutItem::Publish(OutPublish { child: *child, handle, point, active, resync }))
     }
 
     fn forget_child_for_peer(
@@ -210,7 +210,7 @@ impl Pairs {
                         archived: false,
                         parties: parties.clone(),
                     };
-                    self.queue(tx, peer, &item, true)?;
+                    self.queue(tx, peer, &item)?;
                     sent = Some(Sent { parties, archived: false });
                     let region = format!("region {peer}");
                     let what = if family::is_parent(tx, child)? { "family pair matched" } else { "pair matched" };
@@ -235,7 +235,7 @@ impl Pairs {
                         archived: true,
                         parties: parties.clone(),
                     };
-                    self.queue(tx, peer, &item, false)?;
+                    self.queue(tx, peer, &item)?;
                     sent = Some(Sent { parties, archived: true });
                 }
                 if let Some(mut p) = pair {
@@ -339,7 +339,7 @@ impl Pairs {
                 // unless older items about my child still wait for the peer: then the
                 // queued copy alone goes, after them (see `Pairs::contacts_answer`).
                 let behind = match tx.own_blinded(peer, &p.blinded)? {
-                    Some(child) => self.waiting_about(tx, peer, &self.handle(peer, &child))?.is_some(),
+                    Some(child) => self.waiting_about(tx, peer, &self.handle(peer, &child))?,
                     None => false,
                 };
                 if let Some(sent) = self.reconcile_remote(tx, peer, &p.blinded, at)? {
@@ -480,22 +480,21 @@ impl Pairs {
     }
 
     /// Queues `item` for `peer`, remembered as the last item about its child (if it is
-    /// about one) until the peer acknowledges it. `full`: it carries the child's full live
-    /// contacts for the pair.
-    fn queue(&self, tx: &Tx<'_>, peer: &str, item: &OutItem, full: bool) -> TxResult<()> {
+    /// about one) until the peer acknowledges it.
+    fn queue(&self, tx: &Tx<'_>, peer: &str, item: &OutItem) -> TxResult<()> {
         let seq = tx.enqueue(peer, item)?;
         if let Some(handle) = item.about() {
-            tx.put_queued_about(peer, handle, seq, full)?;
+            tx.put_queued_about(peer, handle, seq)?;
         }
         Ok(())
     }
 
     /// Whether an item about my child (my `handle` towards `peer`) still waits for the
-    /// peer; if so, whether the last one carries the child's full live contacts.
-    fn waiting_about(&self, tx: &Tx<'_>, peer: &str, handle: &Handle) -> TxResult<Option<bool>> {
+    /// peer's acknowledgement.
+    fn waiting_about(&self, tx: &Tx<'_>, peer: &str, handle: &Handle) -> TxResult<bool> {
         match tx.queued_about(peer, handle)? {
-            Some((seq, full)) if tx.outbox_holds(peer, seq)? => Ok(Some(full)),
-            _ => Ok(None),
+            Some(seq) => tx.outbox_holds(peer, seq),
+            None => Ok(false),
         }
     }
 
@@ -516,20 +515,18 @@ impl Pairs {
     ) -> TxResult<Vec<Party>> {
         let parties = self.sent_parties(tx, peer, child, record, at)?;
         let handle = self.handle(peer, child);
-        match self.waiting_about(tx, peer, &handle)? {
-            None => Ok(parties),
-            // Even when the last one queued carries the contacts in full, a fresh copy goes
-            // behind it: that one may reach the peer before it has detected the pair (and
-            // be refused as early), and this answer was the peer's way to hear from me.
-            Some(_) => {
-                let pair = tx.pair(child, peer)?.filter(CrossPair::is_matched);
-                if let (Some(pair), false) = (pair, parties.is_empty()) {
-                    let item = OutItem::Contacts { from: handle, to: pair.peer_handle, archived: false, parties };
-                    self.queue(tx, peer, &item, true)?;
-                }
-                Ok(vec![])
-            }
+        if !self.waiting_about(tx, peer, &handle)? {
+            return Ok(parties);
         }
+        // Even when an item already queued carries these contacts, a fresh copy goes behind
+        // the rest: that one may reach the peer before it has detected the pair (and be
+        // refused as early), and this answer was the peer's way to hear from me.
+        let pair = tx.pair(child, peer)?.filter(CrossPair::is_matched);
+        if let (Some(pair), false) = (pair, parties.is_empty()) {
+            let item = OutItem::Contacts { from: handle, to: pair.peer_handle, archived: false, parties };
+            self.queue(tx, peer, &item)?;
+        }
+        Ok(vec![])
     }
 
     /// Contact details from the peer's child under its handle `from` for my child under
@@ -695,7 +692,7 @@ impl Pairs {
         let towards: HashMap<&str, PeerBlind> = self.peers.iter().map(|p| (p.as_str(), new.towards(p))).collect();
         // First in every peer's outbox: the new key its answers will be proven under.
         for (peer, blind) in &towards {
-            self.queue(tx, peer, &OutItem::KeyAnnounce { public_key: crate::dleq::public_key(blind.key()) }, false)?;
+            self.queue(tx, peer, &OutItem::KeyAnnounce { public_key: crate::dleq::public_key(blind.key()) })?;
         }
         let mut children = 0;
         for (child, point) in points {
@@ -730,7 +727,7 @@ impl Pairs {
                 public_key,
                 proof: proof.to_bytes().to_vec(),
             };
-            self.queue(tx, peer, &item, false)?;
+            self.queue(tx, peer, &item)?;
             remote += 1;
         }
         Ok((children, remote))
@@ -797,12 +794,12 @@ impl FederationHook for Pairs {
                     }
                 }
                 (_, ChildState::None) => {
-                    self.queue(tx, peer, &OutItem::Remove { handle }, false)?;
+                    self.queue(tx, peer, &OutItem::Remove { handle })?;
                     self.forget_child_for_peer(tx, peer, child, &handle, at)?;
                 }
                 (ChildState::Archived, ChildState::Active) | (ChildState::Active, ChildState::Archived) => {
                     let active = change.after == ChildState::Active;
-                    self.queue(tx, peer, &OutItem::State { handle, active }, false)?;
+                    self.queue(tx, peer, &OutItem::State { handle, active })?;
                     if let Some(d) = tx.link(child, peer)? {
                         self.reconcile(tx, peer, child, &d, &record, at)?;
                     }
@@ -823,11 +820,11 @@ impl FederationHook for Pairs {
                     if !added.is_empty() {
                         let item =
                             OutItem::Contacts { from: handle, to: pair.peer_handle, archived: false, parties: added };
-                        self.queue(tx, peer, &item, false)?;
+                        self.queue(tx, peer, &item)?;
                     }
                     for org in &change.removed_orgs {
                         let item = OutItem::PartyGone { from: handle, to: pair.peer_handle, org: org.clone() };
-                        self.queue(tx, peer, &item, false)?;
+                        self.queue(tx, peer, &item)?;
                     }
                 }
                 _ => {}

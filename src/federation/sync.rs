@@ -152,7 +152,7 @@ impl Federation {
                 for (out, answer) in &delivered {
                     tx.remove_outbox(&peer, out.seq)?;
                     if let Some(handle) = out.item.about() {
-                        if tx.queued_about(&peer, handle)?.is_some_and(|(seq, _)| seq == out.seq) {
+                        if tx.queued_about(&peer, handle)? == Some(out.seq) {
                             tx.remove_queued_about(&peer, handle)?;
                         }
                     }

@@ -114,7 +114,7 @@ pub fn u64_value(bytes: Option<&[u8]>) -> u64 {
 /// | `J` | peer 0 handle      | D     | link from the peer's handle to its `I` entry |
 /// | `X` | child 0 peer       | `CrossPair` | the pair of my child with the peer's child |
 /// | `S` | peer               | `PeerSeen` | highest item applied from the peer (idempotency) |
-/// | `Q` | peer 0 handle      | seq, full | the last outbox item about my child queued for `peer` (until acknowledged) |
+/// | `Q` | peer 0 handle      | seq   | the last outbox item about my child queued for `peer` (until acknowledged) |
 pub struct Fed;
 
 impl Fed {

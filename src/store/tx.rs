@@ -440,20 +440,18 @@ impl<'a> Tx<'a> {
         self.remove(Table::Fed, &Fed::pair(child, peer))
     }
 
-    /// The last item about my child (my `handle` towards `peer`) queued for the peer:
-    /// its sequence number and whether it carries the child's full live contacts.
-    pub fn queued_about(&self, peer: &str, handle: &Handle) -> TxResult<Option<(u64, bool)>> {
-        let Some(bytes) = self.t(Table::Fed).get(Fed::queued_about(peer, handle))? else { return Ok(None) };
-        match bytes.as_ref() {
-            [seq @ .., full] if seq.len() == 8 => Ok(Some((keys::u64_value(Some(seq)), *full == 1))),
-            _ => Err(corrupt("queued-about record")),
+    /// The sequence number of the last item about my child (my `handle` towards `peer`)
+    /// queued for the peer, until the peer acknowledges it.
+    pub fn queued_about(&self, peer: &str, handle: &Handle) -> TxResult<Option<u64>> {
+        match self.t(Table::Fed).get(Fed::queued_about(peer, handle))? {
+            None => Ok(None),
+            Some(bytes) if bytes.as_ref().len() == 8 => Ok(Some(keys::u64_value(Some(bytes.as_ref())))),
+            Some(_) => Err(corrupt("queued-about record")),
         }
     }
 
-    pub fn put_queued_about(&self, peer: &str, handle: &Handle, seq: u64, full: bool) -> TxResult<()> {
-        let mut value = seq.to_be_bytes().to_vec();
-        value.push(u8::from(full));
-        self.t(Table::Fed).insert(Fed::queued_about(peer, handle), value)?;
+    pub fn put_queued_about(&self, peer: &str, handle: &Handle, seq: u64) -> TxResult<()> {
+        self.t(Table::Fed).insert(Fed::queued_about(peer, handle), seq.to_be_bytes())?;
         Ok(())
     }
 
