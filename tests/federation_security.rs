@@ -623,7 +623,8 @@ async fn invariant5_duplicated_and_replayed_exchange_changes_nothing() {
 async fn invariant3_contacts_without_a_pair_the_victim_detected_are_refused_and_audited() {
     let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
     let ca_dir = files.ca_dir.clone();
-    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let fake_listen = peer_listen(&files.regions[1]);
+    let (fake, stop_fake) = serve_fake(&ca_dir, "utrecht", fake_listen).await;
     let rdam = start(files.regions.remove(0)).await;
     let store = rdam.handle.store().clone();
     let mut rogue = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
@@ -704,6 +705,40 @@ async fn invariant3_contacts_without_a_pair_the_victim_detected_are_refused_and_
     assert!(!answer.results[0].gone);
     assert_eq!(answer.results[0].contacts.len(), 1, "the victim's one reporter on the matched child");
     assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional), 1);
+    assert_eq!(refused(), 5);
+
+    // Held back: while the victim's own items about the child wait for the peer (its
+    // server is gone now), a contacts reply carries nothing; a fresh copy of the victim's
+    // own contacts for the matched pair, and only those, is queued behind them.
+    let live_contacts_queued = || {
+        store
+            .outbox_batch::<OutItem>("utrecht", 100)
+            .unwrap()
+            .into_iter()
+            .filter_map(|o| match o.item {
+                OutItem::Contacts { to, archived: false, parties, .. } if to.as_slice() == h_child => Some(parties),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let _ = stop_fake.send(());
+    eventually(20, "the fake utrecht stopped listening", || std::net::TcpStream::connect(fake_listen).is_err()).await;
+    let counters = rdam.handle.peer_counters()["utrecht"].clone();
+    let failures = || counters.delivery_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let failed_before = failures();
+    register(&rdam, "school", CHILD).await;
+    eventually(20, "a failed delivery of the victim's new contacts", || failures() > failed_before).await;
+    assert_eq!(live_contacts_queued().len(), 1, "the victim's new reporter waits for utrecht");
+    let answer = rogue
+        .exchange(request("utrecht", epoch, false, vec![contacts_item(9, &h_child, &victim_handle, "school")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.results[0].gone);
+    assert!(answer.results[0].contacts.is_empty(), "the reply does not overtake the queued items: {answer:?}");
+    let queued = live_contacts_queued();
+    assert_eq!(queued.len(), 2, "a fresh copy queued behind the waiting item");
+    assert_eq!(queued[1].len(), 2, "the victim's two reporters on the matched child, nothing else");
     assert_eq!(refused(), 5);
     rdam.stop().await.unwrap();
 }
