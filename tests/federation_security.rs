@@ -550,6 +550,10 @@ async fn invariant5_duplicated_and_replayed_exchange_changes_nothing() {
     let epoch = 0x5eed;
     let first = request("utrecht", epoch, false, vec![publish_item(1, &h1, &point, true)]);
     let answer = utrecht.exchange(first.clone()).await.unwrap().into_inner();
+    // The match queued rotterdam's contacts for utrecht; while they wait, an answer leaves
+    // them out rather than overtake them. Once they are delivered nothing waits, so the
+    // replay's answer is comparable whole.
+    eventually(20, "rotterdam's contacts delivered", || store.outbox_depth("utrecht") == 0).await;
     let replay = utrecht.exchange(first.clone()).await.unwrap().into_inner();
     // The same answer; its proof is made afresh (a proof's nonce is never reused: that
     // would disclose the key), and both prove the same statement.
