@@ -49,6 +49,7 @@ use crate::pki::{client_config, connect, CertSpec, Identity, TlsMaterial};
 use crate::store::Engine;
 
 use super::fixture::{register_request, valid_bsns, FederationFiles, RegionFiles, MATCH_OFFICER_ORG};
+use super::netns::{NetFault, Netns};
 use super::process::{audit_verify, NodeProcess};
 use super::{fail, KitError, KitResult};
 
@@ -65,6 +66,10 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(120);
 const QUIET_DEADLINE: Duration = Duration::from_secs(120);
 /// One RPC's deadline: past it the request counts as unanswered and is retried.
 const RPC_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest both ends of a partitioned link may take to show it down in their status: an
+/// idle link pings every 15 s (10 s to answer); a busy one notices when HTTP/2 keepalive
+/// (30 s + 20 s) gives up on the stalled connection.
+const PARTITION_DEADLINE: Duration = Duration::from_secs(120);
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -77,6 +82,20 @@ pub struct CrashOptions {
     pub engine: Engine,
     /// Where the federation's files go; a temp dir when `None`.
     pub dir: Option<PathBuf>,
+    /// What each cycle does to the federation.
+    pub faults: Faults,
+}
+
+/// What a cycle does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Faults {
+    /// Kills one node with SIGKILL at a random moment and restarts it (part 1). The nodes
+    /// run on loopback.
+    Crash,
+    /// Puts a network fault on one link, at random, for a while, then heals it (part 2),
+    /// cycling through [`NetFault::ALL`]. Every node runs in a network namespace of its
+    /// own ([`super::netns`]); needs root.
+    Network,
 }
 
 /// What a run found.
@@ -94,6 +113,8 @@ pub struct CrashReport {
     pub cross_region_pairs: u64,
     /// Audit chains verified (one per kill, one per node at the end).
     pub audit_checks: u32,
+    /// Partitions whose both ends showed the link down in their status (network runs).
+    pub partitions_seen: u32,
     pub lost: BTreeSet<String>,
     pub doubled: BTreeSet<String>,
     pub wrong: BTreeSet<String>,
@@ -124,6 +145,9 @@ impl CrashReport {
             self.wrong.len(),
             self.elapsed.as_secs_f64()
         );
+        if self.partitions_seen > 0 {
+            s.push_str(&format!("\npartitions seen down at both ends, then healed: {}", self.partitions_seen));
+        }
         if let Some(dir) = &self.kept {
             s.push_str(&format!("\nthe stores and node logs are kept in {}", dir.display()));
         }
@@ -214,11 +238,31 @@ struct Cluster {
     binary: PathBuf,
     regions: Vec<Region>,
     coordinator: Arc<rustls::ClientConfig>,
+    /// The nodes' namespaces when they run in their own (node `i` is region `i`).
+    net: Option<Netns>,
 }
 
 impl Cluster {
-    fn create(binary: &Path, dir: &Path, engine: Engine) -> KitResult<Cluster> {
+    fn create(binary: &Path, dir: &Path, engine: Engine, net: Option<Netns>) -> KitResult<Cluster> {
         let files = FederationFiles::create(dir, &REGIONS)?;
+        // In namespaces, every address a config names moves from loopback to its node's
+        // own address (the certificates name "localhost", which every dial still asks for).
+        let mut moves = Vec::new();
+        if let Some(net) = &net {
+            for (i, f) in files.regions.iter().enumerate() {
+                let ip = net.address(i);
+                moves.push((
+                    format!("\"127.0.0.1:{}\"", f.config.listen.port()),
+                    format!("\"{ip}:{}\"", f.config.listen.port()),
+                ));
+                if let Some(fed) = &f.config.federation {
+                    moves.push((
+                        format!("\"127.0.0.1:{}\"", fed.listen.port()),
+                        format!("\"{ip}:{}\"", fed.listen.port()),
+                    ));
+                }
+            }
+        }
         let coordinator = files.ca.issue(&CertSpec::coordinator("crash-harness", 30))?;
         let coordinator = client_config(&TlsMaterial::from_issued(&files.ca.cert_pem(), &coordinator))?;
         let mut regions = Vec::new();
@@ -233,6 +277,9 @@ impl Cluster {
             );
             text.push_str("\n[registration_limits]\nburst = 10000000\nper_hour = 10000000\n");
             text.push_str(&format!("\n[store]\nengine = \"{}\"\n", engine.name()));
+            for (from, to) in &moves {
+                text = text.replace(from, to);
+            }
             std::fs::write(&f.config_path, &text)?;
             f.config = Config::parse(&text).map_err(KitError::Failed)?;
             let mut tls = HashMap::new();
@@ -246,12 +293,18 @@ impl Cluster {
             let log = f.dir.join("node.log");
             regions.push(Region { files: f, process: None, log, tls });
         }
-        Ok(Cluster { binary: binary.to_owned(), regions, coordinator })
+        Ok(Cluster { binary: binary.to_owned(), regions, coordinator, net })
+    }
+
+    /// Starts region `r`'s node (in its namespace, if any).
+    fn spawn(&self, r: usize) -> KitResult<NodeProcess> {
+        let region = &self.regions[r];
+        NodeProcess::spawn(&self.binary, &region.files.config_path, &region.log, self.net.as_ref().map(|n| n.name(r)))
     }
 
     async fn start(&mut self, r: usize) -> KitResult<()> {
+        let mut process = self.spawn(r)?;
         let region = &mut self.regions[r];
-        let mut process = NodeProcess::spawn(&self.binary, &region.files.config_path, &region.log)?;
         process.wait_serving(&region.files).await?;
         region.process = Some(process);
         Ok(())
@@ -282,21 +335,56 @@ impl Cluster {
         Ok(())
     }
 
-    /// Messages queued in every node's outboxes, per region, from `GetStatus` on the peer
-    /// port as a national coordinator sees it.
+    /// Region `r`'s peers, from `GetStatus` on its peer port as a national coordinator
+    /// sees them.
+    async fn peer_status(&self, r: usize) -> KitResult<Vec<admin_pb::PeerStatus>> {
+        let region = &self.regions[r];
+        let addr = region.files.config.federation.as_ref().map(|f| f.listen.to_string()).unwrap_or_default();
+        let status = tokio::time::timeout(RPC_DEADLINE, async {
+            let channel = connect(&addr, "localhost", self.coordinator.clone()).await?;
+            Ok::<_, KitError>(StatusClient::new(channel).get_status(admin_pb::GetStatusRequest {}).await?)
+        })
+        .await
+        .map_err(|_| KitError::Failed(format!("GetStatus on {} timed out", REGIONS[r])))??;
+        Ok(status.into_inner().peers)
+    }
+
+    /// Messages queued in every node's outboxes, per region.
     async fn outbox_depths(&self) -> KitResult<Vec<u64>> {
         let mut depths = Vec::new();
-        for (r, region) in self.regions.iter().enumerate() {
-            let addr = region.files.config.federation.as_ref().map(|f| f.listen.to_string()).unwrap_or_default();
-            let status = tokio::time::timeout(RPC_DEADLINE, async {
-                let channel = connect(&addr, "localhost", self.coordinator.clone()).await?;
-                Ok::<_, KitError>(StatusClient::new(channel).get_status(admin_pb::GetStatusRequest {}).await?)
-            })
-            .await
-            .map_err(|_| KitError::Failed(format!("GetStatus on {} timed out", REGIONS[r])))??;
-            depths.push(status.into_inner().peers.iter().map(|p| p.outbox_depth).sum());
+        for r in 0..self.regions.len() {
+            depths.push(self.peer_status(r).await?.iter().map(|p| p.outbox_depth).sum());
         }
         Ok(depths)
+    }
+
+    /// Whether `a` reports its link to `b` as connected (`GetStatus`).
+    async fn link_up(&self, a: usize, b: usize) -> KitResult<bool> {
+        let peers = self.peer_status(a).await?;
+        match peers.iter().find(|p| p.region == REGIONS[b]) {
+            Some(p) => Ok(p.connected),
+            None => fail!("{} does not list {} among its peers", REGIONS[a], REGIONS[b]),
+        }
+    }
+
+    /// Polls until both ends report the link `a`–`b` as `up` (or not), within `within`;
+    /// returns how long that took.
+    async fn await_link(&self, a: usize, b: usize, up: bool, within: Duration) -> KitResult<Result<Duration, String>> {
+        let started = Instant::now();
+        loop {
+            let (ab, ba) = (self.link_up(a, b).await?, self.link_up(b, a).await?);
+            if ab == up && ba == up {
+                return Ok(Ok(started.elapsed()));
+            }
+            if started.elapsed() > within {
+                let what = if up { "ok" } else { "down" };
+                return Ok(Err(format!(
+                    "{}–{}: status did not show the link {what} at both ends within {within:?} ({} says connected={ab}, {} says connected={ba})",
+                    REGIONS[a], REGIONS[b], REGIONS[a], REGIONS[b]
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
@@ -810,7 +898,14 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
         Some(dir) => dir.clone(),
         None => temp.insert(tempfile::tempdir()?).path().to_owned(),
     };
-    let mut cluster = Cluster::create(&options.binary, &dir, options.engine)?;
+    let net = match options.faults {
+        Faults::Crash => None,
+        Faults::Network => {
+            super::netns::ensure_tools(&mut progress)?;
+            Some(Netns::create(REGIONS.len())?)
+        }
+    };
+    let mut cluster = Cluster::create(&options.binary, &dir, options.engine, net)?;
     for r in 0..REGIONS.len() {
         cluster.start(r).await?;
         cluster.add_orgs(r).await?;
@@ -848,31 +943,81 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
                 })
                 .collect();
             let before = Duration::from_millis(rng.gen_range(200..1500));
-            let victim = rng.gen_range(0..REGIONS.len());
-            tokio::time::sleep(before).await;
-            let process = processes[victim].as_mut().ok_or_else(|| KitError::Failed("a node is not running".into()))?;
-            let killed_at = started.elapsed().as_secs_f64();
-            process.kill_9().await?;
-            let down = Instant::now();
-            let region = &cluster.regions[victim];
-            match audit_verify(&cluster.binary, &region.files.config_path).await {
-                Ok(_) => report.audit_checks += 1,
-                Err(e) => {
-                    report.wrong.insert(format!("cycle {cycle}: {} after kill -9: {e}", REGIONS[victim]));
+            let (what, healed) = match options.faults {
+                Faults::Crash => {
+                    let victim = rng.gen_range(0..REGIONS.len());
+                    tokio::time::sleep(before).await;
+                    let process =
+                        processes[victim].as_mut().ok_or_else(|| KitError::Failed("a node is not running".into()))?;
+                    let killed_at = started.elapsed().as_secs_f64();
+                    process.kill_9().await?;
+                    let down = Instant::now();
+                    let region = &cluster.regions[victim];
+                    match audit_verify(&cluster.binary, &region.files.config_path).await {
+                        Ok(_) => report.audit_checks += 1,
+                        Err(e) => {
+                            report.wrong.insert(format!("cycle {cycle}: {} after kill -9: {e}", REGIONS[victim]));
+                        }
+                    }
+                    let down_for = Duration::from_millis(rng.gen_range(0..600));
+                    tokio::time::sleep(down_for.saturating_sub(down.elapsed())).await;
+                    let mut process = cluster.spawn(victim)?;
+                    process.wait_serving(&region.files).await?;
+                    processes[victim] = Some(process);
+                    let down_for = down.elapsed();
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(200..800))).await;
+                    let what = format!(
+                        "(t={killed_at:.1} s): killed {} after {} ms, down {} ms",
+                        REGIONS[victim],
+                        before.as_millis(),
+                        down_for.as_millis()
+                    );
+                    (what, None)
                 }
-            }
-            let down_for = Duration::from_millis(rng.gen_range(0..600));
-            tokio::time::sleep(down_for.saturating_sub(down.elapsed())).await;
-            let mut process = NodeProcess::spawn(&cluster.binary, &region.files.config_path, &region.log)?;
-            process.wait_serving(&region.files).await?;
-            processes[victim] = Some(process);
-            let down_for = down.elapsed();
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(200..800))).await;
+                Faults::Network => {
+                    let net = cluster.net.as_ref().ok_or_else(|| KitError::Failed("no namespaces to fault".into()))?;
+                    let fault = NetFault::ALL[(cycle as usize - 1) % NetFault::ALL.len()];
+                    let a = rng.gen_range(0..REGIONS.len());
+                    let b = (a + rng.gen_range(1..REGIONS.len())) % REGIONS.len();
+                    tokio::time::sleep(before).await;
+                    let at = started.elapsed().as_secs_f64();
+                    net.apply(a, b, fault)?;
+                    let on = Instant::now();
+                    let mut what = format!("(t={at:.1} s): {fault} between {} and {}", REGIONS[a], REGIONS[b]);
+                    if fault == NetFault::Partition {
+                        // The load runs on for a while as in any cycle (its cross-region
+                        // exchanges wait in the outboxes), then the partition stands until
+                        // both ends notice: the status must show it.
+                        tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..5000))).await;
+                        run.store(false, Ordering::SeqCst);
+                        match cluster.await_link(a, b, false, PARTITION_DEADLINE).await? {
+                            Ok(took) => {
+                                report.partitions_seen += 1;
+                                what.push_str(&format!(", status showed the link down at both ends after {:.1} s", took.as_secs_f64()));
+                            }
+                            Err(why) => {
+                                report.wrong.insert(format!("cycle {cycle}: during the partition: {why}"));
+                            }
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..5000))).await;
+                    }
+                    net.heal(a, b)?;
+                    what.push_str(&format!(", healed after {:.1} s", on.elapsed().as_secs_f64()));
+                    (what, Some((a, b)))
+                }
+            };
             run.store(false, Ordering::SeqCst);
             for w in workers {
                 w.await??;
             }
-            let f = quiet_and_check(&cluster, &model, &watchers).await?;
+            let mut f = quiet_and_check(&cluster, &model, &watchers).await?;
+            if let Some((a, b)) = healed {
+                // Once quiet, both ends of the healed link say it is up again.
+                if let Err(why) = cluster.await_link(a, b, true, QUIET_DEADLINE).await? {
+                    f.wrong.insert(format!("cycle {cycle}: after the heal: {why}"));
+                }
+            }
             report.cycles = cycle;
             report.cross_region_pairs = f.cross_region_pairs;
             let (lost, doubled, wrong) = (f.lost.len(), f.doubled.len(), f.wrong.len());
@@ -881,12 +1026,8 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
             report.wrong.extend(f.wrong);
             let m = model.lock().expect("model lock");
             progress(&format!(
-                "cycle {cycle}/{} (t={:.1} s): killed {} after {} ms, down {} ms; {} writes acknowledged so far ({} retried); lost {lost}, doubled {doubled}, wrong {wrong}",
+                "cycle {cycle}/{} {what}; {} writes acknowledged so far ({} retried); lost {lost}, doubled {doubled}, wrong {wrong}",
                 options.cycles,
-                killed_at,
-                REGIONS[victim],
-                before.as_millis(),
-                down_for.as_millis(),
                 m.acked_registrations + m.acked_withdrawals,
                 m.retried,
             ));

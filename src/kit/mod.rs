@@ -10,7 +10,10 @@
 //!   against.
 //! - [`process`]: nodes as real `virfed node` processes (start, wait serving, SIGKILL,
 //!   SIGTERM, offline audit check).
-//! - [`faults`]: proof under faults: the crash-cycle harness (`virfed bench crash`).
+//! - [`faults`]: proof under faults: the crash-cycle harness (`virfed bench crash`), and
+//!   the same load and checks under real network faults (`virfed bench network`).
+//! - [`netns`]: nodes in network namespaces of their own, and loss, duplication,
+//!   reordering, a bottleneck and partitions put on the links between them.
 //! - [`brp`]: a local BRP Personen API (and OAuth token endpoint) in the shapes of the
 //!   public specification, with switches for outages, slowness and malformed answers, for
 //!   the BRP client's tests and the demo.
@@ -25,6 +28,7 @@ pub mod brp;
 pub mod demo;
 pub mod faults;
 pub mod fixture;
+pub mod netns;
 pub mod process;
 
 use std::error::Error as StdError;

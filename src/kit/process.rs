@@ -37,12 +37,22 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `binary node --config config`, logging at `warn` to `log`.
-    pub fn spawn(binary: &Path, config: &Path, log: &Path) -> KitResult<NodeProcess> {
+    /// Starts `binary node --config config`, logging at `warn` to `log`; inside network
+    /// namespace `netns` when one is given (`ip netns exec` execs the node, so the child is
+    /// the node itself and a SIGKILL reaches it).
+    pub fn spawn(binary: &Path, config: &Path, log: &Path, netns: Option<&str>) -> KitResult<NodeProcess> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let err = file.try_clone()?;
         let config = config.to_str().ok_or_else(|| KitError::Failed(format!("{} is not UTF-8", config.display())))?;
-        let child = virfed_command(binary, &["node", "--config", config], "warn")
+        let mut command = match netns {
+            None => virfed_command(binary, &["node", "--config", config], "warn"),
+            Some(ns) => {
+                let binary =
+                    binary.to_str().ok_or_else(|| KitError::Failed(format!("{} is not UTF-8", binary.display())))?;
+                virfed_command(Path::new("ip"), &["netns", "exec", ns, binary, "node", "--config", config], "warn")
+            }
+        };
+        let child = command
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .spawn()

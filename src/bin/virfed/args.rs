@@ -204,6 +204,26 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Network faults: three node processes, each in a network namespace of its own (needs
+    /// root; installs iproute2 and nftables where missing), under the crash harness's load;
+    /// each cycle puts loss, duplication, reordering, a bottleneck or a partition on one
+    /// link, heals it, and checks that every match formed at both sides exactly once, every
+    /// withdrawal landed, the outboxes drained, and (partitions) that status showed the link
+    /// down and then ok. Exits non-zero on any finding.
+    Network {
+        /// Cycles; each fault kind comes round every five.
+        #[arg(long, default_value_t = 25)]
+        cycles: u32,
+        /// Seeds the links, the moments and the load (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Every store's engine (`[store] engine`): sled or redb.
+        #[arg(long, default_value = "sled")]
+        engine: virfed::store::Engine,
+        /// Keep the federation's files (stores, logs) here instead of a temp dir.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// A status sweep over N nodes vs N parallel health round trips; /metrics scrape cost.
     Status {
         #[arg(long, default_value_t = 25)]

@@ -23,36 +23,46 @@ pub async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Latency { samples, parents, engine } => bench::latency(samples, parents, engine).await?,
         BenchCommand::Status { nodes, scrapes } => bench::status(nodes, scrapes).await?,
-        BenchCommand::Crash { cycles, seed, engine, dir } => crash(cycles, seed, engine, dir).await?,
+        BenchCommand::Crash { cycles, seed, engine, dir } => {
+            faults(virfed::kit::faults::Faults::Crash, cycles, seed, engine, dir).await?
+        }
+        BenchCommand::Network { cycles, seed, engine, dir } => {
+            faults(virfed::kit::faults::Faults::Network, cycles, seed, engine, dir).await?
+        }
     }
     Ok(())
 }
 
-/// `virfed bench crash`: the crash-cycle harness on this very binary.
+/// `virfed bench crash` and `virfed bench network`: the fault harness on this very binary.
 #[cfg(feature = "kit")]
-async fn crash(
+async fn faults(
+    faults: virfed::kit::faults::Faults,
     cycles: u32,
     seed: Option<u64>,
     engine: virfed::store::Engine,
     dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    use virfed::kit::faults::{crash_cycles, CrashOptions, REGIONS};
+    use virfed::kit::faults::{crash_cycles, CrashOptions, Faults, REGIONS};
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
     });
     let binary = std::env::current_exe()?;
+    let kind = match faults {
+        Faults::Crash => "crash cycles (kill -9 and restart)",
+        Faults::Network => "network-fault cycles (loss, duplication, reordering, bottleneck, partition)",
+    };
     println!(
-        "crash cycles: {} node processes ({}), {} stores, {cycles} cycles, seed {seed} (repeat with --seed {seed})",
+        "{kind}: {} node processes ({}), {} stores, {cycles} cycles, seed {seed} (repeat with --seed {seed})",
         REGIONS.len(),
         REGIONS.join(", "),
         engine.name()
     );
-    let options = CrashOptions { binary, cycles, seed, engine, dir };
+    let options = CrashOptions { binary, cycles, seed, engine, dir, faults };
     let report = crash_cycles(&options, |line| println!("  {line}")).await?;
     println!("{}", report.summary());
     println!("target: {cycles} cycles, 0 lost, 0 doubled");
     if !report.clean() {
-        anyhow::bail!("the federation did not survive the crash cycles unharmed (findings above)");
+        anyhow::bail!("the federation did not come through the {kind} unharmed (findings above)");
     }
     Ok(())
 }
