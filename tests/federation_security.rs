@@ -148,6 +148,17 @@ fn contacts_item(seq: u64, from: &[u8], to: &[u8], org: &str) -> fpb::Item {
     }
 }
 
+fn party(org: &str) -> fpb::Party {
+    let c = contact(&format!("{org} pro"), "mentor", &format!("pro@{org}.example.nl"));
+    fpb::Party {
+        organisation_id: org.into(),
+        organisation_name: format!("{org} Utrecht"),
+        organisation_domain: "education".into(),
+        professional: Some(fpb::Contact { name: c.name, role: c.role, phone: c.phone, email: c.email }),
+        coordinator: None,
+    }
+}
+
 fn point_of(bsn: &str) -> (BlindKey, Vec<u8>) {
     let key = BlindKey::random();
     let point = key.blind_bsn(&Bsn::parse(bsn).unwrap()).to_vec();
@@ -191,7 +202,16 @@ struct FakePeer {
     /// When set, answers are blinded, proven and announced in pings under this key instead
     /// (a rogue switching keys without a re-key announcement).
     substitute: Arc<Mutex<Option<BlindKey>>>,
+    /// When set, a delivery holding a Contacts item is kept (recorded as received) until
+    /// `release` is notified, then its Contacts items are answered with these contacts,
+    /// stated as of this outbox sequence number: an answer that travels slower than the
+    /// peer's own later items.
+    hold: Arc<Mutex<Option<HeldAnswer>>>,
+    release: Arc<tokio::sync::Notify>,
 }
+
+/// The contacts a held answer carries, and the outbox sequence number it is stated as of.
+type HeldAnswer = (Vec<fpb::Party>, u64);
 
 impl FakePeer {
     /// The fake's answer to a published point: honest (`point·k`) unless told to forge.
@@ -227,7 +247,13 @@ impl FakePeer {
 impl fpb::peer_server::Peer for FakePeer {
     async fn exchange(&self, req: Request<fpb::ExchangeRequest>) -> Result<Response<fpb::ExchangeResponse>, Status> {
         let r = req.into_inner();
-        let results: Vec<fpb::ItemResult> = r
+        let has_contacts = r.items.iter().any(|i| matches!(i.body, Some(Body::Contacts(_))));
+        let held = if has_contacts { self.hold.lock().unwrap().take() } else { None };
+        if held.is_some() {
+            self.received.lock().unwrap().push(r.clone());
+            self.release.notified().await;
+        }
+        let mut results: Vec<fpb::ItemResult> = r
             .items
             .iter()
             .map(|item| fpb::ItemResult {
@@ -256,6 +282,13 @@ impl fpb::peer_server::Peer for FakePeer {
                 _ => None,
             })
             .unzip();
+        if let Some((contacts, _)) = &held {
+            for (item, result) in r.items.iter().zip(results.iter_mut()) {
+                if matches!(item.body, Some(Body::Contacts(_))) {
+                    result.contacts = contacts.clone();
+                }
+            }
+        }
         let proof = if inputs.is_empty() {
             Vec::new()
         } else {
@@ -265,9 +298,12 @@ impl fpb::peer_server::Peer for FakePeer {
                 .to_bytes()
                 .to_vec()
         };
-        self.received.lock().unwrap().push(r);
+        if held.is_none() {
+            self.received.lock().unwrap().push(r);
+        }
         let public_key = virfed::dleq::public_key(&self.key()).to_vec();
-        Ok(Response::new(fpb::ExchangeResponse { results, public_key, proof }))
+        let as_of_seq = held.map_or(0, |(_, as_of)| as_of);
+        Ok(Response::new(fpb::ExchangeResponse { results, public_key, proof, as_of_seq }))
     }
 
     async fn ping(&self, _: Request<fpb::PingRequest>) -> Result<Response<fpb::PingResponse>, Status> {
@@ -290,6 +326,8 @@ async fn serve_fake(ca_dir: &Path, region: &str, listen: SocketAddr) -> (FakePee
         received: Arc::default(),
         forge: Arc::default(),
         substitute: Arc::default(),
+        hold: Arc::default(),
+        release: Arc::default(),
     };
     let tls = server_config(&node_material(ca_dir, region)).unwrap();
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
@@ -520,6 +558,94 @@ async fn invariant6_unconfigured_region_is_refused() {
 }
 
 // ---- invariant 5: every peer message is idempotent -------------------------------------------
+
+/// Found by the network-fault cycles (issue 11, part 2): the peer's answer to my delivery
+/// carries its contacts as they were when the delivery reached it, and travels apart from
+/// the peer's own later items. Here the peer's reply to rotterdam's Contacts is held while
+/// the peer says one of its two parties is gone; the reply then arrives still naming that
+/// party. It must not bring the party back (a second "match created" for a pair already
+/// announced and ended): rotterdam drops the overtaken reply and asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant5_an_answer_overtaken_by_the_peers_newer_items_does_not_bring_a_gone_party_back() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+
+    register(&rdam, "jeugdzorg", CHILD).await;
+    eventually(20, "rotterdam's publish delivered to utrecht", || {
+        store.outbox_depth("utrecht") == 0 && fake.items_from("rotterdam").len() == 1
+    })
+    .await;
+    let rdam_handle = match &fake.items_from("rotterdam")[0].body {
+        Some(Body::Publish(p)) => p.handle.clone(),
+        other => panic!("expected a publish, got {other:?}"),
+    };
+    // From now on the fake holds a delivery with contacts and answers it with two parties,
+    // as of its item 1 (the publish below: all it had sent when the delivery reached it).
+    *fake.hold.lock().unwrap() = Some((vec![party("school-a"), party("school-b")], 1));
+
+    // utrecht's child: rotterdam detects the pair and sends its contacts; the fake holds them.
+    let h1 = [7u8; 16];
+    let point = fake.key.blind_bsn(&Bsn::parse(CHILD).unwrap()).to_vec();
+    let epoch = 0x5eed;
+    utrecht.exchange(request("utrecht", epoch, false, vec![publish_item(1, &h1, &point, true)])).await.unwrap();
+    let contacts_sent =
+        || fake.items_from("rotterdam").into_iter().filter(|i| matches!(i.body, Some(Body::Contacts(_)))).count();
+    eventually(20, "rotterdam's contacts reach utrecht (and are held there)", || contacts_sent() == 1).await;
+    assert!(fake.hold.lock().unwrap().is_none(), "the fake holds rotterdam's delivery");
+
+    // Meanwhile utrecht's own items: both its parties, then one of them gone.
+    let mut both = contacts_item(2, &h1, &rdam_handle, "school-a");
+    if let Some(Body::Contacts(c)) = &mut both.body {
+        c.parties = vec![party("school-a"), party("school-b")];
+    }
+    let gone = fpb::Item {
+        seq: 3,
+        body: Some(Body::PartyGone(fpb::PartyGone {
+            from_handle: h1.to_vec(),
+            to_handle: rdam_handle.clone(),
+            organisation_id: "school-b".into(),
+        })),
+    };
+    utrecht.exchange(request("utrecht", epoch, false, vec![both, gone])).await.unwrap();
+    let created = || notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional);
+    let ended = || notices(&rdam, "jeugdzorg", NoticeKind::MatchEnded, Addressee::Professional);
+    assert_eq!((created(), ended()), (1, 1), "both parties announced once, then school-b ended");
+
+    // The held reply arrives, naming school-b still. Besides the held one, rotterdam has
+    // sent its contacts twice more: the copy queued when utrecht's contacts were answered
+    // while the held one waited (see `invariant3_contacts_without_a_pair_…`), and the new
+    // ask for the overtaken reply.
+    fake.release.notify_one();
+    eventually(20, "the held reply applied", || contacts_sent() >= 2 && store.outbox_depth("utrecht") == 0).await;
+    let counterparts: Vec<String> = rdam
+        .org_client("jeugdzorg")
+        .await
+        .unwrap()
+        .list_matches(cpb::ListMatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .matches
+        .iter()
+        .flat_map(|m| m.counterparts.iter().map(|p| p.organisation_id.clone()))
+        .collect();
+    assert_eq!(counterparts, vec!["school-a".to_owned()], "the party utrecht said is gone stays gone");
+    assert_eq!((created(), ended()), (1, 1), "no pair announced a second time");
+    eventually(20, "rotterdam asking again", || contacts_sent() == 3 && store.outbox_depth("utrecht") == 0).await;
+    // The new ask is rotterdam's contacts again, for the same pair.
+    let asks: Vec<fpb::Item> =
+        fake.items_from("rotterdam").into_iter().filter(|i| matches!(i.body, Some(Body::Contacts(_)))).collect();
+    for ask in &asks {
+        let Some(Body::Contacts(c)) = &ask.body else { unreachable!() };
+        assert_eq!((&c.from_handle, &c.to_handle), (&rdam_handle, &h1.to_vec()));
+        assert_eq!(c.parties.len(), 1, "rotterdam's one reporter");
+    }
+    rdam.stop().await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariant5_duplicated_and_replayed_exchange_changes_nothing() {

@@ -108,6 +108,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
             items: batch.iter().map(|o| item_out(o.seq, &o.item)).collect(),
         };
         link.counters.delivery_attempts.fetch_add(1, Ordering::Relaxed);
+        federation.delivery_sent(&link.region);
         let sent = tokio::select! {
             r = link.client.exchange(request) => r,
             _ = shutdown.recv() => return,
@@ -118,7 +119,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
                 let pinned = store.peer_key(&link.region).ok().flatten();
                 let paired = crate::domain::RegionId::parse(&link.region)
                     .map_err(|e| e.to_string())
-                    .and_then(|region| pair_answers(batch, resp.results, &region))
+                    .and_then(|region| pair_answers(batch, resp.results, resp.as_of_seq, &region))
                     .and_then(|delivered| {
                         verify_answers(&delivered, &published, &resp.public_key, &resp.proof, pinned, &link, epoch)
                             .map(|key| (delivered, key))
@@ -167,6 +168,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
             }
         };
         if let Some(reason) = failure {
+            federation.delivery_failed(&link.region);
             link.counters.failed(reason.clone());
             if !was_failing {
                 warn!(peer = %link.region, %reason, "delivery to peer failed; retrying with backoff");
@@ -308,6 +310,7 @@ fn verify_answers(
 fn pair_answers(
     batch: Vec<Outgoing<OutItem>>,
     results: Vec<pb::ItemResult>,
+    as_of: u64,
     region: &crate::domain::RegionId,
 ) -> Result<Vec<(Outgoing<OutItem>, ItemAnswer)>, String> {
     if results.len() != batch.len() {
@@ -344,6 +347,7 @@ fn pair_answers(
                     contacts,
                     contacts_archived: r.contacts_archived,
                     resync_requested: false,
+                    as_of,
                 },
             ))
         })

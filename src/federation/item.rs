@@ -105,13 +105,30 @@ impl<P> Item<P> {
     }
 }
 
-impl OutItem {
+/// A publish, queued or received: the sender's handle of its child.
+pub trait PublishOf {
+    fn handle(&self) -> &Handle;
+}
+
+impl PublishOf for OutPublish {
+    fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl PublishOf for InPublish {
+    fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl<P: PublishOf> Item<P> {
     /// The sender's handle of the child this item is about, for the kinds that change
     /// what the peer knows of one of the sender's children (its entry, its state, its
     /// parties): the items an answer from the sender's current state must not overtake.
     pub fn about(&self) -> Option<&Handle> {
         match self {
-            Item::Publish(p) => Some(&p.handle),
+            Item::Publish(p) => Some(p.handle()),
             Item::State { handle, .. } | Item::Remove { handle } => Some(handle),
             Item::Contacts { from, .. } | Item::PartyGone { from, .. } => Some(from),
             _ => None,
@@ -132,6 +149,9 @@ pub struct ItemAnswer {
     pub contacts_archived: bool,
     /// The sender asked for a resync (local only: the receiver then re-joins it).
     pub resync_requested: bool,
+    /// The answering node's outbox sequence number when it answered (the exchange's
+    /// `as_of_seq`; 0: not stated).
+    pub as_of: u64,
 }
 
 /// What applying one incoming item produced.

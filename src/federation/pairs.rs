@@ -615,6 +615,41 @@ impl Pairs {
         Ok(ContactsOutcome::Applied)
     }
 
+    /// The peer's contacts in an answer to my delivery, for the pair of its child (its
+    /// handle `from`) with mine (my handle `to`), while items of the peer's about that
+    /// child were applied here as the delivery was in flight: the answer may tell an older
+    /// state than those items did, so it is not applied (see
+    /// `Federation::apply_delivery`). For a live pair matched here, my contacts go to the
+    /// peer again, and its reply brings its contacts as of then; history contacts
+    /// (`archived`) are dropped: the items were about a child that has changed since.
+    pub fn stale_contacts(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        from: &Handle,
+        to: &Handle,
+        archived: bool,
+        at: DateTime<Utc>,
+    ) -> TxResult<()> {
+        tracing::debug!(peer, "the peer's contacts in an answer were overtaken by its newer items; asking again");
+        if archived {
+            return Ok(());
+        }
+        let Some(child) = tx.own_handle(peer, to)? else { return Ok(()) };
+        if tx.pair(&child, peer)?.filter(|p| p.is_matched() && p.peer_handle == *from).is_none() {
+            return Ok(());
+        }
+        let record = subject(tx, &child)?;
+        if ChildState::of(&record) != ChildState::Active {
+            return Ok(());
+        }
+        let parties = self.sent_parties(tx, peer, &child, &record, at)?;
+        if parties.is_empty() {
+            return Ok(());
+        }
+        self.queue(tx, peer, &OutItem::Contacts { from: *to, to: *from, archived: false, parties })
+    }
+
     /// After a change to the peer's entry `d`: re-evaluate my child under `d`, if any.
     fn reconcile_remote(&self, tx: &Tx<'_>, peer: &str, d: &Blinded, at: DateTime<Utc>) -> TxResult<Option<Sent>> {
         if let Some(child) = tx.own_blinded(peer, d)? {

@@ -302,6 +302,7 @@ impl PeerService {
         Ok(pb::ExchangeResponse {
             public_key: crate::dleq::public_key(blind.key()).to_vec(),
             proof,
+            as_of_seq: answers.first().map_or(0, |a| a.as_of),
             results: answers
                 .into_iter()
                 .map(|a| pb::ItemResult {

@@ -1,13 +1,16 @@
 //! [`Federation`]: the pair rules run as durable writes — exchanges received, answers
 //! to deliveries, joins, re-keys and the resync after a restore — each one transaction.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use chrono::Utc;
 
 use super::error::FederationError;
 use super::item::{InItem, Item, ItemAnswer, OutItem};
 use super::pairs::Pairs;
 use crate::domain::{AuditAction, ChildKey, RegionId};
-use crate::pseudonym::{BlindKey, Blinded};
+use crate::pseudonym::{BlindKey, Blinded, Handle};
 use crate::store::{Outgoing, PeerSeen, Store, StoreError};
 
 /// Children per transaction when a peer joins.
@@ -18,11 +21,34 @@ const JOIN_CHUNK: usize = 1000;
 pub struct Federation {
     store: Store,
     pairs: Pairs,
+    /// Per peer with a delivery in flight: the peer's children (by its handles) that items
+    /// of the peer's applied since the delivery was sent were about, with the newest such
+    /// item's (epoch, sequence number). The peer answered from its state when the delivery
+    /// reached it, and its items travel apart from the answer (the other direction, its
+    /// own exchanges): an item queued after the answer can be applied here first. Kept in
+    /// memory: a crash loses the delivery with it.
+    in_flight: Arc<Mutex<HashMap<String, Touched>>>,
 }
+
+/// The peer's children items of its were about, each with the newest such item's
+/// (epoch, sequence number).
+type Touched = HashMap<Handle, (u64, u64)>;
 
 impl Federation {
     pub fn new(store: Store, pairs: Pairs) -> Federation {
-        Federation { store, pairs }
+        Federation { store, pairs, in_flight: Default::default() }
+    }
+
+    /// A delivery to `peer` is about to be sent: from now on, remember which of the peer's
+    /// children its applied items are about, until [`Federation::apply_delivery`] (or
+    /// [`Federation::delivery_failed`]).
+    pub fn delivery_sent(&self, peer: &str) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.to_owned(), HashMap::new());
+    }
+
+    /// The delivery to `peer` got no answers to apply.
+    pub fn delivery_failed(&self, peer: &str) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(peer);
     }
 
     pub fn store(&self) -> &Store {
@@ -48,7 +74,7 @@ impl Federation {
     ) -> Result<Vec<ItemAnswer>, FederationError> {
         let context = crate::dleq::virfed_context(peer.as_str(), own_region, epoch)
             .map_err(|e| FederationError::bad(format!("proof context: {e}")))?;
-        let (peer, pairs) = (peer.clone(), self.pairs.clone());
+        let (peer, pairs, in_flight) = (peer.clone(), self.pairs.clone(), self.in_flight.clone());
         let now = Utc::now();
         self.store
             .write(move |tx| {
@@ -79,6 +105,12 @@ impl Federation {
                     let mut answer = ItemAnswer { seq: *seq, ..ItemAnswer::default() };
                     if *seq > seen.last_seq {
                         let done = pairs.apply_incoming(tx, &peer, item, &context, now)?;
+                        if let Some(handle) = item.about() {
+                            let mut in_flight = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(touched) = in_flight.get_mut(peer.as_str()) {
+                                touched.insert(*handle, (epoch, *seq));
+                            }
+                        }
                         answer.blinded = item.publish().map(|p| p.blinded);
                         answer.gone = done.gone;
                         answer.contacts = done.contacts;
@@ -119,6 +151,11 @@ impl Federation {
                     )?;
                 }
                 tx.put_peer_seen(peer.as_str(), &seen)?;
+                // Every item I queue for the peer after these answers is newer than them.
+                let as_of = tx.outbox_seq()?;
+                for answer in &mut answers {
+                    answer.as_of = as_of;
+                }
                 if applied > 0 {
                     tx.log(
                         now,
@@ -136,16 +173,33 @@ impl Federation {
     /// Applies the peer's answers to delivered items: removes them from the outbox and
     /// records the blinded values of publishes, detecting matches, in one transaction.
     /// `key`: the public key the answers were proven under, pinned if none is yet.
+    ///
+    /// The peer's contacts in an answer are applied only if no item of the peer's about
+    /// the same child of its, newer than the answer (above its `as_of`), was applied here
+    /// while the delivery was in flight (see [`Federation::delivery_sent`]): the answer
+    /// would undo it (a party the peer has since said is gone would come back, announced
+    /// a second time). Then my contacts go to the peer again instead, and its reply tells
+    /// its state as of then ([`Pairs::stale_contacts`]).
     pub async fn apply_delivery(
         &self,
         peer: &str,
         delivered: Vec<(Outgoing<OutItem>, ItemAnswer)>,
         key: Option<Blinded>,
     ) -> Result<(), StoreError> {
-        let (peer, pairs) = (peer.to_owned(), self.pairs.clone());
+        let (peer, pairs, in_flight) = (peer.to_owned(), self.pairs.clone(), self.in_flight.clone());
         let now = Utc::now();
         self.store
             .write(move |tx| {
+                // Taken in the transaction: the writer orders it after every exchange
+                // applied before it, and none applied after it can be older than the answer.
+                let touched = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer).unwrap_or_default();
+                let epoch = tx.peer_seen(&peer)?.epoch;
+                // Whether an applied item about the peer's child `handle` is newer than `answer`
+                // (with no `as_of` stated, any item applied meanwhile may be).
+                let overtaken = |handle: &Handle, answer: &ItemAnswer| match touched.get(handle) {
+                    None => false,
+                    Some(&(e, seq)) => answer.as_of == 0 || e != epoch || seq > answer.as_of,
+                };
                 if let Some(key) = &key {
                     pairs.pin_key(tx, &peer, key, now)?;
                 }
@@ -168,15 +222,12 @@ impl Federation {
                             if !answer.contacts.is_empty() {
                                 if let Some(entry) = tx.remote(&peer, &d)? {
                                     let (contacts, archived) = (&answer.contacts, answer.contacts_archived);
-                                    pairs.receive_contacts(
-                                        tx,
-                                        &peer,
-                                        &entry.handle,
-                                        &p.handle,
-                                        archived,
-                                        contacts,
-                                        now,
-                                    )?;
+                                    if overtaken(&entry.handle, answer) {
+                                        pairs.stale_contacts(tx, &peer, &entry.handle, &p.handle, archived, now)?;
+                                    } else {
+                                        let their = &entry.handle;
+                                        pairs.receive_contacts(tx, &peer, their, &p.handle, archived, contacts, now)?;
+                                    }
                                 }
                             }
                             // With the child's own match settled, family parties cross.
@@ -186,7 +237,11 @@ impl Federation {
                         }
                         // The peer's own contacts in reply to mine (see `Pairs::apply_incoming`).
                         Item::Contacts { from, to, archived: false, .. } if !answer.contacts.is_empty() => {
-                            pairs.receive_contacts(tx, &peer, to, from, false, &answer.contacts, now)?;
+                            if overtaken(to, answer) {
+                                pairs.stale_contacts(tx, &peer, to, from, false, now)?;
+                            } else {
+                                pairs.receive_contacts(tx, &peer, to, from, false, &answer.contacts, now)?;
+                            }
                         }
                         _ => {}
                     }

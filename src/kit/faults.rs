@@ -984,12 +984,13 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
                     net.apply(a, b, fault)?;
                     let on = Instant::now();
                     let mut what = format!("(t={at:.1} s): {fault} between {} and {}", REGIONS[a], REGIONS[b]);
+                    // The load runs on for about as long as in a crash cycle (more would use
+                    // up the cycle's children and withdraw them all), and the fault stays
+                    // while its cross-region exchanges are delivered, or wait, under it.
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
+                    run.store(false, Ordering::SeqCst);
                     if fault == NetFault::Partition {
-                        // The load runs on for a while as in any cycle (its cross-region
-                        // exchanges wait in the outboxes), then the partition stands until
-                        // both ends notice: the status must show it.
-                        tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..5000))).await;
-                        run.store(false, Ordering::SeqCst);
+                        // The partition stands until both ends notice: the status must show it.
                         match cluster.await_link(a, b, false, PARTITION_DEADLINE).await? {
                             Ok(took) => {
                                 report.partitions_seen += 1;
@@ -1000,7 +1001,7 @@ pub async fn crash_cycles(options: &CrashOptions, mut progress: impl FnMut(&str)
                             }
                         }
                     } else {
-                        tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..5000))).await;
+                        tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3500))).await;
                     }
                     net.heal(a, b)?;
                     what.push_str(&format!(", healed after {:.1} s", on.elapsed().as_secs_f64()));

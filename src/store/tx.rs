@@ -331,6 +331,15 @@ impl<'a> Tx<'a> {
         Ok(seq)
     }
 
+    /// The outbox's sequence number now: the last one given to a queued item (for any
+    /// peer), this transaction's included.
+    pub fn outbox_seq(&self) -> TxResult<u64> {
+        match *self.outbox_seq.borrow() {
+            Some(s) => Ok(s),
+            None => self.meta_u64(meta::OUTBOX_SEQ),
+        }
+    }
+
     /// Removes a delivered item.
     pub fn remove_outbox(&self, peer: &str, seq: u64) -> TxResult<()> {
         self.remove(Table::Outbox, &keys::outbox(peer, seq))
