@@ -559,6 +559,47 @@ async fn invariant6_unconfigured_region_is_refused() {
 
 // ---- invariant 5: every peer message is idempotent -------------------------------------------
 
+/// Found by the model of the pair protocol (issue 11, part 4): when the peer detected the
+/// pair second, my reply to its Contacts is its only way to hear my contacts. If that
+/// reply is lost and the peer sends the same item again, the replay must be answered with
+/// my contacts as well (as a replayed publish is), not with nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant5_a_replayed_contacts_item_is_answered_with_my_contacts_again() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let ca_dir = files.ca_dir.clone();
+    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let rdam = start(files.regions.remove(0)).await;
+    let store = rdam.handle.store().clone();
+    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    register(&rdam, "jeugdzorg", CHILD).await;
+    eventually(20, "rotterdam's publish delivered to utrecht", || {
+        store.outbox_depth("utrecht") == 0 && fake.items_from("rotterdam").len() == 1
+    })
+    .await;
+    let rdam_handle = match &fake.items_from("rotterdam")[0].body {
+        Some(Body::Publish(p)) => p.handle.clone(),
+        other => panic!("expected a publish, got {other:?}"),
+    };
+    let h1 = [7u8; 16];
+    let point = fake.key.blind_bsn(&Bsn::parse(CHILD).unwrap()).to_vec();
+    let epoch = 0x5eed;
+    utrecht.exchange(request("utrecht", epoch, false, vec![publish_item(1, &h1, &point, true)])).await.unwrap();
+    eventually(20, "rotterdam's contacts delivered", || store.outbox_depth("utrecht") == 0).await;
+
+    let contacts = request("utrecht", epoch, false, vec![contacts_item(2, &h1, &rdam_handle, "school")]);
+    let first = utrecht.exchange(contacts.clone()).await.unwrap().into_inner();
+    let orgs = |r: &fpb::ExchangeResponse| -> Vec<String> {
+        r.results[0].contacts.iter().map(|p| p.organisation_id.clone()).collect()
+    };
+    assert_eq!(orgs(&first), vec!["jeugdzorg".to_owned()], "the reply carries rotterdam's reporter");
+    // That reply is lost; utrecht sends the same item again.
+    let replay = utrecht.exchange(contacts).await.unwrap().into_inner();
+    assert_eq!(orgs(&replay), orgs(&first), "the replay is answered with rotterdam's contacts again");
+    assert_eq!(notices(&rdam, "jeugdzorg", NoticeKind::MatchCreated, Addressee::Professional), 1, "applied once");
+    assert_eq!(audit_count(&rdam, "federation.replay"), 1);
+    rdam.stop().await.unwrap();
+}
+
 /// Found by the network-fault cycles (issue 11, part 2): the peer's answer to my delivery
 /// carries its contacts as they were when the delivery reached it, and travels apart from
 /// the peer's own later items. Here the peer's reply to rotterdam's Contacts is held while

@@ -22,6 +22,8 @@ pub mod convert;
 pub mod delivery;
 pub mod error;
 pub mod item;
+#[cfg(feature = "kit")]
+pub mod model;
 pub mod pairs;
 pub mod rekey;
 pub mod service;

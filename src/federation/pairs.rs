@@ -479,6 +479,28 @@ impl Pairs {
         }
     }
 
+    /// My contacts in answer to a replayed live Contacts item from the peer's child (its
+    /// handle `from`) for mine (my handle `to`): as [`Pairs::contacts_answer`] when that is
+    /// the pair matched here, nothing otherwise.
+    pub fn replayed_contacts(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        from: &Handle,
+        to: &Handle,
+        at: DateTime<Utc>,
+    ) -> TxResult<Vec<Party>> {
+        let Some(child) = tx.own_handle(peer, to)? else { return Ok(vec![]) };
+        if tx.pair(&child, peer)?.filter(|p| p.is_matched() && p.peer_handle == *from).is_none() {
+            return Ok(vec![]);
+        }
+        let record = subject(tx, &child)?;
+        if ChildState::of(&record) != ChildState::Active {
+            return Ok(vec![]);
+        }
+        self.contacts_answer(tx, peer, &child, &record, at)
+    }
+
     /// Queues `item` for `peer`, remembered as the last item about its child (if it is
     /// about one) until the peer acknowledges it.
     fn queue(&self, tx: &Tx<'_>, peer: &str, item: &OutItem) -> TxResult<()> {

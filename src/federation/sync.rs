@@ -138,6 +138,14 @@ impl Federation {
                         if let Some(d) = answer.blinded {
                             answer.contacts = pairs.matched_contacts(tx, peer.as_str(), &d, now)?;
                         }
+                    } else if let Item::Contacts { from, to, archived: false, .. } = item {
+                        // A replayed live Contacts item is answered from the pair as it is now,
+                        // as the first one was: the first answer, the peer's only way to hear my
+                        // contacts if it detected the pair second, may be what got lost (found
+                        // by the model of the pair protocol: a lost answer, a retry, and one
+                        // side of the pair never had the other's contacts).
+                        replayed += 1;
+                        answer.contacts = pairs.replayed_contacts(tx, peer.as_str(), from, to, now)?;
                     }
                     answers.push(answer);
                 }
@@ -147,7 +155,7 @@ impl Federation {
                         &format!("region:{peer}"),
                         AuditAction::FederationReplay,
                         &format!("region {peer}"),
-                        &format!("{replayed} publishes replayed"),
+                        &format!("{replayed} publishes or contacts replayed"),
                     )?;
                 }
                 tx.put_peer_seen(peer.as_str(), &seen)?;
