@@ -24,7 +24,8 @@
 //!   (D5–D7), withdrawal, retention and erasure (D3, D4), family matches (D11,
 //!   [`registry::family`]: siblings by a shared parent) — and [`federation::pairs`] —
 //!   when a cross-border pair is made or ended, for a child or a parent — as functions over
-//!   a store transaction.
+//!   a store transaction. Beside the pair rules, `federation::model` (feature `kit`): a
+//!   model of the pair protocol, checked with stateright (`tests/model.rs`).
 //! - [`store`]: tables, key codecs, schema and migrations, the single writer (group
 //!   commit), backup, the audit chain (D8); `store/engine.rs` is the only file that names
 //!   an engine: sled (the default) or redb (`[store] engine`, measured beside it). No table
