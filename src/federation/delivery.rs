@@ -38,6 +38,8 @@ pub struct PeerLink {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest a peer may take to answer one exchange.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 fn is_resync(item: &OutItem) -> bool {
@@ -109,9 +111,16 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
         };
         link.counters.delivery_attempts.fetch_add(1, Ordering::Relaxed);
         federation.delivery_sent(&link.region);
+        // A peer that keeps the connection alive but never answers does not stall the
+        // link (HTTP/2 keepalive only catches a dead connection).
         let sent = tokio::select! {
-            r = link.client.exchange(request) => r,
-            _ = shutdown.recv() => return,
+            r = tokio::time::timeout(EXCHANGE_TIMEOUT, link.client.exchange(request)) => r.unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!("no answer within {} s", EXCHANGE_TIMEOUT.as_secs())))
+            }),
+            _ = shutdown.recv() => {
+                federation.delivery_done(&link.region);
+                return;
+            }
         };
         let failure = match sent {
             Ok(resp) => {
@@ -168,7 +177,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
             }
         };
         if let Some(reason) = failure {
-            federation.delivery_failed(&link.region);
+            federation.delivery_done(&link.region);
             link.counters.failed(reason.clone());
             if !was_failing {
                 warn!(peer = %link.region, %reason, "delivery to peer failed; retrying with backoff");

@@ -30,9 +30,27 @@ pub struct Federation {
     in_flight: Arc<Mutex<HashMap<String, Touched>>>,
 }
 
-/// The peer's children items of its were about, each with the newest such item's
-/// (epoch, sequence number).
-type Touched = HashMap<Handle, (u64, u64)>;
+/// The peer's children (in my index) its applied items were about, each with the newest
+/// such item's (epoch, sequence number); past [`TOUCHED_CAP`] children, every answer
+/// counts as overtaken (a peer cannot grow this by sending items about many children).
+#[derive(Clone, Debug, Default)]
+struct Touched {
+    handles: HashMap<Handle, (u64, u64)>,
+    overflow: bool,
+}
+
+/// Children remembered per delivery in flight (a few exchanges' worth).
+const TOUCHED_CAP: usize = 4096;
+
+impl Touched {
+    fn insert(&mut self, handle: Handle, at: (u64, u64)) {
+        if self.handles.len() < TOUCHED_CAP || self.handles.contains_key(&handle) {
+            self.handles.insert(handle, at);
+        } else {
+            self.overflow = true;
+        }
+    }
+}
 
 impl Federation {
     pub fn new(store: Store, pairs: Pairs) -> Federation {
@@ -41,13 +59,13 @@ impl Federation {
 
     /// A delivery to `peer` is about to be sent: from now on, remember which of the peer's
     /// children its applied items are about, until [`Federation::apply_delivery`] (or
-    /// [`Federation::delivery_failed`]).
+    /// [`Federation::delivery_done`]).
     pub fn delivery_sent(&self, peer: &str) {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.to_owned(), HashMap::new());
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.to_owned(), Touched::default());
     }
 
-    /// The delivery to `peer` got no answers to apply.
-    pub fn delivery_failed(&self, peer: &str) {
+    /// The delivery to `peer` is over (answered and applied, failed, or given up on).
+    pub fn delivery_done(&self, peer: &str) {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(peer);
     }
 
@@ -100,15 +118,17 @@ impl Federation {
                 }
                 let mut answers = Vec::with_capacity(items.len());
                 let mut applied = 0u64;
-                let mut replayed = 0u64;
+                let (mut replayed, mut replayed_contacts) = (0u64, 0u64);
                 for (seq, item) in &items {
                     let mut answer = ItemAnswer { seq: *seq, ..ItemAnswer::default() };
                     if *seq > seen.last_seq {
                         let done = pairs.apply_incoming(tx, &peer, item, &context, now)?;
                         if let Some(handle) = item.about() {
-                            let mut in_flight = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Some(touched) = in_flight.get_mut(peer.as_str()) {
-                                touched.insert(*handle, (epoch, *seq));
+                            if tx.remote_handle(peer.as_str(), handle)?.is_some() {
+                                let mut in_flight = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                                if let Some(touched) = in_flight.get_mut(peer.as_str()) {
+                                    touched.insert(*handle, (epoch, *seq));
+                                }
                             }
                         }
                         answer.blinded = item.publish().map(|p| p.blinded);
@@ -144,18 +164,18 @@ impl Federation {
                         // contacts if it detected the pair second, may be what got lost (found
                         // by the model of the pair protocol: a lost answer, a retry, and one
                         // side of the pair never had the other's contacts).
-                        replayed += 1;
+                        replayed_contacts += 1;
                         answer.contacts = pairs.replayed_contacts(tx, peer.as_str(), from, to, now)?;
                     }
                     answers.push(answer);
                 }
-                if replayed > 0 {
+                if replayed + replayed_contacts > 0 {
                     tx.log(
                         now,
                         &format!("region:{peer}"),
                         AuditAction::FederationReplay,
                         &format!("region {peer}"),
-                        &format!("{replayed} publishes or contacts replayed"),
+                        &format!("{replayed} publishes and {replayed_contacts} contacts replayed"),
                     )?;
                 }
                 tx.put_peer_seen(peer.as_str(), &seen)?;
@@ -195,17 +215,22 @@ impl Federation {
         key: Option<Blinded>,
     ) -> Result<(), StoreError> {
         let (peer, pairs, in_flight) = (peer.to_owned(), self.pairs.clone(), self.in_flight.clone());
+        let name = peer.clone();
         let now = Utc::now();
-        self.store
+        let written = self
+            .store
             .write(move |tx| {
-                // Taken in the transaction: the writer orders it after every exchange
-                // applied before it, and none applied after it can be older than the answer.
-                let touched = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer).unwrap_or_default();
+                // Read in the transaction: the writer orders it after every exchange applied
+                // before it, and none applied after it can be older than the answer. A copy,
+                // and the entry goes only after the write, so a re-run of this closure sees
+                // the same.
+                let touched =
+                    in_flight.lock().unwrap_or_else(|p| p.into_inner()).get(&peer).cloned().unwrap_or_default();
                 let epoch = tx.peer_seen(&peer)?.epoch;
                 // Whether an applied item about the peer's child `handle` is newer than `answer`
                 // (with no `as_of` stated, any item applied meanwhile may be).
-                let overtaken = |handle: &Handle, answer: &ItemAnswer| match touched.get(handle) {
-                    None => false,
+                let overtaken = |handle: &Handle, answer: &ItemAnswer| match touched.handles.get(handle) {
+                    None => touched.overflow,
                     Some(&(e, seq)) => answer.as_of == 0 || e != epoch || seq > answer.as_of,
                 };
                 if let Some(key) = &key {
@@ -256,7 +281,9 @@ impl Federation {
                 }
                 Ok(())
             })
-            .await
+            .await;
+        self.delivery_done(&name);
+        written
     }
 
     /// Pins the public key a peer announced in its ping, if none is pinned yet.
