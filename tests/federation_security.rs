@@ -559,18 +559,27 @@ async fn invariant6_unconfigured_region_is_refused() {
 
 // ---- invariant 5: every peer message is idempotent -------------------------------------------
 
-/// Found by the model of the pair protocol (issue 11, part 4): when the peer detected the
-/// pair second, my reply to its Contacts is its only way to hear my contacts. If that
-/// reply is lost and the peer sends the same item again, the replay must be answered with
-/// my contacts as well (as a replayed publish is), not with nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invariant5_a_replayed_contacts_item_is_answered_with_my_contacts_again() {
-    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+/// rotterdam, a real node with jeugdzorg on `CHILD`, and utrecht played by the test: a
+/// fake server on its address answers rotterdam's deliveries, a peer client sends its
+/// messages. Returned once rotterdam's publish reached the fake and its answer applied.
+struct Victim {
+    _dir: tempfile::TempDir,
+    fake: FakePeer,
+    _stop: oneshot::Sender<()>,
+    rdam: RunningRegion,
+    store: virfed::store::Store,
+    utrecht: PeerClient<Channel>,
+    /// rotterdam's handle for its child towards utrecht.
+    rdam_handle: Vec<u8>,
+}
+
+async fn victim_with_fake_utrecht() -> Victim {
+    let (dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
     let ca_dir = files.ca_dir.clone();
-    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    let (fake, stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
     let rdam = start(files.regions.remove(0)).await;
     let store = rdam.handle.store().clone();
-    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
+    let utrecht = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
     register(&rdam, "jeugdzorg", CHILD).await;
     eventually(20, "rotterdam's publish delivered to utrecht", || {
         store.outbox_depth("utrecht") == 0 && fake.items_from("rotterdam").len() == 1
@@ -580,6 +589,16 @@ async fn invariant5_a_replayed_contacts_item_is_answered_with_my_contacts_again(
         Some(Body::Publish(p)) => p.handle.clone(),
         other => panic!("expected a publish, got {other:?}"),
     };
+    Victim { _dir: dir, fake, _stop: stop, rdam, store, utrecht, rdam_handle }
+}
+
+/// Found by the model of the pair protocol (issue 11, part 4): when the peer detected the
+/// pair second, my reply to its Contacts is its only way to hear my contacts. If that
+/// reply is lost and the peer sends the same item again, the replay must be answered with
+/// my contacts as well (as a replayed publish is), not with nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant5_a_replayed_contacts_item_is_answered_with_my_contacts_again() {
+    let Victim { _dir, _stop, fake, rdam, store, mut utrecht, rdam_handle } = victim_with_fake_utrecht().await;
     let h1 = [7u8; 16];
     let point = fake.key.blind_bsn(&Bsn::parse(CHILD).unwrap()).to_vec();
     let epoch = 0x5eed;
@@ -608,22 +627,7 @@ async fn invariant5_a_replayed_contacts_item_is_answered_with_my_contacts_again(
 /// announced and ended): rotterdam drops the overtaken reply and asks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariant5_an_answer_overtaken_by_the_peers_newer_items_does_not_bring_a_gone_party_back() {
-    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
-    let ca_dir = files.ca_dir.clone();
-    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
-    let rdam = start(files.regions.remove(0)).await;
-    let store = rdam.handle.store().clone();
-    let mut utrecht = peer_client(peer_listen(&rdam.files), &node_material(&ca_dir, "utrecht")).await.unwrap();
-
-    register(&rdam, "jeugdzorg", CHILD).await;
-    eventually(20, "rotterdam's publish delivered to utrecht", || {
-        store.outbox_depth("utrecht") == 0 && fake.items_from("rotterdam").len() == 1
-    })
-    .await;
-    let rdam_handle = match &fake.items_from("rotterdam")[0].body {
-        Some(Body::Publish(p)) => p.handle.clone(),
-        other => panic!("expected a publish, got {other:?}"),
-    };
+    let Victim { _dir, _stop, fake, rdam, store, mut utrecht, rdam_handle } = victim_with_fake_utrecht().await;
     // From now on the fake holds a delivery with contacts and answers it with two parties,
     // as of its item 1 (the publish below: all it had sent when the delivery reached it).
     *fake.hold.lock().unwrap() = Some((vec![party("school-a"), party("school-b")], 1));
@@ -690,26 +694,7 @@ async fn invariant5_an_answer_overtaken_by_the_peers_newer_items_does_not_bring_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariant5_duplicated_and_replayed_exchange_changes_nothing() {
-    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
-    let ca_dir = files.ca_dir.clone();
-    // utrecht is played by the test: a fake server on its address answers rotterdam's
-    // deliveries, and a fake client sends utrecht's messages.
-    let (fake, _stop) = serve_fake(&ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
-    let rdam = start(files.regions.remove(0)).await;
-    let store = rdam.handle.store().clone();
-    let addr = peer_listen(&rdam.files);
-    let mut utrecht = peer_client(addr, &node_material(&ca_dir, "utrecht")).await.unwrap();
-
-    register(&rdam, "jeugdzorg", CHILD).await;
-    // rotterdam's publish reaches "utrecht" and its answer D is applied.
-    eventually(20, "rotterdam's publish delivered to utrecht", || {
-        store.outbox_depth("utrecht") == 0 && fake.items_from("rotterdam").len() == 1
-    })
-    .await;
-    let rdam_handle = match &fake.items_from("rotterdam")[0].body {
-        Some(Body::Publish(p)) => p.handle.clone(),
-        other => panic!("expected a publish, got {other:?}"),
-    };
+    let Victim { _dir, _stop, fake, rdam, store, mut utrecht, rdam_handle } = victim_with_fake_utrecht().await;
 
     let child = Bsn::parse(CHILD).unwrap();
     let h1 = [7u8; 16];

@@ -490,14 +490,7 @@ impl Pairs {
         to: &Handle,
         at: DateTime<Utc>,
     ) -> TxResult<Vec<Party>> {
-        let Some(child) = tx.own_handle(peer, to)? else { return Ok(vec![]) };
-        if tx.pair(&child, peer)?.filter(|p| p.is_matched() && p.peer_handle == *from).is_none() {
-            return Ok(vec![]);
-        }
-        let record = subject(tx, &child)?;
-        if ChildState::of(&record) != ChildState::Active {
-            return Ok(vec![]);
-        }
+        let Some((child, record)) = matched_active(tx, peer, from, to)? else { return Ok(vec![]) };
         self.contacts_answer(tx, peer, &child, &record, at)
     }
 
@@ -657,14 +650,7 @@ impl Pairs {
         if archived {
             return Ok(());
         }
-        let Some(child) = tx.own_handle(peer, to)? else { return Ok(()) };
-        if tx.pair(&child, peer)?.filter(|p| p.is_matched() && p.peer_handle == *from).is_none() {
-            return Ok(());
-        }
-        let record = subject(tx, &child)?;
-        if ChildState::of(&record) != ChildState::Active {
-            return Ok(());
-        }
+        let Some((child, record)) = matched_active(tx, peer, from, to)? else { return Ok(()) };
         let parties = self.sent_parties(tx, peer, &child, &record, at)?;
         if parties.is_empty() {
             return Ok(());
@@ -793,6 +779,17 @@ impl Pairs {
 
 /// The record of a subject of the pair rules: a child's own, or a parent's (the union of
 /// its children's signals, `registry::family`).
+/// My child under my handle `to`, with its record, when it is active and matched here with
+/// the peer's child under its handle `from`.
+fn matched_active(tx: &Tx<'_>, peer: &str, from: &Handle, to: &Handle) -> TxResult<Option<(ChildKey, ChildRecord)>> {
+    let Some(child) = tx.own_handle(peer, to)? else { return Ok(None) };
+    if tx.pair(&child, peer)?.filter(|p| p.is_matched() && p.peer_handle == *from).is_none() {
+        return Ok(None);
+    }
+    let record = subject(tx, &child)?;
+    Ok((ChildState::of(&record) == ChildState::Active).then_some((child, record)))
+}
+
 fn subject(tx: &Tx<'_>, key: &ChildKey) -> TxResult<ChildRecord> {
     Ok(family::subject_record(tx, key)?.0)
 }
