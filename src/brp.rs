@@ -723,54 +723,7 @@ impl BrpClient {
         if status != StatusCode::OK {
             return Err(malformed(Endpoint::Personen, format!("HTTP {status} instead of 200")));
         }
-        self.read_answer(child, &answer)
-    }
-
-    /// Reads a `200` answer into [`Parents`], validating every parent BSN.
-    fn read_answer(&self, child: &Bsn, answer: &[u8]) -> Result<Parents, BrpError> {
-        let answer: Answer = serde_json::from_slice(answer).map_err(|e| {
-            malformed(Endpoint::Personen, format!("not a RaadpleegMetBurgerservicenummer answer ({})", json_fault(&e)))
-        })?;
-        if answer.kind != QUERY_TYPE {
-            return Err(malformed(Endpoint::Personen, format!("answer type {:?}, expected {QUERY_TYPE}", answer.kind)));
-        }
-        let persoon = match answer.personen.len() {
-            0 => {
-                debug!("BRP lookup: person not found");
-                return Ok(Parents::NotFound);
-            }
-            1 => &answer.personen[0],
-            n => return Err(malformed(Endpoint::Personen, format!("{n} persons for one BSN"))),
-        };
-        let mut parents: Vec<Bsn> = Vec::new();
-        let (mut invalid, mut without) = (0u64, 0usize);
-        for ouder in &persoon.ouders {
-            let Some(text) = &ouder.burgerservicenummer else {
-                without += 1;
-                continue;
-            };
-            match Bsn::parse(text) {
-                Ok(parent) if parent == *child => invalid += 1,
-                Ok(parent) => {
-                    if !parents.contains(&parent) {
-                        parents.push(parent);
-                    }
-                }
-                Err(_) => invalid += 1,
-            }
-        }
-        if invalid > 0 {
-            self.inner.skipped_invalid.fetch_add(invalid, Ordering::Relaxed);
-            warn!(skipped = invalid, "the BRP listed a parent whose BSN is not valid (D9); skipped, not trusted");
-        }
-        if parents.len() > 2 {
-            return Err(malformed(
-                Endpoint::Personen,
-                format!("{} parents listed; a person has at most 2", parents.len()),
-            ));
-        }
-        debug!(parents = parents.len(), without_bsn = without, "BRP lookup: person found");
-        Ok(Parents::Found(parents))
+        read_answer(child, &answer, &self.inner.skipped_invalid)
     }
 
     /// The authentication header of the next lookup.
@@ -863,6 +816,53 @@ impl Oauth {
             *cache = None;
         }
     }
+}
+
+/// Reads a `200` answer into [`Parents`], validating every parent BSN; a listed parent
+/// that is not a valid BSN is skipped and counted in `skipped_invalid`. Bytes from the
+/// BRP: any of them give parents or an error, never a panic (the fuzz target `brp_answer`),
+/// and no error quotes a value of the answer.
+pub fn read_answer(child: &Bsn, answer: &[u8], skipped_invalid: &AtomicU64) -> Result<Parents, BrpError> {
+    let answer: Answer = serde_json::from_slice(answer).map_err(|e| {
+        malformed(Endpoint::Personen, format!("not a RaadpleegMetBurgerservicenummer answer ({})", json_fault(&e)))
+    })?;
+    if answer.kind != QUERY_TYPE {
+        return Err(malformed(Endpoint::Personen, format!("answer type {:?}, expected {QUERY_TYPE}", answer.kind)));
+    }
+    let persoon = match answer.personen.len() {
+        0 => {
+            debug!("BRP lookup: person not found");
+            return Ok(Parents::NotFound);
+        }
+        1 => &answer.personen[0],
+        n => return Err(malformed(Endpoint::Personen, format!("{n} persons for one BSN"))),
+    };
+    let mut parents: Vec<Bsn> = Vec::new();
+    let (mut invalid, mut without) = (0u64, 0usize);
+    for ouder in &persoon.ouders {
+        let Some(text) = &ouder.burgerservicenummer else {
+            without += 1;
+            continue;
+        };
+        match Bsn::parse(text) {
+            Ok(parent) if parent == *child => invalid += 1,
+            Ok(parent) => {
+                if !parents.contains(&parent) {
+                    parents.push(parent);
+                }
+            }
+            Err(_) => invalid += 1,
+        }
+    }
+    if invalid > 0 {
+        skipped_invalid.fetch_add(invalid, Ordering::Relaxed);
+        warn!(skipped = invalid, "the BRP listed a parent whose BSN is not valid (D9); skipped, not trusted");
+    }
+    if parents.len() > 2 {
+        return Err(malformed(Endpoint::Personen, format!("{} parents listed; a person has at most 2", parents.len())));
+    }
+    debug!(parents = parents.len(), without_bsn = without, "BRP lookup: person found");
+    Ok(Parents::Found(parents))
 }
 
 /// What is wrong with a JSON answer, without serde's message: that quotes the values it

@@ -1,7 +1,7 @@
-//! Identity from a client or peer certificate (DER from the TLS handshake): any bytes give
-//! an identity or an error, never a panic.
+//! Certificate identity parsing: any DER gives an identity or a refusal, never a panic.
+//! The body is `virfed::kit::fuzzing::cert_identity`, which `tests/fuzz_seeds.rs` also runs on the
+//! committed seeds (`fuzz/seeds/cert_identity/`) on stable.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|der: &[u8]| {
-    let cert = rustls_pki_types::CertificateDer::from(der.to_vec());
-    let _ = virfed::pki::identity_from_cert(&cert);
+libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
+    virfed::kit::fuzzing::cert_identity(bytes);
 });

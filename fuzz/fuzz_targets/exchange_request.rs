@@ -1,15 +1,7 @@
-//! A peer's `Exchange` request as bytes off the wire: protobuf decode, then the item and
-//! party validation the peer service runs before anything is applied. Any bytes give
-//! items or a refusal, never a panic.
+//! A peer's `Exchange` request off the wire: protobuf decode, then item validation.
+//! The body is `virfed::kit::fuzzing::exchange_request`, which `tests/fuzz_seeds.rs` also runs on the
+//! committed seeds (`fuzz/seeds/exchange_request/`) on stable.
 #![no_main]
-use prost::Message;
-use virfed::domain::RegionId;
-use virfed::pb::federation::ExchangeRequest;
-
 libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
-    let Ok(request) = ExchangeRequest::decode(bytes) else { return };
-    let from = RegionId::parse("utrecht").expect("a valid region");
-    for item in request.items {
-        let _ = virfed::federation::convert::item_in(item.body, &from, request.protocol_minor > 1);
-    }
+    virfed::kit::fuzzing::exchange_request(bytes);
 });

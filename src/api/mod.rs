@@ -15,7 +15,7 @@
 //! must handshake again soon; [`SignalsService`]'s `Watch` streams end with UNAVAILABLE at
 //! that age, and the client resumes from its last cursor.
 
-mod convert;
+pub mod convert;
 mod error;
 pub mod pages;
 
@@ -35,10 +35,7 @@ pub use error::ApiError;
 use crate::config::FamilySource;
 use crate::config::RegistrationLimits;
 use crate::domain::bucket::{Bucket, Limit};
-use crate::domain::retention::removal_date_for_registration;
-use crate::domain::{
-    parse_date, AuditAction, Bsn, Clock, Contact, OrgDomain, OrgId, Organisation, SignalId, WithdrawReason, Withdrawer,
-};
+use crate::domain::{AuditAction, Bsn, Clock, OrgId, Organisation};
 use crate::pb::admin as admin_pb;
 use crate::pb::client as pb;
 use crate::pki::{peer_of, Identity};
@@ -208,59 +205,6 @@ impl SignalsService {
              the certificate as possibly stolen."
         ))
     }
-
-    /// The request's parents (D11): at most 2, each a valid BSN (D9), none the child's own,
-    /// none twice; only on a node whose parents come from the request. Messages name the
-    /// field by position, never the number.
-    fn parents(&self, raw: &[String], child: &Bsn) -> Result<Vec<Bsn>, Status> {
-        if raw.is_empty() {
-            return Ok(Vec::new());
-        }
-        let refuse = |m: String| -> Status { ApiError::InvalidArgument(m).into() };
-        match self.state.family {
-            FamilySource::Request => {}
-            FamilySource::Brp => {
-                return Err(refuse(
-                    "parent_bsns is not accepted here: this region looks a child's parents up in the BRP itself; \
-                     send the registration without parent_bsns"
-                        .into(),
-                ))
-            }
-            FamilySource::Off => {
-                return Err(refuse(
-                    "parent_bsns is not accepted here: this region does not make family matches \
-                     (family.source = \"off\"); send the registration without parent_bsns"
-                        .into(),
-                ))
-            }
-        }
-        if raw.len() > 2 {
-            return Err(refuse(format!(
-                "parent_bsns lists {} BSNs; give at most 2 (the parents as the BRP lists them); nothing was registered",
-                raw.len()
-            )));
-        }
-        let mut out: Vec<Bsn> = Vec::with_capacity(raw.len());
-        for (i, text) in raw.iter().enumerate() {
-            let bsn = Bsn::parse(text).map_err(|e| refuse(format!("parent_bsns[{i}]: {e}; nothing was registered")))?;
-            if bsn == *child {
-                return Err(refuse(format!("parent_bsns[{i}] is the child's own BSN; give the parents' BSNs")));
-            }
-            if out.contains(&bsn) {
-                return Err(refuse(format!("parent_bsns[{i}] repeats an earlier parent; give each parent once")));
-            }
-            out.push(bsn);
-        }
-        Ok(out)
-    }
-
-    fn signal_id(raw: &str) -> Result<SignalId, ApiError> {
-        SignalId::parse(raw).map_err(|_| {
-            ApiError::InvalidArgument(format!(
-                "signal_id {raw:?} is not a signal id (a UUID as returned by RegisterSignal)"
-            ))
-        })
-    }
 }
 
 type NoticeStream = Pin<Box<dyn Stream<Item = Result<pb::Notice, Status>> + Send + 'static>>;
@@ -273,17 +217,9 @@ impl pb::signals_server::Signals for SignalsService {
     ) -> Result<Response<pb::RegisterSignalResponse>, Status> {
         let org = self.caller(&req)?;
         let r = req.into_inner();
-        let bsn = Bsn::parse(&r.bsn).map_err(ApiError::from)?;
-        let dob = parse_date("date_of_birth", &r.date_of_birth).map_err(ApiError::from)?;
-        let professional = convert::contact_in(r.professional, "professional")?;
-        let removal = match r.removal_date.as_str() {
-            "" => None,
-            s => Some(parse_date("removal_date", s).map_err(ApiError::from)?),
-        };
+        let convert::Registration { bsn, date_of_birth: dob, professional, removal_date, parents } =
+            convert::registration_in(r, self.state.family, self.state.clock.today())?;
         let now = self.state.clock.now();
-        let today = self.state.clock.today();
-        let removal_date = removal_date_for_registration(dob, removal, today).map_err(ApiError::from)?;
-        let parents = self.parents(&r.parent_bsns, &bsn)?;
         if let Err(refused) = self.state.registration_limits.take(&org.id, now.timestamp_millis()) {
             return Err(self.rate_limited(&org.id, refused).await.into());
         }
@@ -324,27 +260,7 @@ impl pb::signals_server::Signals for SignalsService {
     ) -> Result<Response<pb::WithdrawSignalResponse>, Status> {
         let org = self.caller(&req)?;
         let r = req.into_inner();
-        let id = Self::signal_id(&r.signal_id)?;
-        let reason = match pb::WithdrawReason::try_from(r.reason) {
-            Ok(pb::WithdrawReason::MadeInError) => WithdrawReason::MadeInError,
-            Ok(pb::WithdrawReason::ConcernResolved) => WithdrawReason::ConcernResolved,
-            _ => {
-                return Err(ApiError::InvalidArgument(
-                    "reason is required: MADE_IN_ERROR (delete) or CONCERN_RESOLVED (archive)".into(),
-                )
-                .into())
-            }
-        };
-        let by = match pb::Withdrawer::try_from(r.withdrawn_by) {
-            Ok(pb::Withdrawer::Professional) => Withdrawer::Professional,
-            Ok(pb::Withdrawer::Coordinator) => Withdrawer::Coordinator,
-            _ => {
-                return Err(ApiError::InvalidArgument(
-                    "withdrawn_by is required: PROFESSIONAL (the reporter) or COORDINATOR (D7)".into(),
-                )
-                .into())
-            }
-        };
+        let (id, reason, by) = convert::withdrawal_in(&r)?;
         let (now, today) = (self.state.clock.now(), self.state.clock.today());
         let outcome =
             self.state.registry.withdraw(&id, &org.id, reason, by, now, today).await.map_err(ApiError::from)?;
@@ -358,7 +274,7 @@ impl pb::signals_server::Signals for SignalsService {
 
     async fn get_signal(&self, req: Request<pb::GetSignalRequest>) -> Result<Response<pb::SignalView>, Status> {
         let org = self.caller(&req)?;
-        let id = Self::signal_id(&req.get_ref().signal_id)?;
+        let id = convert::signal_id_in(&req.get_ref().signal_id)?;
         match self.state.store().signal(&id).map_err(ApiError::from)? {
             Some(s) if s.org == org.id => Ok(Response::new(convert::signal_out(&s))),
             // Another organisation's signal is reported as absent: its existence is not ours to tell.
@@ -495,13 +411,6 @@ impl OrganisationsService {
     }
 }
 
-fn admin_contact_in(c: Option<admin_pb::Contact>) -> Result<Option<Contact>, ApiError> {
-    let Some(c) = c else { return Ok(None) };
-    let contact = Contact { name: c.name, role: c.role, phone: c.phone, email: c.email };
-    contact.validate("coordinator")?;
-    Ok(Some(contact))
-}
-
 fn admin_org_out(o: &Organisation) -> admin_pb::Organisation {
     admin_pb::Organisation {
         id: o.id.to_string(),
@@ -524,13 +433,7 @@ impl admin_pb::organisations_server::Organisations for OrganisationsService {
     ) -> Result<Response<admin_pb::Organisation>, Status> {
         let operator = self.operator(&req)?;
         let r = req.into_inner();
-        let org = Organisation {
-            id: OrgId::parse(&r.id).map_err(ApiError::from)?,
-            name: r.name,
-            domain: r.domain.parse::<OrgDomain>().map_err(ApiError::from)?,
-            coordinator: admin_contact_in(r.coordinator)?,
-        };
-        org.validate().map_err(ApiError::from)?;
+        let org = convert::organisation_in(r)?;
         self.state
             .registry
             .put_org(&org, &format!("operator:{operator}"), self.state.clock.now())

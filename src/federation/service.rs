@@ -179,11 +179,37 @@ impl PeerService {
         self.inner.federation.store().audit_event(&format!("region:{region}"), action, subject, detail).await
     }
 
-    /// One exchange: validate everything, take the budget, blind the batch, apply.
+    /// One exchange: identify the caller from its certificate, then [`Self::exchange_from`].
     async fn exchange(&self, req: Request<pb::ExchangeRequest>) -> Result<pb::ExchangeResponse, FederationError> {
         let claimed = req.get_ref().from_region.clone();
         let region = self.caller(&req, &claimed).await?;
-        let r = req.into_inner();
+        self.exchange_from(&region, req.into_inner()).await
+    }
+
+    /// An exchange of a peer already identified, for in-process drivers (the fuzz target
+    /// `exchange_apply` applies bytes to a real store through it). The gRPC handler always
+    /// identifies the caller from its certificate first; this still refuses a region that
+    /// is not a configured peer.
+    #[cfg(feature = "kit")]
+    pub async fn exchange_identified(
+        &self,
+        region: &RegionId,
+        r: pb::ExchangeRequest,
+    ) -> Result<pb::ExchangeResponse, FederationError> {
+        if !self.inner.peers.contains(region.as_str()) {
+            return Err(FederationError::NotAPeer { region: region.to_string(), own: self.inner.region.clone() });
+        }
+        self.exchange_from(region, r).await
+    }
+
+    /// One exchange of the identified peer `region`: validate everything, take the budget,
+    /// blind the batch, apply.
+    async fn exchange_from(
+        &self,
+        region: &RegionId,
+        r: pb::ExchangeRequest,
+    ) -> Result<pb::ExchangeResponse, FederationError> {
+        let region = region.clone();
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(FederationError::Version {
                 got: r.protocol_version,

@@ -28,6 +28,7 @@ pub mod brp;
 pub mod demo;
 pub mod faults;
 pub mod fixture;
+pub mod fuzzing;
 pub mod netns;
 pub mod process;
 
