@@ -42,9 +42,10 @@
 //!   certificates, config, node), `kit::demo` (`virfed demo`), `kit::bench` (`virfed
 //!   bench`, figures printed next to their floors), `kit::process` (nodes as real child
 //!   processes), `kit::faults` (proof under faults: crash cycles, `virfed bench crash`, and
-//!   network faults, `virfed bench network`) and `kit::netns` (nodes in network namespaces
+//!   network faults, `virfed bench network`), `kit::netns` (nodes in network namespaces
 //!   of their own, with loss, duplication, reordering, a bottleneck or a partition put on
-//!   the links between them).
+//!   the links between them) and `kit::fuzzing` (what each `fuzz/` target runs on its
+//!   bytes, shared with `tests/fuzz_seeds.rs`).
 //! - leaves every layer may use: [`shutdown`] (the signal every task listens to, so no
 //!   service imports `server` to learn it is stopping), [`backoff`] (jittered exponential
 //!   backoff for the retry loops: outbox, webhooks), [`https`] (the connector of the

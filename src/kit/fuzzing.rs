@@ -51,6 +51,16 @@ fn fail(message: impl Into<String>) -> KitError {
     KitError::Failed(message.into())
 }
 
+/// A temporary directory for a target's files, in memory (`/dev/shm`) where there is one:
+/// a store's every write ends in an fsync, which on a disk would make the fuzzer measure
+/// the disk. The files are the same sled files; only their durability is not under test.
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    match std::path::Path::new("/dev/shm").is_dir() {
+        true => tempfile::Builder::new().prefix("virfed-fuzz-").tempdir_in("/dev/shm"),
+        false => tempfile::tempdir(),
+    }
+}
+
 /// `config`: the node config parser.
 pub fn config(bytes: &[u8]) -> bool {
     std::str::from_utf8(bytes).is_ok_and(|text| Config::parse(text).is_ok())
@@ -76,7 +86,7 @@ pub fn exchange_request(bytes: &[u8]) -> usize {
 
 /// `backup_reader`: `virfed store restore` of the bytes into an empty directory.
 pub fn backup_reader(bytes: &[u8]) -> bool {
-    let dir = tempfile::tempdir().expect("a temp dir");
+    let dir = scratch_dir().expect("a temp dir");
     let file = dir.path().join("backup.vfb");
     std::fs::write(&file, bytes).expect("writing the input");
     crate::store::backup::restore(&dir.path().join("store"), &file, false).is_ok()
@@ -217,7 +227,7 @@ pub struct CrlTarget {
 impl CrlTarget {
     /// A CA and a node certificate to load the CRL with.
     pub fn new() -> KitResult<CrlTarget> {
-        let dir = tempfile::tempdir()?;
+        let dir = scratch_dir()?;
         let ca = Ca::init(&dir.path().join("ca"), "virfed fuzz CA", 365)?;
         let issued = ca.issue(&CertSpec::server(vec!["localhost".into()], 30))?;
         write_cert_pair(dir.path(), "node", &issued, false)?;
@@ -286,7 +296,7 @@ impl ExchangeTarget {
     /// Opens the store, registers the children and applies utrecht's answers to their
     /// publishes.
     pub fn new() -> KitResult<ExchangeTarget> {
-        let dir = tempfile::tempdir()?;
+        let dir = scratch_dir()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let store = Store::open(&dir.path().join("store"), &StoreOptions::default())?;
         let local = LocalKey::from_bytes([3; 32]);

@@ -14,6 +14,9 @@
 //!   the same load and checks under real network faults (`virfed bench network`).
 //! - [`netns`]: nodes in network namespaces of their own, and loss, duplication,
 //!   reordering, a bottleneck and partitions put on the links between them.
+//! - [`fuzzing`]: the body of every `fuzz/` target (one function per place bytes from
+//!   outside enter, and a node on a real store for the peer exchange), shared with the
+//!   stable seed test so both run the same code.
 //! - [`brp`]: a local BRP Personen API (and OAuth token endpoint) in the shapes of the
 //!   public specification, with switches for outages, slowness and malformed answers, for
 //!   the BRP client's tests and the demo.
