@@ -118,7 +118,8 @@ fn invariants5_9_fuzz_seeds_exchange_applied_to_a_real_store_forms_pairs_and_nev
 fn invariant7_fuzz_seeds_client_request_validation_never_panics_nor_quotes_a_bsn() {
     committed("client_request", &fuzzing::client_request_seeds());
     let valid = seeds("client_request").iter().filter(|s| fuzzing::client_request(s)).count();
-    assert_eq!(valid, fuzzing::client_request_seeds().len(), "every seed is a valid request");
+    // The built seeds are valid; the committed regression inputs are refusals.
+    assert_eq!(valid, fuzzing::client_request_seeds().len(), "every built seed is a valid request");
     let accepted = inputs("client_request", 5000).iter().filter(|i| fuzzing::client_request(i)).count();
     assert!(accepted > valid, "some mutations are valid requests too");
 }
@@ -141,4 +142,18 @@ fn fuzz_seeds_crl_loading_never_panics_and_loads_a_real_crl() {
     assert!(!target.load(b"\0not a CRL"), "a file without a CRL is refused");
     let loaded = inputs("crl", 1500).iter().filter(|i| target.load(i)).count();
     assert!(loaded >= 2, "the committed seeds load");
+}
+
+/// Found by `client_request` (2026-12-04): a registration whose BSN was all zeros was
+/// refused with "the BSN 000000000 is not ...": a constant, not the sender's number, but a
+/// 9-digit run in an error message reaches logs, where a log scanner for BSNs (and the
+/// target's check) rightly flags it. No BSN refusal prints a run of digits now.
+#[test]
+fn privacy_fuzz_regression_no_bsn_refusal_prints_a_nine_digit_run() {
+    let crash = seed_dir("client_request").join("regression-all-zeros-bsn.bin");
+    assert!(!fuzzing::client_request(&std::fs::read(crash).unwrap()), "the input is refused, without a panic");
+    for input in ["000000000", "00000000", "0", "123456789", "12345678x", "1234567890", ""] {
+        let message = virfed::domain::Bsn::parse(input).unwrap_err().to_string();
+        assert!(fuzzing::longest_digit_run(&message) < 8, "{input:?}: {message}");
+    }
 }

@@ -95,7 +95,8 @@ fn parents_in(raw: &[String], child: &Bsn, family: FamilySource) -> Result<Vec<B
 pub fn signal_id_in(raw: &str) -> Result<SignalId, ApiError> {
     SignalId::parse(raw).map_err(|_| {
         ApiError::InvalidArgument(format!(
-            "signal_id {raw:?} is not a signal id (a UUID as returned by RegisterSignal)"
+            "signal_id is not a signal id (a UUID as returned by RegisterSignal, {} characters sent)",
+            raw.chars().count()
         ))
     })
 }
@@ -126,6 +127,8 @@ pub fn withdrawal_in(r: &pb::WithdrawSignalRequest) -> Result<(SignalId, Withdra
 
 /// An operator's `AddOrganisation` request, validated.
 pub fn organisation_in(r: admin_pb::Organisation) -> Result<Organisation, ApiError> {
+    let id = OrgId::parse(&r.id)?;
+    let domain = r.domain.parse::<OrgDomain>()?;
     let coordinator = match r.coordinator {
         None => None,
         Some(c) => {
@@ -134,8 +137,7 @@ pub fn organisation_in(r: admin_pb::Organisation) -> Result<Organisation, ApiErr
             Some(contact)
         }
     };
-    let org =
-        Organisation { id: OrgId::parse(&r.id)?, name: r.name, domain: r.domain.parse::<OrgDomain>()?, coordinator };
+    let org = Organisation { id, name: r.name, domain, coordinator };
     org.validate()?;
     Ok(org)
 }

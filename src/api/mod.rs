@@ -15,7 +15,7 @@
 //! must handshake again soon; [`SignalsService`]'s `Watch` streams end with UNAVAILABLE at
 //! that age, and the client resumes from its last cursor.
 
-pub mod convert;
+pub(crate) mod convert;
 mod error;
 pub mod pages;
 
@@ -217,9 +217,9 @@ impl pb::signals_server::Signals for SignalsService {
     ) -> Result<Response<pb::RegisterSignalResponse>, Status> {
         let org = self.caller(&req)?;
         let r = req.into_inner();
+        let (now, today) = (self.state.clock.now(), self.state.clock.today());
         let convert::Registration { bsn, date_of_birth: dob, professional, removal_date, parents } =
-            convert::registration_in(r, self.state.family, self.state.clock.today())?;
-        let now = self.state.clock.now();
+            convert::registration_in(r, self.state.family, today)?;
         if let Err(refused) = self.state.registration_limits.take(&org.id, now.timestamp_millis()) {
             return Err(self.rate_limited(&org.id, refused).await.into());
         }

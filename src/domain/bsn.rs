@@ -20,7 +20,7 @@ pub enum BsnError {
     WrongLength(usize),
     #[error("the BSN may contain only the digits 0-9 (no spaces, dots or dashes)")]
     NotDigits,
-    #[error("the BSN 000000000 is not a valid citizen service number")]
+    #[error("the BSN is all zeros, which is not a valid citizen service number")]
     AllZeros,
     #[error("the BSN fails the 11-proef check; check the number for a typing error")]
     Checksum,

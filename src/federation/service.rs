@@ -191,7 +191,7 @@ impl PeerService {
     /// identifies the caller from its certificate first; this still refuses a region that
     /// is not a configured peer.
     #[cfg(feature = "kit")]
-    pub async fn exchange_identified(
+    pub(crate) async fn exchange_identified(
         &self,
         region: &RegionId,
         r: pb::ExchangeRequest,
