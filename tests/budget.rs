@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use virfed::config::Config;
 use virfed::domain::{Bsn, Clock, ManualClock};
+use virfed::federation::sync::RETIRED_EPOCHS_KEPT;
 use virfed::federation::{PROTOCOL_MINOR, PROTOCOL_VERSION};
 use virfed::kit::fixture::{valid_bsns, FederationFiles, RegionFiles, RunningRegion};
 use virfed::pb::admin as admin_pb;
@@ -259,6 +260,30 @@ async fn invariant_2_publishes_under_a_retired_epoch_are_charged_not_free() {
     assert_eq!(rdam.handle.store().peer_index_len("utrecht"), 2, "and applied nothing");
     rogue.guess(2).await.expect_err("refused again");
     assert_over_budget(rogue.guess(1).await);
+    rdam.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_switching_epochs_without_end_cannot_grow_its_record() {
+    // Every new epoch retires the one before; only the newest RETIRED_EPOCHS_KEPT are
+    // remembered, so the record a peer can make this node keep stays bounded, and the
+    // newest retired epochs are still refused.
+    let switches = RETIRED_EPOCHS_KEPT as u64 + 8;
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rdam_files) = victim_files(dir.path(), 2 * switches, 60);
+    let rdam = RunningRegion::start_with(rdam_files, Arc::new(clock())).await.unwrap();
+    let mut rogue = Rogue::connect(peer_listen(&rdam.files), &files.ca_dir).await;
+    for epoch in 1..=switches {
+        rogue.epoch = epoch;
+        assert_eq!(rogue.guess(1).await.unwrap().len(), 1, "epoch {epoch}");
+    }
+    let seen = rdam.handle.store().peer_seen("utrecht").unwrap();
+    assert_eq!(seen.epoch, switches);
+    let kept: Vec<u64> = (switches - RETIRED_EPOCHS_KEPT as u64..switches).collect();
+    assert_eq!(seen.retired, kept, "the newest retired epochs, oldest first");
+    rogue.epoch = switches - 1;
+    let status = rogue.guess(1).await.expect_err("the newest retired epoch is refused");
+    assert!(status.message().contains("epoch") || status.message().contains("restore"), "{status:?}");
     rdam.stop().await.unwrap();
 }
 

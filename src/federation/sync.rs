@@ -13,6 +13,11 @@ use crate::domain::{AuditAction, ChildKey, RegionId};
 use crate::pseudonym::{BlindKey, Blinded, Handle};
 use crate::store::{Outgoing, PeerSeen, Store, StoreError};
 
+/// How many of a peer's earlier store epochs are remembered (and refused). Each restore of
+/// the peer's store from a backup retires one; a peer that switches epochs with every
+/// exchange only pushes its own oldest ones out.
+pub const RETIRED_EPOCHS_KEPT: usize = 32;
+
 /// Children per transaction when a peer joins.
 const JOIN_CHUNK: usize = 1000;
 
@@ -114,6 +119,10 @@ impl Federation {
                     if seen.epoch != 0 {
                         retired.push(seen.epoch);
                     }
+                    // The newest few are enough to catch a delayed request from a replaced
+                    // store; a peer that switches epochs without end cannot grow the record.
+                    let excess = retired.len().saturating_sub(RETIRED_EPOCHS_KEPT);
+                    retired.drain(..excess);
                     seen = PeerSeen { epoch, last_seq: 0, retired };
                 }
                 let mut answers = Vec::with_capacity(items.len());

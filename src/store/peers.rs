@@ -3,7 +3,7 @@
 
 use super::keys::Fed;
 use super::records::decode;
-use super::{CrossPair, RawEntry, RemoteEntry, Store, StoreError, Table, Tree};
+use super::{CrossPair, PeerSeen, RawEntry, RemoteEntry, Store, StoreError, Table, Tree};
 use crate::domain::ChildKey;
 use crate::pseudonym::Blinded;
 
@@ -42,6 +42,12 @@ impl Store {
     /// How many of the peer's children this node holds in its index of the peer.
     pub fn peer_index_len(&self, peer: &str) -> usize {
         self.t(Table::Fed).scan_prefix(Fed::remotes_of(peer)).count()
+    }
+
+    /// What has been applied from `peer` so far: its store's epoch, the last sequence
+    /// number, the epochs it retired.
+    pub fn peer_seen(&self, peer: &str) -> Result<PeerSeen, StoreError> {
+        Ok(self.get(Table::Fed, &Fed::seen(peer), "peer seen")?.unwrap_or_default())
     }
 
     /// Every value stored about peers, raw (for tests that check what crosses a border).
