@@ -99,6 +99,9 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024;
 const TOKEN_MARGIN: Duration = Duration::from_secs(30);
 /// The lifetime assumed for a token whose answer gives no `expires_in`.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A token is used for at most this long, whatever its `expires_in` says (an endpoint
+/// claiming centuries would otherwise overflow the clock).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Texts kept from a BRP answer are cut to this many characters.
 const MAX_TEXT: usize = 200;
 /// At most this many `invalidParams` are kept.
@@ -756,16 +759,7 @@ impl BrpClient {
         if !status.is_success() {
             return Err(error_answer(Endpoint::Token, status, &headers, &answer));
         }
-        let answer: TokenAnswer = serde_json::from_slice(&answer)
-            .map_err(|e| malformed(Endpoint::Token, format!("not an OAuth token answer ({})", json_fault(&e))))?;
-        if !answer.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(malformed(Endpoint::Token, format!("token_type {:?}, expected Bearer", answer.token_type)));
-        }
-        let access = Zeroizing::new(answer.access_token);
-        let mut token = HeaderValue::from_str(&format!("Bearer {}", &*access))
-            .map_err(|_| malformed(Endpoint::Token, "access_token has characters not allowed in a header".into()))?;
-        token.set_sensitive(true);
-        let lifetime = answer.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let (token, lifetime) = read_token_answer(&answer)?;
         let until = asked + lifetime - TOKEN_MARGIN.min(lifetime / 2);
         debug!(lifetime_secs = lifetime.as_secs(), "fetched a BRP access token");
         *cache = Some((token.clone(), until));
@@ -816,6 +810,24 @@ impl Oauth {
             *cache = None;
         }
     }
+}
+
+/// Reads a token endpoint's `200` answer (RFC 6749 §5.1) into the `Authorization` value
+/// (marked sensitive) and how long to use it (at most [`MAX_TOKEN_LIFETIME`]). Bytes from
+/// outside: a token or an error, never a panic (the fuzz target `brp_answer`), and no error
+/// quotes the access token.
+pub fn read_token_answer(answer: &[u8]) -> Result<(HeaderValue, Duration), BrpError> {
+    let answer: TokenAnswer = serde_json::from_slice(answer)
+        .map_err(|e| malformed(Endpoint::Token, format!("not an OAuth token answer ({})", json_fault(&e))))?;
+    if !answer.token_type.eq_ignore_ascii_case("bearer") {
+        return Err(malformed(Endpoint::Token, format!("token_type {:?}, expected Bearer", answer.token_type)));
+    }
+    let access = Zeroizing::new(answer.access_token);
+    let mut token = HeaderValue::from_str(&format!("Bearer {}", &*access))
+        .map_err(|_| malformed(Endpoint::Token, "access_token has characters not allowed in a header".into()))?;
+    token.set_sensitive(true);
+    let lifetime = answer.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    Ok((token, lifetime.min(MAX_TOKEN_LIFETIME)))
 }
 
 /// Reads a `200` answer into [`Parents`], validating every parent BSN; a listed parent
@@ -1013,6 +1025,21 @@ mod tests {
         assert_eq!(problem.title().unwrap().chars().count(), MAX_TEXT + 1);
         assert!(!problem.code().unwrap().chars().any(char::is_control), "{:?}", problem.code());
         assert_eq!(problem.invalid_params().len(), MAX_INVALID_PARAMS);
+    }
+
+    #[test]
+    fn a_token_answer_claiming_an_endless_lifetime_is_used_for_a_day_at_most() {
+        // expires_in = u64::MAX seconds: added to the clock as it was, it overflowed the
+        // Instant (a panic in the BRP client on bytes from the token endpoint).
+        let answer = br#"{"access_token":"t0ken","token_type":"bearer","expires_in":18446744073709551615}"#;
+        let (value, lifetime) = read_token_answer(answer).unwrap();
+        assert_eq!(lifetime, MAX_TOKEN_LIFETIME);
+        assert!(value.is_sensitive());
+        assert_eq!(value.to_str().unwrap(), "Bearer t0ken");
+        let (_, lifetime) = read_token_answer(br#"{"access_token":"t","token_type":"Bearer"}"#).unwrap();
+        assert_eq!(lifetime, DEFAULT_TOKEN_LIFETIME, "no expires_in: the default");
+        let err = read_token_answer(br#"{"access_token":"secret-token-1234","token_type":"mac"}"#).unwrap_err();
+        assert!(err.to_string().contains("expected Bearer") && !err.to_string().contains("secret-token"), "{err}");
     }
 
     #[test]

@@ -125,9 +125,9 @@ fn invariant7_fuzz_seeds_client_request_validation_never_panics_nor_quotes_a_bsn
 }
 
 #[test]
-fn fuzz_seeds_brp_answer_never_panics_nor_quotes_the_answer() {
+fn fuzz_seeds_brp_and_token_answers_never_panic_nor_quote_the_answer() {
     let read = seeds("brp_answer").iter().filter(|s| fuzzing::brp_answer(s)).count();
-    assert_eq!(read, 3, "found, not found and invalid parents read; two persons refused");
+    assert_eq!(read, 4, "found, not found and invalid parents read; two persons refused; the token read");
     let _ = inputs("brp_answer", 5000).iter().filter(|i| fuzzing::brp_answer(i)).count();
 }
 

@@ -27,7 +27,7 @@ use chrono::{Datelike, Days, NaiveDate};
 use prost::Message;
 
 use crate::api::convert;
-use crate::brp::{read_answer, Parents};
+use crate::brp::{read_answer, read_token_answer, Parents, MAX_TOKEN_LIFETIME};
 use crate::config::{Config, FamilySource};
 use crate::pb::{admin as admin_pb, client as client_pb};
 use crate::pki::{client_config, identity_from_cert, server_config, write_cert_pair, Ca, CertSpec, TlsMaterial};
@@ -208,12 +208,15 @@ pub fn client_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// `brp_answer`: the body of the BRP's answer (Haal Centraal BRP Personen,
-/// `RaadpleegMetBurgerservicenummer`), bytes from an outside system. Parents are valid
-/// BSNs, at most two, never the child; no error quotes a run of 9 digits of the answer.
+/// `brp_answer`: an answer body from the BRP side, bytes from an outside system, read both
+/// as the Personen answer (Haal Centraal BRP Personen, `RaadpleegMetBurgerservicenummer`)
+/// and as the OAuth token endpoint's answer (RFC 6749 §5.1). Parents are valid BSNs, at
+/// most two, never the child; no error quotes a run of 9 digits of the answer; a token is
+/// a sensitive `Bearer` value used for a bounded time, and no error quotes it. True when
+/// either reading accepts the bytes.
 pub fn brp_answer(bytes: &[u8]) -> bool {
     let child = Bsn::parse("111222333").expect("a valid BSN");
-    match read_answer(&child, bytes, &AtomicU64::new(0)) {
+    let personen = match read_answer(&child, bytes, &AtomicU64::new(0)) {
         Ok(Parents::Found(parents)) => {
             assert!(parents.len() <= 2, "at most two parents");
             assert!(!parents.contains(&child), "the child is not its own parent");
@@ -228,7 +231,28 @@ pub fn brp_answer(bytes: &[u8]) -> bool {
             }
             false
         }
-    }
+    };
+    let token = match read_token_answer(bytes) {
+        Ok((value, lifetime)) => {
+            assert!(value.is_sensitive() && value.as_bytes().starts_with(b"Bearer "), "a sensitive Bearer value");
+            assert!(lifetime <= MAX_TOKEN_LIFETIME, "the token's lifetime is bounded");
+            true
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let field =
+                |answer: &serde_json::Value, name: &str| answer.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                // A token long enough to be one, not echoed through the token_type.
+                let access = field(&answer, "access_token").filter(|a| a.len() >= 16);
+                if let Some(access) = access.filter(|a| !field(&answer, "token_type").unwrap_or_default().contains(a)) {
+                    assert!(!message.contains(&access), "the error quotes the access token: {message}");
+                }
+            }
+            false
+        }
+    };
+    personen || token
 }
 
 /// `crl`: a node's `[tls] crls` file read as the node reads it
