@@ -96,15 +96,18 @@ fn fuzz_seeds_backup_reader_never_panics_and_restores_the_seed() {
 
 /// The peer `Exchange` applied to a real store: the committed seeds are utrecht's
 /// requests for rotterdam's own children and a parent, so they complete a child pair and
-/// a family pair (two "match created" notices), and the mutations of them reach the apply
-/// paths of a node with pairs, never panicking.
+/// a family pair (two "match created" notices) and get rotterdam's contacts in the
+/// answers, and the mutations of them reach the apply paths of a node with pairs, never
+/// panicking nor answering contacts for a child rotterdam does not have.
 #[test]
 fn invariants5_9_fuzz_seeds_exchange_applied_to_a_real_store_forms_pairs_and_never_panics() {
     let target = ExchangeTarget::new().unwrap();
     committed("exchange_apply", &target.seeds());
     assert_eq!(target.matches_notified(), (0, 0), "no pair before utrecht publishes");
-    let answered = seeds("exchange_apply").iter().filter(|s| matches!(target.apply(s), Some(Ok(_)))).count();
-    assert_eq!(answered, target.seeds().len() - 1, "every seed but the bad point is answered");
+    let answers: Vec<_> = seeds("exchange_apply").iter().filter_map(|s| target.apply(s)?.ok()).collect();
+    assert_eq!(answers.len(), target.seeds().len() - 1, "every seed but the bad point is answered");
+    let with_contacts = answers.iter().flat_map(|a| &a.results).filter(|r| !r.contacts.is_empty()).count();
+    assert!(with_contacts >= 2, "the matched publishes are answered with contacts (checked in the target)");
     let (child, family) = target.matches_notified();
     assert!(child >= 1 && family >= 1, "the seeds form a child and a family pair: {child} and {family} notices");
     for input in inputs("exchange_apply", 1500) {

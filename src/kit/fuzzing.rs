@@ -334,6 +334,12 @@ pub struct ExchangeTarget {
     /// rotterdam's handles towards utrecht for its first child and that child's first
     /// parent (a parent's handle is the child handle function over the parent key).
     own_handles: [Vec<u8>; 2],
+    /// Every handle rotterdam published towards utrecht (its children and parents).
+    published: HashSet<Vec<u8>>,
+    /// `P·u·r_utrecht` for each of rotterdam's children and parents (`r_utrecht`: its key
+    /// towards utrecht): the only values a publish
+    /// from utrecht can match, so the only ones an answer may carry contacts for.
+    matchable: HashSet<[u8; 32]>,
 }
 
 impl ExchangeTarget {
@@ -428,6 +434,14 @@ impl ExchangeTarget {
         if !own_handles.iter().all(|h| handles.contains(h)) {
             return Err(fail("the first child or its parent was not published"));
         }
+        let (key, towards) = (utrecht_key(), blind.towards("utrecht"));
+        let mut matchable = HashSet::new();
+        for text in CHILDREN.iter().chain(PARENTS.iter()) {
+            let bsn = Bsn::parse(text).map_err(|e| fail(e.to_string()))?;
+            for point in [key.blind_bsn(&bsn), key.blind_parent(&bsn)] {
+                matchable.insert(towards.key().blind_point(&point).map_err(|_| fail("a valid point"))?);
+            }
+        }
         let blinds = HashSet::from(["utrecht".to_owned()]);
         let counters = Arc::new([("utrecht".to_owned(), Arc::new(PeerCounters::default()))].into_iter().collect());
         let generous = Limit::per_hour(1 << 40, 1 << 40);
@@ -443,26 +457,42 @@ impl ExchangeTarget {
             counters,
             clock,
         );
-        Ok(ExchangeTarget { _dir: dir, runtime, service, store, utrecht, own_handles })
+        let published = handles.into_iter().collect();
+        Ok(ExchangeTarget { _dir: dir, runtime, service, store, utrecht, own_handles, published, matchable })
     }
 
     /// One input: `None` when the bytes are not an `ExchangeRequest`, else the answer or
     /// the refusal. Panics (the fuzzer's finding) if an answer is not an answer to the
-    /// request: a result for an item not sent, or a blinded value for a non-publish.
+    /// request (a result for an item not sent, a blinded value for a non-publish) or hands
+    /// out contacts it must not: for a publish that matches none of rotterdam's children
+    /// and parents, for a Contacts item about a handle rotterdam never published, or for
+    /// any other item (invariant 9: no contacts for a child the peer does not know).
     pub fn apply(&self, bytes: &[u8]) -> Option<Result<pb::ExchangeResponse, FederationError>> {
+        use pb::item::Body;
         let request = pb::ExchangeRequest::decode(bytes).ok()?;
-        let publishes: HashSet<u64> = request
-            .items
-            .iter()
-            .filter(|i| matches!(i.body, Some(pb::item::Body::Publish(_))))
-            .map(|i| i.seq)
-            .collect();
-        let sent: HashSet<u64> = request.items.iter().map(|i| i.seq).collect();
+        let mut sent: std::collections::HashMap<u64, Vec<Body>> = std::collections::HashMap::new();
+        for item in &request.items {
+            sent.entry(item.seq).or_default().extend(item.body.clone());
+        }
         let answer = self.runtime.block_on(self.service.exchange_identified(&self.utrecht, request));
         if let Ok(response) = &answer {
             for r in &response.results {
-                assert!(sent.contains(&r.seq), "a result for item {} that was not sent", r.seq);
-                assert!(r.blinded.is_empty() || publishes.contains(&r.seq), "a blinded value for a non-publish");
+                let bodies = sent.get(&r.seq);
+                assert!(bodies.is_some(), "a result for item {} that was not sent", r.seq);
+                let bodies = bodies.map(Vec::as_slice).unwrap_or_default();
+                let publish = bodies.iter().any(|b| matches!(b, Body::Publish(_)));
+                assert!(r.blinded.is_empty() || publish, "a blinded value for a non-publish");
+                if r.contacts.is_empty() {
+                    continue;
+                }
+                let allowed = bodies.iter().any(|b| match b {
+                    Body::Publish(_) => {
+                        <[u8; 32]>::try_from(r.blinded.as_slice()).is_ok_and(|d| self.matchable.contains(&d))
+                    }
+                    Body::Contacts(c) => self.published.contains(&c.to_handle),
+                    _ => false,
+                });
+                assert!(allowed, "contacts in the answer to item {}, which matches no child of mine", r.seq);
             }
         }
         Some(answer)
