@@ -101,7 +101,7 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(30);
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// A token is used for at most this long, whatever its `expires_in` says (an endpoint
 /// claiming centuries would otherwise overflow the clock).
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Texts kept from a BRP answer are cut to this many characters.
 const MAX_TEXT: usize = 200;
 /// At most this many `invalidParams` are kept.
@@ -816,14 +816,18 @@ impl Oauth {
 /// (marked sensitive) and how long to use it (at most [`MAX_TOKEN_LIFETIME`]). Bytes from
 /// outside: a token or an error, never a panic (the fuzz target `brp_answer`), and no error
 /// quotes the access token.
-pub fn read_token_answer(answer: &[u8]) -> Result<(HeaderValue, Duration), BrpError> {
+pub(crate) fn read_token_answer(answer: &[u8]) -> Result<(HeaderValue, Duration), BrpError> {
     let answer: TokenAnswer = serde_json::from_slice(answer)
         .map_err(|e| malformed(Endpoint::Token, format!("not an OAuth token answer ({})", json_fault(&e))))?;
+    let access = Zeroizing::new(answer.access_token);
     if !answer.token_type.eq_ignore_ascii_case("bearer") {
         return Err(malformed(Endpoint::Token, format!("token_type {:?}, expected Bearer", answer.token_type)));
     }
-    let access = Zeroizing::new(answer.access_token);
-    let mut token = HeaderValue::from_str(&format!("Bearer {}", &*access))
+    if access.is_empty() {
+        return Err(malformed(Endpoint::Token, "access_token is empty".into()));
+    }
+    let bearer = Zeroizing::new(format!("Bearer {}", &*access));
+    let mut token = HeaderValue::from_str(&bearer)
         .map_err(|_| malformed(Endpoint::Token, "access_token has characters not allowed in a header".into()))?;
     token.set_sensitive(true);
     let lifetime = answer.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
@@ -1038,6 +1042,8 @@ mod tests {
         assert_eq!(value.to_str().unwrap(), "Bearer t0ken");
         let (_, lifetime) = read_token_answer(br#"{"access_token":"t","token_type":"Bearer"}"#).unwrap();
         assert_eq!(lifetime, DEFAULT_TOKEN_LIFETIME, "no expires_in: the default");
+        let empty = read_token_answer(br#"{"access_token":"","token_type":"Bearer"}"#).unwrap_err();
+        assert!(empty.to_string().contains("access_token is empty"), "{empty}");
         let err = read_token_answer(br#"{"access_token":"secret-token-1234","token_type":"mac"}"#).unwrap_err();
         assert!(err.to_string().contains("expected Bearer") && !err.to_string().contains("secret-token"), "{err}");
     }

@@ -217,7 +217,8 @@ impl pb::signals_server::Signals for SignalsService {
     ) -> Result<Response<pb::RegisterSignalResponse>, Status> {
         let org = self.caller(&req)?;
         let r = req.into_inner();
-        let (now, today) = (self.state.clock.now(), self.state.clock.today());
+        let now = self.state.clock.now();
+        let today = crate::domain::clock::dutch_date(now);
         let convert::Registration { bsn, date_of_birth: dob, professional, removal_date, parents } =
             convert::registration_in(r, self.state.family, today)?;
         if let Err(refused) = self.state.registration_limits.take(&org.id, now.timestamp_millis()) {

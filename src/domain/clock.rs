@@ -14,8 +14,14 @@ pub trait Clock: Send + Sync + 'static {
 
     /// Today's date in the Netherlands.
     fn today(&self) -> NaiveDate {
-        self.now().with_timezone(&chrono_tz::Europe::Amsterdam).date_naive()
+        dutch_date(self.now())
     }
+}
+
+/// The date in the Netherlands at the moment `at` (for a moment already read from a
+/// clock, so a request's time and date agree).
+pub fn dutch_date(at: DateTime<Utc>) -> NaiveDate {
+    at.with_timezone(&chrono_tz::Europe::Amsterdam).date_naive()
 }
 
 /// The machine's clock.
