@@ -11,7 +11,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use virfed::kit::fuzzing::{self, CrlTarget, ExchangeTarget};
+use virfed::kit::fuzzing::{self, AnswerTarget, CrlTarget, ExchangeTarget};
 
 fn seed_dir(target: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target)
@@ -113,6 +113,20 @@ fn invariants5_9_fuzz_seeds_exchange_applied_to_a_real_store_forms_pairs_and_nev
     for input in inputs("exchange_apply", 1500) {
         let _ = target.apply(&input);
     }
+}
+
+/// The peer's answer to an exchange: utrecht's honest answers (with and without contacts)
+/// are accepted, the forgery (two answers swapped under the honest proof) is refused, and
+/// no mutation gets a blinded value past the proof that utrecht did not make.
+#[test]
+fn invariant9_fuzz_seeds_a_peer_answer_is_accepted_only_as_the_honest_one() {
+    let target = AnswerTarget::new().unwrap();
+    committed("exchange_answer", &target.seeds());
+    let seeds = target.seeds();
+    let accepted: Vec<&str> = seeds.iter().filter(|(_, b)| target.read(b) == Some(true)).map(|(n, _)| *n).collect();
+    assert_eq!(accepted, ["honest", "honest-with-contacts"], "the forgery is refused");
+    let accepted = inputs("exchange_answer", 3000).iter().filter(|i| target.read(i) == Some(true)).count();
+    assert!(accepted >= 2, "the committed honest answers are accepted among the mutations too");
 }
 
 /// The client and admin API requests: the seeds are valid, and no refusal of a mutation

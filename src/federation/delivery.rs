@@ -128,11 +128,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
                 let pinned = store.peer_key(&link.region).ok().flatten();
                 let paired = crate::domain::RegionId::parse(&link.region)
                     .map_err(|e| e.to_string())
-                    .and_then(|region| pair_answers(batch, resp.results, resp.as_of_seq, &region))
-                    .and_then(|delivered| {
-                        verify_answers(&delivered, &published, &resp.public_key, &resp.proof, pinned, &link, epoch)
-                            .map(|key| (delivered, key))
-                    });
+                    .and_then(|region| answers_in(batch, resp, &published, pinned, &region, &link.own_region, epoch));
                 if let Err(why) = &paired {
                     let action = if why.starts_with(PROOF_REFUSED) {
                         link.counters.proof_failures.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +193,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Turns the batch's publishes from base points `P·k` into what the peer gets, `P·k_B`
 /// (one batch of multiplications, outside the store's writer). Returns those points, in
 /// the batch's order, for checking the peer's proof.
-fn towards_peer(
+pub(crate) fn towards_peer(
     blind: &PeerBlind,
     batch: &mut [Outgoing<OutItem>],
 ) -> Result<Vec<RistrettoPoint>, crate::pseudonym::BadPoint> {
@@ -259,6 +255,29 @@ const PROOF_REFUSED: &str = "the peer's blinded answers are not proven";
 /// How a refusal of answers under a key other than the pinned one starts (audited).
 const KEY_UNANNOUNCED: &str = "the peer answered under a blinding key it has not announced";
 
+/// Items sent with the peer's answers to them.
+pub(crate) type Delivered = Vec<(Outgoing<OutItem>, ItemAnswer)>;
+
+/// The peer's answer to `batch`, read: every result paired with the item it answers
+/// ([`pair_answers`]) and the proof checked ([`verify_answers`]). Bytes from a peer that
+/// may be hostile: the items with their verified answers, or why the whole answer is
+/// refused (nothing of it is applied). Also the fuzz target `exchange_answer`'s entry.
+pub(crate) fn answers_in(
+    batch: Vec<Outgoing<OutItem>>,
+    response: pb::ExchangeResponse,
+    published: &[RistrettoPoint],
+    pinned: Option<Blinded>,
+    peer: &crate::domain::RegionId,
+    own_region: &str,
+    epoch: u64,
+) -> Result<(Delivered, Option<Blinded>), String> {
+    let delivered = pair_answers(batch, response.results, response.as_of_seq, peer)?;
+    let context = crate::dleq::virfed_context(peer.as_str(), own_region, epoch)
+        .map_err(|e| format!("{PROOF_REFUSED}: {e}; nothing applied, the batch is retried"))?;
+    let key = verify_answers(&delivered, published, &response.public_key, &response.proof, pinned, &context)?;
+    Ok((delivered, key))
+}
+
 /// Checks the one DLEQ proof of an exchange's answers (RFC 9497 §2.2): every blinded answer
 /// to a publish is the published point times the key behind the peer's public key, and
 /// that key is the one pinned for the peer. A batch that fails is refused whole; nothing
@@ -269,8 +288,7 @@ fn verify_answers(
     public_key: &[u8],
     proof: &[u8],
     pinned: Option<Blinded>,
-    link: &PeerLink,
-    epoch: u64,
+    context: &[u8],
 ) -> Result<Option<Blinded>, String> {
     // Every publish of the batch has an answer (`pair_answers`), so the publishes and the
     // points they were made from line up one to one.
@@ -308,9 +326,7 @@ fn verify_answers(
             super::pairs::key_fingerprint(&pinned),
         ));
     }
-    let context =
-        crate::dleq::virfed_context(&link.region, &link.own_region, epoch).map_err(|e| refused(e.to_string()))?;
-    crate::dleq::verify_decoded(&public_key, &decoded, &inputs, &outputs, proof, &context)
+    crate::dleq::verify_decoded(&public_key, &decoded, &inputs, &outputs, proof, context)
         .map_err(|e| refused(e.to_string()))?;
     Ok(pinned.is_none().then_some(public_key))
 }

@@ -38,10 +38,10 @@ use crate::federation::pairs::Pairs;
 use crate::federation::service::PeerService;
 use crate::federation::{Federation, FederationError, ItemAnswer, OutItem, PeerCounters};
 use crate::pb::federation as pb;
-use crate::pseudonym::{BlindKey, LocalKey};
+use crate::pseudonym::{BlindKey, Blinded, LocalKey};
 use crate::registry::family::NewParent;
 use crate::registry::{NewSignal, Registry};
-use crate::store::{Store, StoreOptions};
+use crate::store::{Outgoing, Store, StoreOptions};
 
 use super::fixture::contact;
 use super::{KitError, KitResult};
@@ -360,9 +360,66 @@ pub const EPOCH: u64 = 0x5eed;
 /// rotterdam's reporting organisation.
 pub const ORG: &str = "jeugdzorg";
 
+/// utrecht's reporting school, as its node sends it.
+fn utrecht_party() -> pb::Party {
+    pb::Party {
+        organisation_id: "school".into(),
+        organisation_name: "School Utrecht".into(),
+        organisation_domain: "education".into(),
+        professional: Some(pb::Contact {
+            name: "U Bakker".into(),
+            role: "mentor".into(),
+            phone: "+31 30 123 4567".into(),
+            email: "u.bakker@school-utrecht.example.nl".into(),
+        }),
+        coordinator: None,
+    }
+}
+
 /// utrecht's blinding key (fixed, so the seeds stay valid from run to run).
 fn utrecht_key() -> BlindKey {
     BlindKey::from_bytes([7; 32]).expect("a canonical non-zero scalar")
+}
+
+/// rotterdam's organisation and its signals: both children, the first with both parents
+/// (so its outbox towards utrecht holds four publishes).
+async fn register_rotterdam(
+    registry: &Registry,
+    local: &LocalKey,
+    blind: &BlindKey,
+    clock: &dyn Clock,
+) -> KitResult<()> {
+    let org = Organisation {
+        id: OrgId::parse(ORG).map_err(|e| fail(e.to_string()))?,
+        name: "Jeugdzorg Rotterdam".into(),
+        domain: "youth-care".parse::<OrgDomain>().map_err(|e| fail(e.to_string()))?,
+        coordinator: None,
+    };
+    registry.put_org(&org, "operator:fuzz", clock.now()).await?;
+    let today = clock.today();
+    for (i, text) in CHILDREN.iter().enumerate() {
+        let bsn = Bsn::parse(text).map_err(|e| fail(e.to_string()))?;
+        let parents: Vec<Bsn> = match i {
+            0 => PARENTS.iter().map(|p| Bsn::parse(p).map_err(|e| fail(e.to_string()))).collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        };
+        let new = NewSignal {
+            child: local.child_key(&bsn),
+            org: org.id.clone(),
+            professional: contact("R de Vries", "jeugdconsulent", "r.devries@jeugdzorg-rotterdam.example.nl"),
+            date_of_birth: today.checked_sub_days(Days::new(3650)).ok_or_else(|| fail("a date"))?,
+            removal_date: today.checked_add_days(Days::new(365)).ok_or_else(|| fail("a date"))?,
+            now: clock.now(),
+            point: Some(blind.blind_bsn(&bsn)),
+            parents: parents
+                .iter()
+                .map(|p| NewParent { key: local.parent_key(p), point: Some(blind.blind_parent(p)) })
+                .collect(),
+            lookup: None,
+        };
+        registry.register(&new, &format!("org:{ORG}")).await?;
+    }
+    Ok(())
 }
 
 /// The node under fuzzing and its runtime.
@@ -398,39 +455,7 @@ impl ExchangeTarget {
         let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
         let utrecht = RegionId::parse("utrecht").map_err(|e| fail(e.to_string()))?;
         let handles = runtime.block_on(async {
-            let org = Organisation {
-                id: OrgId::parse(ORG).map_err(|e| fail(e.to_string()))?,
-                name: "Jeugdzorg Rotterdam".into(),
-                domain: "youth-care".parse::<OrgDomain>().map_err(|e| fail(e.to_string()))?,
-                coordinator: None,
-            };
-            registry.put_org(&org, "operator:fuzz", clock.now()).await?;
-            let today = clock.today();
-            for (i, text) in CHILDREN.iter().enumerate() {
-                let bsn = Bsn::parse(text).map_err(|e| fail(e.to_string()))?;
-                let parents: Vec<Bsn> = match i {
-                    0 => PARENTS
-                        .iter()
-                        .map(|p| Bsn::parse(p).map_err(|e| fail(e.to_string())))
-                        .collect::<Result<_, _>>()?,
-                    _ => Vec::new(),
-                };
-                let new = NewSignal {
-                    child: local.child_key(&bsn),
-                    org: org.id.clone(),
-                    professional: contact("R de Vries", "jeugdconsulent", "r.devries@jeugdzorg-rotterdam.example.nl"),
-                    date_of_birth: today.checked_sub_days(Days::new(3650)).ok_or_else(|| fail("a date"))?,
-                    removal_date: today.checked_add_days(Days::new(365)).ok_or_else(|| fail("a date"))?,
-                    now: clock.now(),
-                    point: Some(blind.blind_bsn(&bsn)),
-                    parents: parents
-                        .iter()
-                        .map(|p| NewParent { key: local.parent_key(p), point: Some(blind.blind_parent(p)) })
-                        .collect(),
-                    lookup: None,
-                };
-                registry.register(&new, &format!("org:{ORG}")).await?;
-            }
+            register_rotterdam(&registry, &local, &blind, &*clock).await?;
             // utrecht answers every publish as its honest delivery answer would: the point
             // as published to it, times its key.
             let mut batch = store.outbox_batch::<OutItem>("utrecht", 64)?;
@@ -559,18 +584,7 @@ impl ExchangeTarget {
         let publish = |handle: u8, point: [u8; 32], active| {
             pb::item::Body::Publish(pb::Publish { handle: vec![handle; 16], point: point.to_vec(), active })
         };
-        let party = pb::Party {
-            organisation_id: "school".into(),
-            organisation_name: "School Utrecht".into(),
-            organisation_domain: "education".into(),
-            professional: Some(pb::Contact {
-                name: "U Bakker".into(),
-                role: "mentor".into(),
-                phone: "+31 30 123 4567".into(),
-                email: "u.bakker@school-utrecht.example.nl".into(),
-            }),
-            coordinator: None,
-        };
+        let party = utrecht_party();
         let contacts = |from: u8, to: &[u8]| {
             pb::item::Body::Contacts(pb::Contacts {
                 from_handle: vec![from; 16],
@@ -645,6 +659,122 @@ impl ExchangeTarget {
                 ),
             ),
             ("bad-point", request(EPOCH + 4, vec![item(1, publish(4, [9; 32], true))])),
+        ]
+    }
+}
+
+/// `exchange_answer`: the peer's answer to this node's exchange, bytes from a peer that may
+/// be compromised, read as the delivery task reads it (`delivery::answers_in`): each result
+/// paired with the item it answers, contacts validated, the one DLEQ proof checked under
+/// the key pinned for utrecht. Nothing is applied (the batch would be gone after the first
+/// accepted answer); the verified answers go to the same `apply_delivery` the other tests
+/// drive. Panics (a finding) if an accepted answer carries a blinded value other than the
+/// honest one: no forged value gets past the proof.
+pub struct AnswerTarget {
+    _dir: tempfile::TempDir,
+    batch: Vec<Outgoing<OutItem>>,
+    /// The batch's publishes as sent (`P·k_utrecht`), decoded, for the proof.
+    published: Vec<curve25519_dalek::ristretto::RistrettoPoint>,
+    /// The same, encoded, and utrecht's honest answers to them (`P·k_utrecht·u`).
+    sent: Vec<Blinded>,
+    honest: Vec<Blinded>,
+    utrecht: RegionId,
+}
+
+impl AnswerTarget {
+    /// rotterdam's node with its two children registered, and its first batch towards
+    /// utrecht (four publishes), as the delivery task would send it.
+    pub fn new() -> KitResult<AnswerTarget> {
+        let dir = scratch_dir()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let store = Store::open(&dir.path().join("store"), &StoreOptions::default())?;
+        let local = LocalKey::from_bytes([3; 32]);
+        let blind = BlindKey::from_bytes([5; 32]).expect("a canonical non-zero scalar");
+        let federation =
+            Federation::new(store.clone(), Pairs::new(vec!["utrecht".into()], local.clone(), Some(&blind)));
+        let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
+        runtime.block_on(register_rotterdam(&registry, &local, &blind, &SystemClock))?;
+        let mut batch = store.outbox_batch::<OutItem>("utrecht", 64)?;
+        let published = crate::federation::delivery::towards_peer(&blind.towards("utrecht"), &mut batch)
+            .map_err(|_| fail("a stored point does not decode"))?;
+        let sent: Vec<Blinded> = batch.iter().filter_map(|o| o.item.publish().map(|p| p.point)).collect();
+        if sent.len() != CHILDREN.len() + PARENTS.len() {
+            return Err(fail(format!("expected 4 publishes towards utrecht, found {}", sent.len())));
+        }
+        let honest = utrecht_key().blind_points(&sent).map_err(|_| fail("a published point"))?;
+        let utrecht = RegionId::parse("utrecht").map_err(|e| fail(e.to_string()))?;
+        Ok(AnswerTarget { _dir: dir, batch, published, sent, honest, utrecht })
+    }
+
+    /// One input: `None` when the bytes are not an `ExchangeResponse`, else whether the
+    /// answer was accepted.
+    pub fn read(&self, bytes: &[u8]) -> Option<bool> {
+        let response = pb::ExchangeResponse::decode(bytes).ok()?;
+        let pinned = Some(crate::dleq::public_key(&utrecht_key()));
+        let read = crate::federation::delivery::answers_in(
+            self.batch.clone(),
+            response,
+            &self.published,
+            pinned,
+            &self.utrecht,
+            "rotterdam",
+            EPOCH,
+        );
+        let Ok((delivered, new_key)) = read else { return Some(false) };
+        assert!(new_key.is_none(), "a key is pinned already: nothing new to pin");
+        let answered: Vec<Option<Blinded>> =
+            delivered.iter().filter(|(out, _)| out.item.publish().is_some()).map(|(_, a)| a.blinded).collect();
+        for (answer, honest) in answered.iter().zip(&self.honest) {
+            assert_eq!(
+                answer.as_ref(),
+                Some(honest),
+                "an accepted answer carries a blinded value utrecht did not make"
+            );
+        }
+        Some(true)
+    }
+
+    /// utrecht's honest answers: without and with contacts for the first child; and one
+    /// forgery (two answers swapped under the honest proof), which must be refused.
+    pub fn seeds(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let key = utrecht_key();
+        let context = crate::dleq::virfed_context("utrecht", "rotterdam", EPOCH).expect("a context");
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9497);
+        let proof = crate::dleq::prove_blinded(&key, &self.sent, &self.honest, &context, &mut rng)
+            .expect("a proof of honest answers")
+            .to_bytes()
+            .to_vec();
+        let answer = |blinded: &[Blinded], contacts: Vec<pb::Party>| {
+            let mut ds = blinded.iter();
+            let mut first = Some(contacts);
+            let results = self
+                .batch
+                .iter()
+                .map(|out| match out.item.publish() {
+                    Some(_) => pb::ItemResult {
+                        seq: out.seq,
+                        blinded: ds.next().map(|d| d.to_vec()).unwrap_or_default(),
+                        contacts: first.take().unwrap_or_default(),
+                        ..pb::ItemResult::default()
+                    },
+                    None => pb::ItemResult { seq: out.seq, ..pb::ItemResult::default() },
+                })
+                .collect();
+            pb::ExchangeResponse {
+                results,
+                public_key: crate::dleq::public_key(&key).to_vec(),
+                proof: proof.clone(),
+                as_of_seq: 1,
+            }
+            .encode_to_vec()
+        };
+        let party = utrecht_party();
+        let mut swapped = self.honest.clone();
+        swapped.swap(0, 1);
+        vec![
+            ("honest", answer(&self.honest, Vec::new())),
+            ("honest-with-contacts", answer(&self.honest, vec![party])),
+            ("forged-swapped", answer(&swapped, Vec::new())),
         ]
     }
 }
