@@ -232,7 +232,7 @@ pub async fn ping(federation: &Federation, link: &mut PeerLink) {
             link.counters.succeeded();
             let mut info = link.counters.info.lock().unwrap_or_else(|p| p.into_inner());
             info.protocol_version = Some(resp.protocol_version);
-            info.software_version = Some(resp.software_version);
+            info.software_version = Some(super::peer_text(&resp.software_version, super::MAX_VERSION_TEXT));
             info.cert_not_after = (resp.cert_not_after > 0).then_some(resp.cert_not_after);
             if resp.protocol_version != PROTOCOL_VERSION {
                 info.last_error = Some(format!(

@@ -91,8 +91,26 @@ impl PeerCounters {
     pub(crate) fn failed(&self, reason: String) {
         self.delivery_failures.fetch_add(1, Ordering::Relaxed);
         self.connected.store(false, Ordering::Relaxed);
-        self.info.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(reason);
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(peer_text(&reason, MAX_ERROR_TEXT));
     }
+}
+
+/// A kept failure reason is cut to this many characters.
+const MAX_ERROR_TEXT: usize = 500;
+/// A peer's software version is cut to this many characters.
+pub(crate) const MAX_VERSION_TEXT: usize = 64;
+
+/// Text that may come from a peer (its software version, the message of its refusal) as
+/// this node keeps and shows it in status, metrics and the dashboard: runs of 8 or more
+/// digits redacted (a compromised peer cannot route a number to the coordinators through
+/// its texts), control characters replaced, at most `max` characters.
+pub(crate) fn peer_text(text: &str, max: usize) -> String {
+    let redacted = crate::brp::redact(text);
+    let mut out: String = redacted.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if redacted.chars().count() > max {
+        out.push('…');
+    }
+    out
 }
 
 /// When a PEM certificate file's certificate expires (Unix seconds); None if unreadable.
@@ -105,3 +123,18 @@ pub fn cert_not_after(path: &std::path::Path) -> Option<i64> {
 
 /// Counters of every peer.
 pub type Counters = Arc<HashMap<String, Arc<PeerCounters>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_text_is_cut_cleaned_and_never_carries_a_bsn() {
+        assert_eq!(peer_text("0.1.0", MAX_VERSION_TEXT), "0.1.0");
+        let long = "x".repeat(10_000);
+        assert_eq!(peer_text(&long, MAX_VERSION_TEXT).chars().count(), MAX_VERSION_TEXT + 1);
+        assert_eq!(peer_text("a\nb\u{1b}[31m", 100), "a b [31m");
+        let told = peer_text("child 111222333 refused", 100);
+        assert!(!told.contains("111222333") && told.starts_with("child "), "{told}");
+    }
+}
