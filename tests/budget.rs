@@ -281,6 +281,9 @@ async fn a_peer_switching_epochs_without_end_cannot_grow_its_record() {
     assert_eq!(seen.epoch, switches);
     let kept: Vec<u64> = (switches - RETIRED_EPOCHS_KEPT as u64..switches).collect();
     assert_eq!(seen.retired, kept, "the newest retired epochs, oldest first");
+    let audited = rdam.handle.store().audit_entries().unwrap();
+    let switched = audited.iter().filter(|e| e.action == "federation.peer-epoch").count() as u64;
+    assert_eq!(switched, switches - 1, "every switch is audited, so a peer that keeps switching shows");
     rogue.epoch = switches - 1;
     let status = rogue.guess(1).await.expect_err("the newest retired epoch is refused");
     assert!(status.message().contains("epoch") || status.message().contains("restore"), "{status:?}");

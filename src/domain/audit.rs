@@ -70,6 +70,7 @@ actions! {
     FederationProofRefused => "federation.proof-refused", "A peer's blinded answers or re-key failed their proof.";
     FederationTicketRefused => "federation.ticket-refused", "A peer's bulk publish (resync) was refused for its resync ticket: missing, invalid, expired, another region's or used up.";
     FederationPeerKey => "federation.peer-key", "A peer's public blinding key was pinned, or replaced by its re-key announcement.";
+    FederationPeerEpoch => "federation.peer-epoch", "A peer's store started a new epoch (restored from a backup): its earlier one is retired.";
 }
 
 impl fmt::Display for AuditAction {

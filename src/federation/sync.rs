@@ -118,6 +118,15 @@ impl Federation {
                     let mut retired = std::mem::take(&mut seen.retired);
                     if seen.epoch != 0 {
                         retired.push(seen.epoch);
+                        // Rare for an honest peer (one per restore): a peer that keeps
+                        // switching shows in the audit log.
+                        tx.log(
+                            now,
+                            &format!("region:{peer}"),
+                            AuditAction::FederationPeerEpoch,
+                            &format!("region {peer}"),
+                            &format!("epoch {:016x} retired after sequence number {}", seen.epoch, seen.last_seq),
+                        )?;
                     }
                     // The newest few are enough to catch a delayed request from a replaced
                     // store; a peer that switches epochs without end cannot grow the record.
