@@ -100,7 +100,7 @@ fn fuzz_seeds_backup_reader_never_panics_and_restores_the_seed() {
 /// answers, and the mutations of them reach the apply paths of a node with pairs, never
 /// panicking nor answering contacts for a child rotterdam does not have.
 #[test]
-fn invariants5_9_fuzz_seeds_exchange_applied_to_a_real_store_forms_pairs_and_never_panics() {
+fn invariants3_5_9_fuzz_seeds_exchange_applied_to_a_real_store_forms_pairs_and_answers_contacts_only_for_them() {
     let target = ExchangeTarget::new().unwrap();
     committed("exchange_apply", &target.seeds());
     assert_eq!(target.matches_notified(), (0, 0), "no pair before utrecht publishes");

@@ -532,7 +532,7 @@ impl ExchangeTarget {
     /// request (a result for an item not sent, a blinded value for a non-publish) or hands
     /// out contacts it must not: for a publish that matches none of rotterdam's children
     /// and parents, for a Contacts item about a handle rotterdam never published, or for
-    /// any other item (invariant 9: no contacts for a child the peer does not know).
+    /// any other item (invariants 3 and 9: no contacts for a child the node does not have).
     pub fn apply(&self, bytes: &[u8]) -> Option<Result<pb::ExchangeResponse, FederationError>> {
         use pb::item::Body;
         let request = pb::ExchangeRequest::decode(bytes).ok()?;
