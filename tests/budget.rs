@@ -266,8 +266,9 @@ async fn invariant_2_publishes_under_a_retired_epoch_are_charged_not_free() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_switching_epochs_without_end_cannot_grow_its_record() {
     // Every new epoch retires the one before; only the newest RETIRED_EPOCHS_KEPT are
-    // remembered, so the record a peer can make this node keep stays bounded, and the
-    // newest retired epochs are still refused.
+    // remembered (and audited), so the record and the audit entries a peer can make this
+    // node keep stay bounded, and the newest retired epochs are still refused. Epoch 0 is
+    // not an epoch.
     let switches = RETIRED_EPOCHS_KEPT as u64 + 8;
     let dir = tempfile::tempdir().unwrap();
     let (files, rdam_files) = victim_files(dir.path(), 2 * switches, 60);
@@ -283,10 +284,13 @@ async fn a_peer_switching_epochs_without_end_cannot_grow_its_record() {
     assert_eq!(seen.retired, kept, "the newest retired epochs, oldest first");
     let audited = rdam.handle.store().audit_entries().unwrap();
     let switched = audited.iter().filter(|e| e.action == "federation.peer-epoch").count() as u64;
-    assert_eq!(switched, switches - 1, "every switch is audited, so a peer that keeps switching shows");
+    assert_eq!(switched, RETIRED_EPOCHS_KEPT as u64, "switches are audited, as many as are remembered");
     rogue.epoch = switches - 1;
     let status = rogue.guess(1).await.expect_err("the newest retired epoch is refused");
     assert!(status.message().contains("epoch") || status.message().contains("restore"), "{status:?}");
+    rogue.epoch = 0;
+    let status = rogue.guess(1).await.expect_err("epoch 0 is refused");
+    assert!(status.message().contains("epoch 0"), "{status:?}");
     rdam.stop().await.unwrap();
 }
 

@@ -169,7 +169,7 @@ pub async fn run(federation: Federation, mut link: PeerLink, mut shutdown: Shutd
                 if status.code() == tonic::Code::ResourceExhausted {
                     batch_limit = (batch_limit / 2).max(1);
                 }
-                Some(format!("{:?}: {}", status.code(), status.message()))
+                Some(format!("{:?}: {}", status.code(), super::peer_text(status.message(), super::MAX_ERROR_TEXT)))
             }
         };
         if let Some(reason) = failure {
@@ -235,9 +235,13 @@ pub async fn ping(federation: &Federation, link: &mut PeerLink) {
             info.software_version = Some(super::peer_text(&resp.software_version, super::MAX_VERSION_TEXT));
             info.cert_not_after = (resp.cert_not_after > 0).then_some(resp.cert_not_after);
             if resp.protocol_version != PROTOCOL_VERSION {
-                info.last_error = Some(format!(
-                    "incompatible peer: it speaks protocol {}.{}, this node {PROTOCOL_VERSION}.{PROTOCOL_MINOR}; upgrade the older node",
-                    resp.protocol_version, resp.protocol_minor
+                // The peer's numbers, through peer_text like its other texts.
+                info.last_error = Some(super::peer_text(
+                    &format!(
+                        "incompatible peer: it speaks protocol {}.{}, this node {PROTOCOL_VERSION}.{PROTOCOL_MINOR}; upgrade the older node",
+                        resp.protocol_version, resp.protocol_minor
+                    ),
+                    super::MAX_ERROR_TEXT,
                 ));
                 link.counters.connected.store(false, Ordering::Relaxed);
                 warn!(peer = %link.region, theirs = resp.protocol_version, ours = PROTOCOL_VERSION, "peer speaks an incompatible protocol major version; exchanges will be refused until one side is upgraded");
@@ -245,7 +249,11 @@ pub async fn ping(federation: &Federation, link: &mut PeerLink) {
                 tracing::info!(peer = %link.region, theirs = resp.protocol_minor, ours = PROTOCOL_MINOR, "peer is one protocol minor version apart; compatible");
             }
         }
-        Ok(Err(status)) => link.counters.failed(format!("ping: {:?}: {}", status.code(), status.message())),
+        Ok(Err(status)) => link.counters.failed(format!(
+            "ping: {:?}: {}",
+            status.code(),
+            super::peer_text(status.message(), super::MAX_ERROR_TEXT)
+        )),
         Err(_) => link.counters.failed("ping: no answer within 10 s".into()),
     }
 }

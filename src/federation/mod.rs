@@ -91,23 +91,30 @@ impl PeerCounters {
     pub(crate) fn failed(&self, reason: String) {
         self.delivery_failures.fetch_add(1, Ordering::Relaxed);
         self.connected.store(false, Ordering::Relaxed);
-        self.info.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(peer_text(&reason, MAX_ERROR_TEXT));
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(cut_text(&reason, MAX_ERROR_TEXT));
     }
 }
 
 /// A kept failure reason is cut to this many characters.
-const MAX_ERROR_TEXT: usize = 500;
+pub(crate) const MAX_ERROR_TEXT: usize = 500;
 /// A peer's software version is cut to this many characters.
 pub(crate) const MAX_VERSION_TEXT: usize = 64;
 
-/// Text that may come from a peer (its software version, the message of its refusal) as
-/// this node keeps and shows it in status, metrics and the dashboard: runs of 8 or more
-/// digits redacted (a compromised peer cannot route a number to the coordinators through
-/// its texts), control characters replaced, at most `max` characters.
+/// Text that comes from a peer (its software version, the message of its refusal, the
+/// version numbers it claims) as this node keeps and shows it in status, metrics, logs
+/// and the dashboard: runs of 8 or more digits redacted (a compromised peer cannot route
+/// a number to the coordinators through its texts), then [`cut_text`].
 pub(crate) fn peer_text(text: &str, max: usize) -> String {
-    let redacted = crate::brp::redact(text);
-    let mut out: String = redacted.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
-    if redacted.chars().count() > max {
+    // Cut first (a peer may send megabytes), leaving room for what redaction shortens.
+    let head: String = text.chars().take(max.saturating_mul(4)).collect();
+    cut_text(&crate::brp::redact(&head), max)
+}
+
+/// At most `max` characters of `text`, control characters replaced (a failure reason, a
+/// peer's text): status and logs stay one line each and bounded.
+pub(crate) fn cut_text(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
         out.push('…');
     }
     out
@@ -136,5 +143,11 @@ mod tests {
         assert_eq!(peer_text("a\nb\u{1b}[31m", 100), "a b [31m");
         let told = peer_text("child 111222333 refused", 100);
         assert!(!told.contains("111222333") && told.starts_with("child "), "{told}");
+        // This node's own reasons keep their numbers (sequence numbers, fingerprints).
+        assert_eq!(
+            cut_text("peer answered item 123456789 for item 12", 100),
+            "peer answered item 123456789 for item 12"
+        );
+        assert_eq!(cut_text(&long, MAX_ERROR_TEXT).chars().count(), MAX_ERROR_TEXT + 1);
     }
 }

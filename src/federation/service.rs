@@ -220,6 +220,9 @@ impl PeerService {
         if r.items.len() > MAX_ITEMS {
             return Err(FederationError::bad(format!("at most {MAX_ITEMS} items per exchange")));
         }
+        if r.epoch == 0 {
+            return Err(FederationError::bad("epoch 0 is not a store epoch; send the epoch of the sending store"));
+        }
         let turn = self.inner.turns.get(region.as_str()).cloned().unwrap_or_default();
         let _turn = turn.lock().await;
         let counters = self.inner.counters.get(region.as_str()).cloned().unwrap_or_default();

@@ -119,14 +119,22 @@ impl Federation {
                     if seen.epoch != 0 {
                         retired.push(seen.epoch);
                         // Rare for an honest peer (one per restore): a peer that keeps
-                        // switching shows in the audit log.
-                        tx.log(
-                            now,
-                            &format!("region:{peer}"),
-                            AuditAction::FederationPeerEpoch,
-                            &format!("region {peer}"),
-                            &format!("epoch {:016x} retired after sequence number {}", seen.epoch, seen.last_seq),
-                        )?;
+                        // switching shows in the audit log, with as many entries as
+                        // epochs are remembered, not one per exchange (an exchange without
+                        // publishes costs no budget). The epoch is the peer's number: not
+                        // in the entry.
+                        if retired.len() <= RETIRED_EPOCHS_KEPT {
+                            tx.log(
+                                now,
+                                &format!("region:{peer}"),
+                                AuditAction::FederationPeerEpoch,
+                                &format!("region {peer}"),
+                                &format!(
+                                    "the peer's store started a new epoch; {} earlier ones retired (audited up to {RETIRED_EPOCHS_KEPT})",
+                                    retired.len()
+                                ),
+                            )?;
+                        }
                     }
                     // The newest few are enough to catch a delayed request from a replaced
                     // store; a peer that switches epochs without end cannot grow the record.

@@ -202,7 +202,7 @@ pub fn restore(
         db.tree(&entry.tree)?.insert(&entry.key, &entry.value)?;
     }
     let meta_tree = db.tree("meta")?;
-    meta_tree.insert(meta::EPOCH, rand::random::<u64>().to_be_bytes())?;
+    meta_tree.insert(meta::EPOCH, rand::random::<u64>().max(1).to_be_bytes())?;
     meta_tree.insert(meta::RESYNC_AFTER_RESTORE, [1])?;
     db.flush()?;
     Ok((

@@ -218,7 +218,7 @@ impl Store {
         }
         let tables = TABLES.iter().map(|name| db.tree(name)).collect::<Result<Vec<_>, _>>()?;
         if meta_tree.get(meta::EPOCH)?.is_none() {
-            meta_tree.insert(meta::EPOCH, rand::random::<u64>().to_be_bytes())?;
+            meta_tree.insert(meta::EPOCH, rand::random::<u64>().max(1).to_be_bytes())?;
             // A new store (a new node, or one rebuilt empty) asks its peers for everything.
             meta_tree.insert(meta::RESYNC_AFTER_RESTORE, [1])?;
             db.flush()?;
