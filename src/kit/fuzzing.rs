@@ -381,6 +381,45 @@ fn utrecht_key() -> BlindKey {
     BlindKey::from_bytes([7; 32]).expect("a canonical non-zero scalar")
 }
 
+/// rotterdam's node as both exchange targets start it: a store in scratch memory, its
+/// keys and federation with utrecht, its organisation and signals registered, and its
+/// first batch towards utrecht as the delivery task sends it (four publishes, their
+/// points under its key towards utrecht).
+struct Rotterdam {
+    dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+    store: Store,
+    local: LocalKey,
+    blind: BlindKey,
+    federation: Federation,
+    batch: Vec<Outgoing<OutItem>>,
+    /// The batch's points as sent, decoded (for a proof) and encoded.
+    published: Vec<curve25519_dalek::ristretto::RistrettoPoint>,
+    sent: Vec<Blinded>,
+}
+
+impl Rotterdam {
+    fn open() -> KitResult<Rotterdam> {
+        let dir = scratch_dir()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let store = Store::open(&dir.path().join("store"), &StoreOptions::default())?;
+        let local = LocalKey::from_bytes([3; 32]);
+        let blind = BlindKey::from_bytes([5; 32]).expect("a canonical non-zero scalar");
+        let federation =
+            Federation::new(store.clone(), Pairs::new(vec!["utrecht".into()], local.clone(), Some(&blind)));
+        let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
+        runtime.block_on(register_rotterdam(&registry, &local, &blind, &SystemClock))?;
+        let mut batch = store.outbox_batch::<OutItem>("utrecht", 64)?;
+        let published = crate::federation::delivery::towards_peer(&blind.towards("utrecht"), &mut batch)
+            .map_err(|_| fail("a stored point does not decode"))?;
+        let sent: Vec<Blinded> = batch.iter().filter_map(|o| o.item.publish().map(|p| p.point)).collect();
+        if sent.len() != CHILDREN.len() + PARENTS.len() {
+            return Err(fail(format!("expected 4 publishes towards utrecht, found {}", sent.len())));
+        }
+        Ok(Rotterdam { dir, runtime, store, local, blind, federation, batch, published, sent })
+    }
+}
+
 /// rotterdam's organisation and its signals: both children, the first with both parents
 /// (so its outbox towards utrecht holds four publishes).
 async fn register_rotterdam(
@@ -444,53 +483,34 @@ impl ExchangeTarget {
     /// Opens the store, registers the children and applies utrecht's answers to their
     /// publishes.
     pub fn new() -> KitResult<ExchangeTarget> {
-        let dir = scratch_dir()?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let store = Store::open(&dir.path().join("store"), &StoreOptions::default())?;
-        let local = LocalKey::from_bytes([3; 32]);
-        let blind = BlindKey::from_bytes([5; 32]).expect("a canonical non-zero scalar");
-        let federation =
-            Federation::new(store.clone(), Pairs::new(vec!["utrecht".into()], local.clone(), Some(&blind)));
+        let Rotterdam { dir, runtime, store, local, blind, federation, batch, sent, .. } = Rotterdam::open()?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
         let utrecht = RegionId::parse("utrecht").map_err(|e| fail(e.to_string()))?;
-        let handles = runtime.block_on(async {
-            register_rotterdam(&registry, &local, &blind, &*clock).await?;
-            // utrecht answers every publish as its honest delivery answer would: the point
-            // as published to it, times its key.
-            let mut batch = store.outbox_batch::<OutItem>("utrecht", 64)?;
-            let towards = blind.towards("utrecht");
-            let base: Vec<_> = batch.iter().filter_map(|o| o.item.publish().map(|p| p.point)).collect();
-            let published = towards.publish(&base).map_err(|_| fail("a stored point does not decode"))?;
-            let answers = utrecht_key().blind_points(&published).map_err(|_| fail("a published point"))?;
-            let mut answers = answers.into_iter();
-            let mut handles = Vec::new();
-            let mut delivered = Vec::new();
-            for out in batch.drain(..) {
-                let blinded = match out.item.publish() {
-                    Some(p) => {
-                        handles.push(p.handle.to_vec());
-                        answers.next()
-                    }
-                    None => None,
-                };
-                let answer = ItemAnswer {
-                    seq: out.seq,
-                    blinded,
-                    gone: false,
-                    contacts: Vec::new(),
-                    contacts_archived: false,
-                    resync_requested: false,
-                    as_of: 0,
-                };
-                delivered.push((out, answer));
-            }
-            federation.apply_delivery("utrecht", delivered, None).await?;
-            KitResult::Ok(handles)
-        })?;
-        if handles.len() != CHILDREN.len() + PARENTS.len() {
-            return Err(fail(format!("expected 4 publishes towards utrecht, found {}", handles.len())));
+        // utrecht answers every publish as its honest delivery answer would: the point as
+        // published to it, times its key.
+        let mut answers = utrecht_key().blind_points(&sent).map_err(|_| fail("a published point"))?.into_iter();
+        let mut handles = Vec::new();
+        let mut delivered = Vec::new();
+        for out in batch {
+            let blinded = match out.item.publish() {
+                Some(p) => {
+                    handles.push(p.handle.to_vec());
+                    answers.next()
+                }
+                None => None,
+            };
+            let answer = ItemAnswer {
+                seq: out.seq,
+                blinded,
+                gone: false,
+                contacts: Vec::new(),
+                contacts_archived: false,
+                resync_requested: false,
+                as_of: 0,
+            };
+            delivered.push((out, answer));
         }
+        runtime.block_on(federation.apply_delivery("utrecht", delivered, None))?;
         let first = Bsn::parse(CHILDREN[0]).map_err(|e| fail(e.to_string()))?;
         let parent = Bsn::parse(PARENTS[0]).map_err(|e| fail(e.to_string()))?;
         let own_handles = [
@@ -685,22 +705,7 @@ impl AnswerTarget {
     /// rotterdam's node with its two children registered, and its first batch towards
     /// utrecht (four publishes), as the delivery task would send it.
     pub fn new() -> KitResult<AnswerTarget> {
-        let dir = scratch_dir()?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let store = Store::open(&dir.path().join("store"), &StoreOptions::default())?;
-        let local = LocalKey::from_bytes([3; 32]);
-        let blind = BlindKey::from_bytes([5; 32]).expect("a canonical non-zero scalar");
-        let federation =
-            Federation::new(store.clone(), Pairs::new(vec!["utrecht".into()], local.clone(), Some(&blind)));
-        let registry = Registry::with_federation(store.clone(), Arc::new(federation.pairs().clone()));
-        runtime.block_on(register_rotterdam(&registry, &local, &blind, &SystemClock))?;
-        let mut batch = store.outbox_batch::<OutItem>("utrecht", 64)?;
-        let published = crate::federation::delivery::towards_peer(&blind.towards("utrecht"), &mut batch)
-            .map_err(|_| fail("a stored point does not decode"))?;
-        let sent: Vec<Blinded> = batch.iter().filter_map(|o| o.item.publish().map(|p| p.point)).collect();
-        if sent.len() != CHILDREN.len() + PARENTS.len() {
-            return Err(fail(format!("expected 4 publishes towards utrecht, found {}", sent.len())));
-        }
+        let Rotterdam { dir, batch, published, sent, .. } = Rotterdam::open()?;
         let honest = utrecht_key().blind_points(&sent).map_err(|_| fail("a published point"))?;
         let utrecht = RegionId::parse("utrecht").map_err(|e| fail(e.to_string()))?;
         Ok(AnswerTarget { _dir: dir, batch, published, sent, honest, utrecht })
