@@ -480,13 +480,7 @@ pub fn redact(text: &str) -> String {
 /// injection), trimmed and cut to [`MAX_TEXT`] characters. Redaction comes first, so a
 /// cut cannot leave part of a number that redaction would have caught.
 fn clean(text: &str) -> String {
-    let redacted = redact(text);
-    let mut out: String =
-        redacted.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_TEXT).collect::<String>();
-    if redacted.chars().count() > MAX_TEXT {
-        out.push('…');
-    }
-    out.trim().to_owned()
+    crate::federation::peer_text(text, MAX_TEXT).trim().to_owned()
 }
 
 /// The lookup request body.

@@ -208,6 +208,8 @@ struct FakePeer {
     /// peer's own later items.
     hold: Arc<Mutex<Option<HeldAnswer>>>,
     release: Arc<tokio::sync::Notify>,
+    /// The software version its pings claim.
+    software: Arc<Mutex<String>>,
 }
 
 /// The contacts a held answer carries, and the outbox sequence number it is stated as of.
@@ -310,7 +312,7 @@ impl fpb::peer_server::Peer for FakePeer {
         Ok(Response::new(fpb::PingResponse {
             region: self.region.clone(),
             protocol_version: PROTOCOL_VERSION,
-            software_version: "fake".into(),
+            software_version: self.software.lock().unwrap().clone(),
             cert_not_after: 0,
             protocol_minor: virfed::federation::PROTOCOL_MINOR,
             public_key: virfed::dleq::public_key(&self.key()).to_vec(),
@@ -328,6 +330,7 @@ async fn serve_fake(ca_dir: &Path, region: &str, listen: SocketAddr) -> (FakePee
         substitute: Arc::default(),
         hold: Arc::default(),
         release: Arc::default(),
+        software: Arc::new(Mutex::new("fake".into())),
     };
     let tls = server_config(&node_material(ca_dir, region)).unwrap();
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
@@ -342,6 +345,23 @@ async fn serve_fake(ca_dir: &Path, region: &str, listen: SocketAddr) -> (FakePee
             .await;
     });
     (fake, stop)
+}
+
+/// A rogue peer's ping claims a megabyte of software version holding a BSN and a terminal
+/// escape: status, metrics and the dashboard show it cut, without the number and without
+/// control characters (its texts are the peer's, not this node's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant9_privacy_a_rogue_peers_version_text_is_cut_and_cleaned_before_status_shows_it() {
+    let (_dir, mut files) = federation_files(&["rotterdam", "utrecht"]);
+    let (fake, _stop) = serve_fake(&files.ca_dir, "utrecht", peer_listen(&files.regions[1])).await;
+    *fake.software.lock().unwrap() = format!("virfed {CHILD}\u{1b}[2J{}", "x".repeat(1 << 20));
+    let rdam = start(files.regions.remove(0)).await;
+    let counters = rdam.handle.peer_counters()["utrecht"].clone();
+    eventually(20, "rotterdam pinged utrecht", || counters.info.lock().unwrap().software_version.is_some()).await;
+    let shown = counters.info.lock().unwrap().software_version.clone().unwrap();
+    assert!(shown.starts_with("virfed ") && !shown.contains(CHILD) && !shown.contains('\u{1b}'), "{shown:.80}");
+    assert!(shown.chars().count() <= 65, "cut: {} characters", shown.chars().count());
+    rdam.stop().await.unwrap();
 }
 
 // ---- invariant 6: a peer is who its certificate says -----------------------------------------

@@ -202,3 +202,15 @@ pub fn notice_out(cursor: u64, n: &Notice) -> pb::Notice {
         family: n.kind.is_family(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invariant1_a_bsn_sent_as_signal_id_is_not_quoted_back() {
+        let refusal = signal_id_in("111222333").unwrap_err().to_string();
+        assert!(!refusal.contains("111222333"), "{refusal}");
+        assert!(refusal.contains("signal_id") && refusal.contains("9 characters sent"), "{refusal}");
+    }
+}

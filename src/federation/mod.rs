@@ -100,14 +100,13 @@ pub(crate) const MAX_ERROR_TEXT: usize = 500;
 /// A peer's software version is cut to this many characters.
 pub(crate) const MAX_VERSION_TEXT: usize = 64;
 
-/// Text that comes from a peer (its software version, the message of its refusal, the
-/// version numbers it claims) as this node keeps and shows it in status, metrics, logs
-/// and the dashboard: runs of 8 or more digits redacted (a compromised peer cannot route
-/// a number to the coordinators through its texts), then [`cut_text`].
+/// Text from outside this node (a peer's software version, the message of its refusal,
+/// the version numbers it claims; a BRP answer's texts) as this node keeps and shows it
+/// in status, metrics, logs and errors: runs of 8 or more digits redacted first (a
+/// compromised peer cannot route a number to the coordinators through its texts), then
+/// [`cut_text`].
 pub(crate) fn peer_text(text: &str, max: usize) -> String {
-    // Cut first (a peer may send megabytes), leaving room for what redaction shortens.
-    let head: String = text.chars().take(max.saturating_mul(4)).collect();
-    cut_text(&crate::brp::redact(&head), max)
+    cut_text(&crate::brp::redact(text), max)
 }
 
 /// At most `max` characters of `text`, control characters replaced (a failure reason, a
